@@ -1,0 +1,87 @@
+# Graft — developer entry points. `make help` lists them.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+PYTHON ?= python3
+VENV ?= .venv
+EXTRAS ?= dev,train,serve
+BIN := $(VENV)/bin
+comma := ,
+# One stamp per checkout, so a venv shared between clones (CI caches one) re-points the
+# editable install at this checkout.
+STAMP := $(VENV)/.installed-$(shell printf '%s' "$(CURDIR)" | md5sum | cut -c1-8)-$(subst $(comma),_,$(EXTRAS))
+PYTEST_ARGS ?=
+
+.PHONY: help
+help: ## list the targets
+	@grep -hE '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  %-14s %s\n", $$1, $$2}'
+
+$(STAMP): pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -e '.[$(EXTRAS)]'
+	@touch $@
+
+.PHONY: install
+install: $(STAMP) ## create the virtualenv (.venv, or VENV=...) with the package and extras
+
+.PHONY: crds
+crds: $(STAMP) ## regenerate crds/ from the pydantic API
+	$(BIN)/graft crds --output crds
+
+.PHONY: lint
+lint: $(STAMP) ## ruff lint and format check
+	$(BIN)/ruff check operator tests bench hack
+	$(BIN)/ruff format --check operator tests bench hack
+
+.PHONY: fmt
+fmt: $(STAMP) ## format the code
+	$(BIN)/ruff format operator tests bench hack
+	$(BIN)/ruff check --fix operator tests bench hack
+
+.PHONY: typecheck
+typecheck: $(STAMP) ## mypy --strict
+	$(BIN)/mypy
+
+.PHONY: verify
+verify: $(STAMP) ## fail when generated CRDs drift from the API, or lint/types fail
+	@tmp=$$(mktemp -d) && $(BIN)/graft crds --output $$tmp >/dev/null && \
+	  if ! diff -ru crds $$tmp; then echo "crds/ is out of date: run 'make crds' and commit" >&2; rm -rf $$tmp; exit 1; fi; \
+	  rm -rf $$tmp
+	@$(MAKE) --no-print-directory lint typecheck
+
+.PHONY: controlplane
+controlplane: ## build etcd, kube-*, kubectl, kwok and helm from their Go modules (cached)
+	hack/build-control-plane.sh
+
+.PHONY: cluster-up
+cluster-up: ## start the local control plane (etcd, apiserver, controller-manager, scheduler, kwok)
+	$(PYTHON) hack/localcluster.py up
+
+.PHONY: cluster-down
+cluster-down: ## stop the local control plane and remove its state
+	$(PYTHON) hack/localcluster.py down
+
+.PHONY: kubeconfig
+kubeconfig: ## print the path of the local control plane's kubeconfig
+	@$(PYTHON) hack/localcluster.py kubeconfig
+
+.PHONY: test
+test: $(STAMP) ## run every test: unit, data plane, and integration on a real API server
+	$(BIN)/pytest $(PYTEST_ARGS)
+
+.PHONY: unit
+unit: $(STAMP) ## run the fast tests only (no API server, no torch)
+	$(BIN)/pytest -m 'not integration and not dataplane' $(PYTEST_ARGS)
+
+.PHONY: demo
+demo: $(STAMP) ## run Graft on the local control plane (or $$KUBECONFIG) with examples/
+	$(BIN)/python hack/demo.py up
+
+.PHONY: demo-stop
+demo-stop: ## stop the operator the demo started
+	$(BIN)/python hack/demo.py stop
+
+.PHONY: bench
+bench: $(STAMP) ## print data-plane figures (hot-load latency, tokens/s, trainer steps/s)
+	$(BIN)/python bench/dataplane.py

@@ -1,0 +1,165 @@
+"""The seven Graft kinds: their spec and status types and what their CRDs say about them."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from graft.api.common import GraftModel, StatusBase
+from graft.api.models import ModelSpec, ModelStatus
+from graft.api.serving import (
+    DeployedModelSpec,
+    DeployedModelStatus,
+    DeploymentSpec,
+    DeploymentStatus,
+)
+from graft.api.tenancy import AccountSpec, AccountStatus, UserSpec, UserStatus
+from graft.api.training import DatasetSpec, DatasetStatus, FineTuningJobSpec, FineTuningJobStatus
+
+
+@dataclass(frozen=True)
+class Column:
+    """A `kubectl get` printer column."""
+
+    name: str
+    json_path: str
+    type: str = "string"
+    description: str = ""
+    priority: int = 0
+
+
+READY = Column(
+    "Ready",
+    '.status.conditions[?(@.type=="Ready")].status',
+    description="Whether the object is Ready.",
+)
+STATE = Column("State", ".status.state", description="Short summary of the conditions.")
+AGE = Column("Age", ".metadata.creationTimestamp", type="date")
+FULL_NAME = Column("Name", ".status.name", description="Full resource name.", priority=1)
+
+
+@dataclass(frozen=True)
+class Kind:
+    """One custom resource kind."""
+
+    kind: str
+    plural: str
+    short_names: tuple[str, ...]
+    spec: type[GraftModel]
+    status: type[StatusBase]
+    description: str
+    namespaced: bool = True
+    columns: tuple[Column, ...] = ()
+    spec_required: bool = True
+    spec_immutable: bool = False
+    scale: bool = False
+
+    @property
+    def singular(self) -> str:
+        return self.kind.lower()
+
+    @property
+    def crd_name(self) -> str:
+        return f"{self.plural}.graft.dev"
+
+    def printer_columns(self) -> tuple[Column, ...]:
+        return (*self.columns, READY, STATE, AGE, FULL_NAME)
+
+
+ACCOUNT = Kind(
+    kind="Account",
+    plural="accounts",
+    short_names=("gacct",),
+    spec=AccountSpec,
+    status=AccountStatus,
+    namespaced=False,
+    spec_required=False,
+    description="A tenant: owns a namespace of the same name; quotas are enforced per account.",
+    columns=(Column("Namespace", ".status.namespace", description="The account's namespace."),),
+)
+USER = Kind(
+    kind="User",
+    plural="users",
+    short_names=("guser",),
+    spec=UserSpec,
+    status=UserStatus,
+    description="An email address with a role in the account whose namespace holds it.",
+    columns=(Column("Email", ".spec.email"), Column("Role", ".spec.role")),
+)
+MODEL = Kind(
+    kind="Model",
+    plural="models",
+    short_names=("gmodel",),
+    spec=ModelSpec,
+    status=ModelStatus,
+    description="Model weights plus metadata: a Base model or a PeftAddon (LoRA adapter) on a base model.",
+    columns=(Column("Kind", ".spec.kind"), Column("Base", ".spec.baseModel")),
+)
+DEPLOYMENT = Kind(
+    kind="Deployment",
+    plural="deployments",
+    short_names=("gdeploy",),
+    spec=DeploymentSpec,
+    status=DeploymentStatus,
+    scale=True,
+    description="Model-server replicas hosting one base model and, when enabled, up to maxAddons LoRA addons.",
+    columns=(
+        Column("Base", ".spec.baseModel"),
+        Column("Engine", ".spec.engine"),
+        Column("Desired", ".spec.replicas", type="integer"),
+        Column("Available", ".status.readyReplicas", type="integer"),
+        Column("Endpoint", ".status.endpoint", priority=1),
+    ),
+)
+DEPLOYED_MODEL = Kind(
+    kind="DeployedModel",
+    plural="deployedmodels",
+    short_names=("gdm",),
+    spec=DeployedModelSpec,
+    status=DeployedModelStatus,
+    spec_immutable=True,
+    description="An addon Model loaded into a Deployment at run time (load-lora), without restarting pods.",
+    columns=(
+        Column("Model", ".spec.model"),
+        Column("Deployment", ".spec.deployment"),
+        Column("Loaded", ".status.loadedReplicas", type="integer"),
+    ),
+)
+DATASET = Kind(
+    kind="Dataset",
+    plural="datasets",
+    short_names=("gds",),
+    spec=DatasetSpec,
+    status=DatasetStatus,
+    spec_immutable=True,
+    description="An immutable set of training examples (JSONL), identified by its SHA-256 and file name.",
+    columns=(
+        Column("Format", ".spec.format"),
+        Column("Examples", ".status.exampleCount", type="integer"),
+        Column("SHA256", ".status.sha256", priority=1),
+    ),
+)
+FINE_TUNING_JOB = Kind(
+    kind="FineTuningJob",
+    plural="finetuningjobs",
+    short_names=("gftj", "ftj"),
+    spec=FineTuningJobSpec,
+    status=FineTuningJobStatus,
+    spec_immutable=True,
+    description="Trains a LoRA addon on a base model from a Dataset, then publishes it as a Model.",
+    columns=(
+        Column("Base", ".spec.baseModel"),
+        Column("Dataset", ".spec.dataset"),
+        Column("Output", ".spec.outputModel"),
+        Column("Loss", ".status.finalLoss", type="number", priority=1),
+    ),
+)
+
+ALL_KINDS: tuple[Kind, ...] = (
+    ACCOUNT,
+    USER,
+    MODEL,
+    DEPLOYMENT,
+    DEPLOYED_MODEL,
+    DATASET,
+    FINE_TUNING_JOB,
+)

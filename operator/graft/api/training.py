@@ -1,0 +1,144 @@
+"""Dataset (immutable training examples) and FineTuningJob (dataset -> LoRA addon Model)."""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+from pydantic import ConfigDict, Field
+
+from graft.api.common import ID_PATTERN, REF_PATTERN, GraftModel, ResourceRequests, StatusBase
+from graft.api.models import URI_DESCRIPTION, URI_PATTERN
+
+
+class DatasetFormat(StrEnum):
+    CHAT = "chat"
+    COMPLETION = "completion"
+
+
+class ConfigMapKey(GraftModel):
+    """A key of a ConfigMap in the account's namespace."""
+
+    name: str = Field(description="ConfigMap name.", min_length=1, max_length=253)
+    key: str = Field(description="Key holding the JSONL data.", min_length=1, max_length=253)
+
+
+class DatasetSource(GraftModel):
+    """Where the JSONL data is: exactly one of uri and configMap."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                {
+                    "rule": "has(self.uri) != has(self.configMap)",
+                    "message": "set exactly one of source.uri and source.configMap",
+                }
+            ]
+        }
+    )
+
+    uri: str | None = Field(
+        default=None, pattern=URI_PATTERN, max_length=2048, description=URI_DESCRIPTION
+    )
+    config_map: ConfigMapKey | None = Field(
+        default=None, description="A ConfigMap key holding the data."
+    )
+
+
+class DatasetSpec(GraftModel):
+    """Desired state of a Dataset: an immutable set of training examples."""
+
+    source: DatasetSource = Field(description="Where the data is.")
+    format: DatasetFormat = Field(
+        default=DatasetFormat.CHAT,
+        description='chat: {"messages":[{"role":"system|user|assistant","content":"..."}]} per line; completion: {"prompt":"...","completion":"..."} per line.',
+    )
+    filename: str | None = Field(
+        default=None,
+        max_length=255,
+        description="File name for the dataset's signature (sha256, filename); defaults to the URI's or key's last segment.",
+    )
+
+
+class DatasetStatus(StatusBase):
+    """Observed state of a Dataset, filled in by validation."""
+
+    sha256: str | None = Field(default=None, description="SHA-256 of the data, hex.")
+    size_bytes: int | None = Field(default=None, description="Size of the data in bytes.")
+    example_count: int | None = Field(default=None, description="Number of examples.")
+    filename: str | None = Field(default=None, description="File name used in the signature.")
+
+
+class Hyperparameters(GraftModel):
+    """Training settings."""
+
+    epochs: int = Field(default=1, ge=1, le=100, description="Passes over the dataset.")
+    learning_rate: float = Field(default=1e-4, gt=0, le=1, description="Optimizer learning rate.")
+    lora_rank: int = Field(default=8, ge=1, le=512, description="LoRA rank r.")
+    lora_alpha: int = Field(
+        default=16, ge=1, le=4096, description="LoRA alpha (scaling is alpha / rank)."
+    )
+    batch_size: int = Field(default=4, ge=1, le=1024, description="Examples per optimizer step.")
+    max_context_length: int = Field(
+        default=2048,
+        ge=16,
+        le=1048576,
+        description="Tokens per example; longer ones are truncated.",
+    )
+    seed: int = Field(
+        default=42, ge=0, description="Random seed; the same seed and data give the same adapter."
+    )
+    max_steps: int | None = Field(
+        default=None, ge=1, description="Stop after this many steps (overrides epochs)."
+    )
+    target_modules: list[str] | None = Field(
+        default=None, description="Modules to adapt; defaults to all linear projections."
+    )
+
+
+class FineTuningJobSpec(GraftModel):
+    """Desired state of a FineTuningJob: train a LoRA addon from a dataset and publish it as a Model."""
+
+    base_model: str = Field(
+        pattern=REF_PATTERN,
+        max_length=253,
+        description="The Base model to train on (ID or full name).",
+    )
+    dataset: str = Field(
+        pattern=REF_PATTERN, max_length=253, description="The training Dataset (ID or full name)."
+    )
+    evaluation_dataset: str | None = Field(
+        default=None,
+        pattern=REF_PATTERN,
+        max_length=253,
+        description="Optional evaluation Dataset.",
+    )
+    output_model: str = Field(
+        pattern=ID_PATTERN,
+        max_length=63,
+        description="ID of the addon Model to create in this account.",
+    )
+    hyperparameters: Hyperparameters = Field(
+        default_factory=Hyperparameters, description="Training settings."
+    )
+    resources: ResourceRequests = Field(
+        default_factory=ResourceRequests, description="Compute resources of the trainer pod."
+    )
+    deployment: str | None = Field(
+        default=None,
+        pattern=REF_PATTERN,
+        max_length=253,
+        description="Optional Deployment to load the result into (creates a DeployedModel).",
+    )
+
+
+class FineTuningJobStatus(StatusBase):
+    """Observed state of a FineTuningJob."""
+
+    job_name: str | None = Field(default=None, description="The batch/v1 Job running the trainer.")
+    output_model: str | None = Field(
+        default=None, description="Full name of the addon Model created."
+    )
+    final_loss: float | None = Field(default=None, description="Training loss at the last step.")
+    steps: int | None = Field(default=None, description="Optimizer steps run.")
+    start_time: str | None = Field(default=None, description="When training started (RFC 3339).")
+    completion_time: str | None = Field(default=None, description="When training ended (RFC 3339).")

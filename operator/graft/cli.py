@@ -1,0 +1,80 @@
+"""The `graft` command line.
+
+Control-plane subcommands (`run`, `crds`) are defined here. The data-plane subcommands (`train`,
+`serve`) live in their own packages with their own argument parsers and are imported only when
+called, so the operator never imports torch.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+# subcommand -> (module with `main(argv) -> int`, one-line help)
+DATA_PLANE = {
+    "train": ("graft.train", "fine-tune a LoRA addon from a JSONL dataset"),
+    "serve": ("graft.serve", "OpenAI-compatible reference model server with vLLM's LoRA API"),
+}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = list(sys.argv[1:] if argv is None else argv)
+    if args and args[0] in DATA_PLANE:
+        module = importlib.import_module(DATA_PLANE[args[0]][0])
+        code: int = module.main(args[1:])
+        return code
+    parser = _parser()
+    ns = parser.parse_args(args)
+    if not hasattr(ns, "func"):
+        parser.print_help()
+        return 2
+    result: int = ns.func(ns)
+    return result
+
+
+def _crds(ns: argparse.Namespace) -> int:
+    from graft import crdgen
+
+    for path in crdgen.write_all(Path(ns.output)):
+        print(path)
+    return 0
+
+
+def _run(ns: argparse.Namespace) -> int:
+    from graft.controller.main import run
+
+    return run(namespace=ns.namespace, liveness=ns.liveness, verbose=ns.verbose)
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="graft", description=(__doc__ or "").splitlines()[0])
+    sub = parser.add_subparsers(title="commands", metavar="COMMAND")
+
+    run = sub.add_parser("run", help="run the operator")
+    run.add_argument(
+        "--namespace",
+        action="append",
+        help="watch only this namespace (repeatable); default: the whole cluster",
+    )
+    run.add_argument(
+        "--liveness",
+        default="http://0.0.0.0:8080/healthz",
+        help="liveness endpoint URL to serve (default: %(default)s)",
+    )
+    run.add_argument("--verbose", action="store_true", help="debug logging")
+    run.set_defaults(func=_run)
+
+    crds = sub.add_parser("crds", help="write the CustomResourceDefinitions generated from the API")
+    crds.add_argument("--output", "-o", default="crds", help="directory (default: %(default)s)")
+    crds.set_defaults(func=_crds)
+
+    for name, (_, help_text) in DATA_PLANE.items():
+        sub.add_parser(name, help=help_text, add_help=False)
+    return parser
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

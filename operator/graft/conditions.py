@@ -1,0 +1,52 @@
+"""Kubernetes-style conditions (pure).
+
+`lastTransitionTime` moves only when a condition's status changes, so a reconcile that finds the
+same state writes the same status and the object's resourceVersion stays put.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+from graft.api.common import Condition, ConditionStatus
+
+
+def now_rfc3339() -> str:
+    return datetime.now(UTC).replace(microsecond=0).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def set_condition(
+    conditions: list[Condition],
+    type_: str,
+    status: ConditionStatus | bool,
+    reason: str,
+    message: str,
+    *,
+    generation: int | None,
+    now: str,
+) -> list[Condition]:
+    """Return conditions with `type_` set; other conditions keep their order and values."""
+    if isinstance(status, bool):
+        status = ConditionStatus.TRUE if status else ConditionStatus.FALSE
+    previous = find(conditions, type_)
+    moved = previous is None or previous.status != status
+    updated = Condition(
+        type=type_,
+        status=status,
+        reason=reason,
+        message=message,
+        last_transition_time=now if moved or previous is None else previous.last_transition_time,
+        observed_generation=generation,
+    )
+    if previous is None:
+        return [*conditions, updated]
+    return [updated if c.type == type_ else c for c in conditions]
+
+
+def find(conditions: list[Condition], type_: str) -> Condition | None:
+    return next((c for c in conditions if c.type == type_), None)
+
+
+def is_true(conditions: list[Condition], type_: str) -> bool:
+    c = find(conditions, type_)
+    return c is not None and c.status == ConditionStatus.TRUE

@@ -1,0 +1,1 @@
+"""Reconcilers (one module per kind) and the kopf wiring in `main`."""

@@ -1,0 +1,216 @@
+"""Deployment reconciler: read everything, plan with pure functions, act, write status once.
+
+Create, update, resume, the periodic resync and events of the Deployment's pods and of Models all
+call `reconcile()`, which reads fresh state from the API server each time, so it does not matter
+which event arrived or whether one was missed.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from pydantic import ValidationError
+
+from graft import keys
+from graft.api.common import Condition
+from graft.api.models import ModelKind, ModelSpec
+from graft.api.serving import DeploymentSpec
+from graft.conditions import find, now_rfc3339
+from graft.engines import ServerSpec
+from graft.k8s import Api, Obj
+from graft.modelserver import (
+    BlockedBy,
+    ObservedPod,
+    Owner,
+    PodPlan,
+    deployment_status,
+    model_server_pod,
+    pod_plan,
+    pod_spec,
+    resource_requirements,
+    selector_string,
+    service,
+    spec_hash,
+)
+from graft.names import InvalidReference, full_name, parse_ref
+from graft.storage import Location, UnsupportedSource, locate
+
+log = logging.getLogger(__name__)
+
+PLURAL = "deployments"
+
+
+def observe_pod(pod: Obj) -> ObservedPod:
+    meta, status = pod["metadata"], pod.get("status") or {}
+    ready = any(
+        c.get("type") == "Ready" and c.get("status") == "True"
+        for c in status.get("conditions") or []
+    )
+    return ObservedPod(
+        name=meta["name"],
+        spec_hash=(meta.get("labels") or {}).get(keys.SPEC_HASH),
+        ready=ready,
+        terminating=meta.get("deletionTimestamp") is not None,
+        finished=status.get("phase") in ("Succeeded", "Failed"),
+        created=meta.get("creationTimestamp") or "",
+    )
+
+
+def resolve_base_model(
+    api: Api, spec: DeploymentSpec, namespace: str
+) -> tuple[Location, str] | BlockedBy:
+    """The base model's location and served name, or why it cannot be served."""
+    try:
+        ref = parse_ref(spec.base_model, "models", account=namespace)
+    except InvalidReference as exc:
+        return BlockedBy("InvalidBaseModel", str(exc), waiting=False)
+    model = api.get_graft("models", ref.account, ref.id)
+    if model is None:
+        return BlockedBy(
+            "BaseModelNotFound", f"base model {ref.full_name} does not exist (yet)", waiting=True
+        )
+    try:
+        model_spec = ModelSpec.model_validate(model.get("spec") or {})
+    except ValidationError as exc:
+        return BlockedBy(
+            "InvalidBaseModel",
+            f"base model {ref.full_name} has an invalid spec: {exc}",
+            waiting=True,
+        )
+    if model_spec.kind != ModelKind.BASE:
+        return BlockedBy(
+            "BaseModelNotBase",
+            f"{ref.full_name} is a {model_spec.kind} model; a Deployment serves a Base model (load addons with a DeployedModel)",
+            waiting=False,
+        )
+    if ref.account != namespace and not model_spec.public:
+        return BlockedBy(
+            "BaseModelNotShared",
+            f"{ref.full_name} belongs to account {ref.account} and is not public",
+            waiting=False,
+        )
+    try:
+        location = locate(model_spec.source.uri)
+    except UnsupportedSource as exc:
+        return BlockedBy("UnsupportedModelSource", str(exc), waiting=False)
+    return location, ref.full_name
+
+
+def desired_pod_spec(spec: DeploymentSpec, location: Location, served_name: str) -> dict[str, Any]:
+    res = spec.resources
+    server = ServerSpec(
+        model_path=location.path,
+        served_name=served_name,
+        enable_addons=spec.enable_addons,
+        max_addons=spec.max_addons,
+        max_addon_rank=spec.max_addon_rank,
+        extra_args=tuple(spec.engine_args or ()),
+        image=spec.image,
+        resources=resource_requirements(res.gpus, res.gpu_resource, res.cpu, res.memory),
+        mounts=tuple(location.mounts),
+        env=tuple(e.wire() for e in spec.env or ()),
+    )
+    return pod_spec(spec, server, location.volumes)
+
+
+def reconcile(api: Api, namespace: str, name: str) -> None:
+    obj = api.get_graft(PLURAL, namespace, name)
+    if obj is None or obj["metadata"].get("deletionTimestamp"):
+        return  # owned pods and Service go with it (garbage collection)
+    meta = obj["metadata"]
+    owner = Owner(
+        name=name, namespace=namespace, uid=meta["uid"], generation=meta.get("generation", 0)
+    )
+    previous_status = obj.get("status") or {}
+    previous = [Condition.model_validate(c) for c in previous_status.get("conditions") or []]
+    spec = DeploymentSpec.model_validate(obj.get("spec") or {})
+
+    selector = selector_string(name)
+    pods = [observe_pod(p) for p in api.list_pods(namespace, selector)]
+    resolved = resolve_base_model(api, spec, namespace)
+    current_hash: str | None = None
+    blocked: BlockedBy | None = None
+    if isinstance(resolved, BlockedBy):
+        blocked = resolved
+    else:
+        location, served_name = resolved
+        desired = desired_pod_spec(spec, location, served_name)
+        current_hash = spec_hash(desired)
+        ensure_service(api, owner)
+        plan = pod_plan(spec.replicas, current_hash, pods)
+        if not plan.empty:
+            raw = {p["metadata"]["name"]: p for p in api.list_pods(namespace, selector)}
+            for _ in range(plan.create):
+                created = api.create_pod(model_server_pod(owner, desired, current_hash))
+                log.info("created pod %s/%s", namespace, created["metadata"]["name"])
+            for pod_name in plan.delete:
+                uid = raw.get(pod_name, {}).get("metadata", {}).get("uid")
+                if api.delete_pod(namespace, pod_name, uid):
+                    log.info("deleted pod %s/%s", namespace, pod_name)
+            before = sum(1 for p in pods if not p.terminating)
+            record_plan_events(api, obj, spec.replicas, before, plan)
+            pods = [observe_pod(p) for p in api.list_pods(namespace, selector)]
+
+    status = deployment_status(
+        owner=owner,
+        spec=spec,
+        full_name=full_name(namespace, PLURAL, name),
+        pods=pods,
+        current_hash=current_hash,
+        blocked=blocked,
+        previous=previous,
+        now=now_rfc3339(),
+    )
+    write_status(api, obj, previous_status, status.wire())
+    if blocked is not None:
+        old = find(previous, "Ready")
+        if old is None or old.reason != blocked.reason:
+            api.event(obj, "Warning", blocked.reason, blocked.message)
+
+
+def ensure_service(api: Api, owner: Owner) -> None:
+    desired = service(owner)
+    existing = api.get_service(owner.namespace, desired["metadata"]["name"])
+    if existing is not None and _service_matches(existing, desired):
+        return
+    api.apply(desired)
+
+
+def _service_matches(existing: Obj, desired: Obj) -> bool:
+    e_meta, d_meta = existing["metadata"], desired["metadata"]
+    if any((e_meta.get("labels") or {}).get(k) != v for k, v in d_meta["labels"].items()):
+        return False
+    if [r.get("uid") for r in e_meta.get("ownerReferences") or []] != [
+        r["uid"] for r in d_meta["ownerReferences"]
+    ]:
+        return False
+    spec = existing.get("spec") or {}
+    if spec.get("selector") != desired["spec"]["selector"]:
+        return False
+    ports = [
+        {k: p.get(k) for k in ("name", "port", "targetPort", "protocol")}
+        for p in spec.get("ports") or []
+    ]
+    return bool(ports == desired["spec"]["ports"])
+
+
+def write_status(api: Api, obj: Obj, previous: Obj, new: Obj) -> None:
+    """Patch status only when it differs; keys that disappeared are removed."""
+    if previous == new:
+        return
+    patch: Obj = {k: None for k in previous if k not in new}
+    patch.update(new)
+    meta = obj["metadata"]
+    api.patch_graft_status(PLURAL, meta["namespace"], meta["name"], patch)
+
+
+def record_plan_events(api: Api, obj: Obj, desired: int, before: int, plan: PodPlan) -> None:
+    if plan.create:
+        reason = "RollingUpdate" if "RollingUpdate" in plan.reasons else "ScalingUp"
+        message = f"created {plan.create} model-server pod(s); {before} existed, {desired} wanted"
+        api.event(obj, "Normal", reason, message)
+    if plan.delete:
+        reason = "ScalingDown" if "ScalingDown" in plan.reasons else "RollingUpdate"
+        message = f"deleted model-server pod(s) {', '.join(plan.delete)}; {desired} wanted"
+        api.event(obj, "Normal", reason, message)

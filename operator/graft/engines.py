@@ -1,0 +1,148 @@
+"""One builder per model-server engine: the container that serves a base model (pure).
+
+Every engine serves the OpenAI-compatible API on port 8000 under the base model's full name and,
+with addons enabled, vLLM's multi-LoRA flags and run-time load/unload endpoints.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from typing import Any
+
+from graft.api.serving import Engine
+from graft.keys import MODEL_SERVER
+
+PORT = 8000
+PORT_NAME = "http"
+
+DEFAULT_IMAGES = {
+    Engine.VLLM: os.environ.get("GRAFT_VLLM_IMAGE", "vllm/vllm-openai:v0.11.0"),
+    Engine.REFERENCE: os.environ.get("GRAFT_REFERENCE_IMAGE", "ghcr.io/graft-dev/graft:0.1.0"),
+}
+
+
+@dataclass(frozen=True)
+class Addon:
+    """An addon every new replica starts with (`--lora-modules`)."""
+
+    name: str
+    path: str
+    base_model_name: str
+
+
+@dataclass(frozen=True)
+class ServerSpec:
+    """Everything an engine builder needs; built from the Deployment and its base Model."""
+
+    model_path: str
+    served_name: str
+    enable_addons: bool = False
+    max_addons: int = 4
+    max_addon_rank: int = 16
+    addons: tuple[Addon, ...] = ()
+    extra_args: tuple[str, ...] = ()
+    image: str | None = None
+    resources: dict[str, Any] = field(default_factory=dict)
+    mounts: tuple[dict[str, Any], ...] = ()
+    env: tuple[dict[str, str], ...] = ()
+
+
+def _lora_args(spec: ServerSpec) -> list[str]:
+    if not spec.enable_addons:
+        return []
+    args = [
+        "--enable-lora",
+        "--max-loras",
+        str(spec.max_addons),
+        "--max-lora-rank",
+        str(spec.max_addon_rank),
+    ]
+    if spec.addons:
+        args.append("--lora-modules")
+        args += [
+            json.dumps(
+                {"name": a.name, "path": a.path, "base_model_name": a.base_model_name},
+                separators=(",", ":"),
+            )
+            for a in spec.addons
+        ]
+    return args
+
+
+def _container(spec: ServerSpec, image: str, command: list[str], args: list[str]) -> dict[str, Any]:
+    container: dict[str, Any] = {
+        "name": MODEL_SERVER,
+        "image": spec.image or image,
+        "command": command,
+        "args": [*args, *spec.extra_args],
+        "ports": [{"name": PORT_NAME, "containerPort": PORT, "protocol": "TCP"}],
+        "readinessProbe": {
+            "httpGet": {"path": "/health", "port": PORT_NAME},
+            "periodSeconds": 5,
+            "failureThreshold": 3,
+        },
+        "resources": spec.resources,
+    }
+    if spec.mounts:
+        container["volumeMounts"] = list(spec.mounts)
+    if spec.env:
+        container["env"] = list(spec.env)
+    return container
+
+
+def vllm_container(spec: ServerSpec) -> dict[str, Any]:
+    args = [
+        "--model",
+        spec.model_path,
+        "--served-model-name",
+        spec.served_name,
+        "--host",
+        "0.0.0.0",
+        "--port",
+        str(PORT),
+        *_lora_args(spec),
+    ]
+    container = _container(
+        spec,
+        DEFAULT_IMAGES[Engine.VLLM],
+        ["python3", "-m", "vllm.entrypoints.openai.api_server"],
+        args,
+    )
+    # Loading weights can take minutes; the startup probe keeps the kubelet from killing it early.
+    container["startupProbe"] = {
+        "httpGet": {"path": "/health", "port": PORT_NAME},
+        "periodSeconds": 10,
+        "failureThreshold": 90,
+    }
+    if spec.enable_addons:
+        # vLLM serves run-time /v1/load_lora_adapter only with this set.
+        container["env"] = [
+            *container.get("env", []),
+            {"name": "VLLM_ALLOW_RUNTIME_LORA_UPDATING", "value": "True"},
+        ]
+    return container
+
+
+def reference_container(spec: ServerSpec) -> dict[str, Any]:
+    args = [
+        "serve",
+        "--model",
+        spec.model_path,
+        "--served-model-name",
+        spec.served_name,
+        "--host",
+        "0.0.0.0",
+        "--port",
+        str(PORT),
+        *_lora_args(spec),
+    ]
+    return _container(spec, DEFAULT_IMAGES[Engine.REFERENCE], ["graft"], args)
+
+
+BUILDERS = {Engine.VLLM: vllm_container, Engine.REFERENCE: reference_container}
+
+
+def container_for(engine: Engine | str, spec: ServerSpec) -> dict[str, Any]:
+    return BUILDERS[Engine(engine)](spec)

@@ -1,0 +1,158 @@
+"""The thin I/O layer: every Kubernetes API call Graft's reconcilers make goes through here."""
+
+from __future__ import annotations
+
+import logging
+import secrets
+from datetime import UTC, datetime
+from typing import Any
+
+from kubernetes import client, config
+from kubernetes.client.exceptions import ApiException
+
+from graft import keys
+
+log = logging.getLogger(__name__)
+
+Obj = dict[str, Any]
+
+
+def load_config() -> None:
+    """In-cluster credentials when running in a pod, else the kubeconfig (KUBECONFIG)."""
+    try:
+        config.load_incluster_config()
+    except config.ConfigException:
+        config.load_kube_config()
+
+
+def is_not_found(exc: ApiException) -> bool:
+    return bool(exc.status == 404)
+
+
+class Api:
+    """A small facade over the generated clients, returning plain dicts."""
+
+    def __init__(self, api_client: client.ApiClient | None = None) -> None:
+        self.client = api_client or client.ApiClient()
+        self.core = client.CoreV1Api(self.client)
+        self.custom = client.CustomObjectsApi(self.client)
+
+    # --- Graft custom objects -------------------------------------------------------------
+
+    def get_graft(self, plural: str, namespace: str, name: str) -> Obj | None:
+        try:
+            obj: Obj = self.custom.get_namespaced_custom_object(
+                keys.GROUP, keys.VERSION, namespace, plural, name
+            )
+        except ApiException as exc:
+            if is_not_found(exc):
+                return None
+            raise
+        return obj
+
+    def list_graft(self, plural: str, namespace: str) -> list[Obj]:
+        result = self.custom.list_namespaced_custom_object(
+            keys.GROUP, keys.VERSION, namespace, plural
+        )
+        items: list[Obj] = result.get("items", [])
+        return items
+
+    def patch_graft_status(self, plural: str, namespace: str, name: str, status: Obj) -> None:
+        """Merge-patch status; keys set to None are removed."""
+        self.custom.patch_namespaced_custom_object_status(
+            keys.GROUP,
+            keys.VERSION,
+            namespace,
+            plural,
+            name,
+            {"status": status},
+            field_manager=keys.FIELD_MANAGER,
+        )
+
+    # --- Pods and Services -----------------------------------------------------------------
+
+    def list_pods(self, namespace: str, selector: str) -> list[Obj]:
+        pods = self.core.list_namespaced_pod(namespace, label_selector=selector)
+        return [self.client.sanitize_for_serialization(p) for p in pods.items]
+
+    def create_pod(self, pod: Obj) -> Obj:
+        created = self.core.create_namespaced_pod(
+            pod["metadata"]["namespace"], pod, field_manager=keys.FIELD_MANAGER
+        )
+        out: Obj = self.client.sanitize_for_serialization(created)
+        return out
+
+    def delete_pod(self, namespace: str, name: str, uid: str | None = None) -> bool:
+        """Delete a pod (only the one with this uid, when given); False when already gone."""
+        body = client.V1DeleteOptions(
+            preconditions=client.V1Preconditions(uid=uid) if uid else None
+        )
+        try:
+            self.core.delete_namespaced_pod(name, namespace, body=body)
+        except ApiException as exc:
+            if exc.status in (404, 409):
+                return False
+            raise
+        return True
+
+    def get_service(self, namespace: str, name: str) -> Obj | None:
+        try:
+            svc = self.core.read_namespaced_service(name, namespace)
+        except ApiException as exc:
+            if is_not_found(exc):
+                return None
+            raise
+        out: Obj = self.client.sanitize_for_serialization(svc)
+        return out
+
+    def apply(self, obj: Obj) -> None:
+        """Server-side apply of a core/v1 object under Graft's field manager."""
+        kind, meta = obj["kind"], obj["metadata"]
+        patch = {
+            "Service": self.core.patch_namespaced_service,
+        }[kind]
+        patch(
+            meta["name"],
+            meta["namespace"],
+            obj,
+            field_manager=keys.FIELD_MANAGER,
+            force=True,
+            _content_type="application/apply-patch+yaml",
+        )
+
+    # --- Events -------------------------------------------------------------------------------
+
+    def event(self, involved: Obj, type_: str, reason: str, message: str) -> None:
+        """Record a Kubernetes Event on `involved` (best effort: an event is never worth a retry)."""
+        meta = involved["metadata"]
+        now = datetime.now(UTC)
+        namespace = meta.get("namespace") or "default"
+        body: Obj = {
+            "apiVersion": "v1",
+            "kind": "Event",
+            "metadata": {
+                "name": f"{meta['name']}.{secrets.token_hex(8)}",
+                "namespace": meta.get("namespace") or "default",
+            },
+            "involvedObject": {
+                "apiVersion": involved["apiVersion"],
+                "kind": involved["kind"],
+                "name": meta["name"],
+                "namespace": meta.get("namespace"),
+                "uid": meta.get("uid"),
+                "resourceVersion": meta.get("resourceVersion"),
+            },
+            "type": type_,
+            "reason": reason,
+            "message": message[:1024],
+            "source": {"component": "graft"},
+            "reportingComponent": "graft.dev/operator",
+            "reportingInstance": "graft",
+            "firstTimestamp": now.isoformat(),
+            "lastTimestamp": now.isoformat(),
+            "count": 1,
+        }
+        try:
+            self.core.create_namespaced_event(namespace, body)
+        except ApiException as exc:
+            log.warning("could not record event %s on %s: %s", reason, meta["name"], exc.reason)

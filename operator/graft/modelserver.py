@@ -1,0 +1,285 @@
+"""Model-server pods and Service of a Deployment: builders, the pod plan and status (pure).
+
+The plan is a function of (desired replicas, current template hash, observed pods) only, so the
+same inputs always give the same plan, whatever event triggered the reconcile.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+from graft import keys
+from graft.api.common import Condition
+from graft.api.serving import DeploymentSpec, DeploymentStatus
+from graft.conditions import set_condition
+from graft.engines import PORT, PORT_NAME, ServerSpec, container_for
+from graft.names import is_dns1035_label
+
+
+@dataclass(frozen=True)
+class Owner:
+    """The Graft Deployment object the children belong to."""
+
+    name: str
+    namespace: str
+    uid: str
+    generation: int
+    api_version: str = keys.API_VERSION
+    kind: str = "Deployment"
+
+    def reference(self) -> dict[str, Any]:
+        return {
+            "apiVersion": self.api_version,
+            "kind": self.kind,
+            "name": self.name,
+            "uid": self.uid,
+            "controller": True,
+            "blockOwnerDeletion": True,
+        }
+
+
+def selector_labels(deployment: str) -> dict[str, str]:
+    return {keys.DEPLOYMENT: deployment, keys.COMPONENT: keys.MODEL_SERVER}
+
+
+def selector_string(deployment: str) -> str:
+    return ",".join(f"{k}={v}" for k, v in sorted(selector_labels(deployment).items()))
+
+
+def service_name(deployment: str) -> str:
+    """The Service is named after the Deployment when that is a valid Service name.
+
+    Graft IDs may start with a digit, Service names may not; those get a stable hashed name
+    (reported in status.endpoint) rather than a silently mangled one.
+    """
+    if is_dns1035_label(deployment):
+        return deployment
+    return "graft-" + hashlib.sha256(deployment.encode()).hexdigest()[:12]
+
+
+def endpoint(owner: Owner) -> str:
+    return f"http://{service_name(owner.name)}.{owner.namespace}.svc:{PORT}/v1"
+
+
+def resource_requirements(
+    gpus: int, gpu_resource: str, cpu: str | int | None, memory: str | int | None
+) -> dict[str, Any]:
+    requests: dict[str, str] = {}
+    limits: dict[str, str] = {}
+    if gpus:
+        # Extended resources must have requests == limits.
+        requests[gpu_resource] = limits[gpu_resource] = str(gpus)
+    if cpu is not None:
+        requests["cpu"] = str(cpu)
+    if memory is not None:
+        requests["memory"] = limits["memory"] = str(memory)
+    out: dict[str, Any] = {}
+    if requests:
+        out["requests"] = requests
+    if limits:
+        out["limits"] = limits
+    return out
+
+
+def pod_spec(
+    spec: DeploymentSpec, server: ServerSpec, volumes: list[dict[str, Any]]
+) -> dict[str, Any]:
+    """The pod's spec; everything that should roll the pods when it changes is in here."""
+    pod: dict[str, Any] = {
+        "containers": [container_for(spec.engine, server)],
+        "enableServiceLinks": False,
+        "terminationGracePeriodSeconds": 30,
+    }
+    if volumes:
+        pod["volumes"] = volumes
+    if spec.node_selector:
+        pod["nodeSelector"] = dict(sorted(spec.node_selector.items()))
+    return pod
+
+
+def spec_hash(pod: dict[str, Any]) -> str:
+    canonical = json.dumps(pod, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(canonical.encode()).hexdigest()[:10]
+
+
+def model_server_pod(owner: Owner, pod: dict[str, Any], template_hash: str) -> dict[str, Any]:
+    labels = {
+        keys.MANAGED_BY: keys.MANAGED_BY_VALUE,
+        keys.NAME: "graft",
+        keys.INSTANCE: owner.name,
+        **selector_labels(owner.name),
+        keys.SPEC_HASH: template_hash,
+    }
+    return {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {
+            # generateName never truncates: pod names may be 253 characters long.
+            "generateName": f"{owner.name}-{template_hash[:5]}-",
+            "namespace": owner.namespace,
+            "labels": labels,
+            "ownerReferences": [owner.reference()],
+        },
+        "spec": pod,
+    }
+
+
+def service(owner: Owner) -> dict[str, Any]:
+    return {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": {
+            "name": service_name(owner.name),
+            "namespace": owner.namespace,
+            "labels": {
+                keys.MANAGED_BY: keys.MANAGED_BY_VALUE,
+                keys.NAME: "graft",
+                keys.INSTANCE: owner.name,
+                keys.DEPLOYMENT: owner.name,
+            },
+            "ownerReferences": [owner.reference()],
+        },
+        "spec": {
+            "selector": selector_labels(owner.name),
+            "ports": [
+                {"name": PORT_NAME, "port": PORT, "targetPort": PORT_NAME, "protocol": "TCP"}
+            ],
+        },
+    }
+
+
+@dataclass(frozen=True)
+class ObservedPod:
+    """The facts about one existing pod that the plan and status need."""
+
+    name: str
+    spec_hash: str | None
+    ready: bool
+    terminating: bool = False
+    finished: bool = False  # phase Succeeded or Failed: it will never serve again
+    created: str = ""
+
+
+@dataclass(frozen=True)
+class PodPlan:
+    create: int = 0
+    delete: tuple[str, ...] = ()
+    reasons: tuple[str, ...] = field(default=())
+
+    @property
+    def empty(self) -> bool:
+        return self.create == 0 and not self.delete
+
+
+def pod_plan(desired: int, current_hash: str, pods: list[ObservedPod]) -> PodPlan:
+    """Pods to create and delete to reach `desired` ready pods of the current template.
+
+    Rolling replacement never lowers the number of ready pods below what is wanted: an outdated
+    pod that is Ready is deleted only once enough current pods are Ready to cover it.
+    """
+    live = [p for p in pods if not p.terminating]
+    delete: list[str] = [p.name for p in live if p.finished]
+    live = [p for p in live if not p.finished]
+    current = [p for p in live if p.spec_hash == current_hash]
+    outdated = [p for p in live if p.spec_hash != current_hash]
+    reasons: list[str] = []
+
+    create = max(0, desired - len(current))
+    if create:
+        reasons.append("ScalingUp" if not outdated else "RollingUpdate")
+    if len(current) > desired:
+        # Drop unready pods first, then the newest (they have served least).
+        surplus = sorted(current, key=lambda p: p.created, reverse=True)
+        surplus.sort(key=lambda p: p.ready)
+        delete += [p.name for p in surplus[: len(current) - desired]]
+        reasons.append("ScalingDown")
+
+    ready_current = sum(1 for p in current if p.ready)
+    unready_outdated = [p for p in outdated if not p.ready]
+    ready_outdated = sorted((p for p in outdated if p.ready), key=lambda p: p.created)
+    delete += [p.name for p in unready_outdated]
+    removable = max(0, ready_current + len(ready_outdated) - desired)
+    delete += [p.name for p in ready_outdated[:removable]]
+    if outdated and "RollingUpdate" not in reasons:
+        reasons.append("RollingUpdate")
+    return PodPlan(create=create, delete=tuple(delete), reasons=tuple(reasons))
+
+
+@dataclass(frozen=True)
+class BlockedBy:
+    """Why no pods can be planned (a spec or dependency problem), as a condition reason."""
+
+    reason: str
+    message: str
+    waiting: bool  # True: a dependency may appear; False: only a spec change fixes it
+
+
+def deployment_status(
+    *,
+    owner: Owner,
+    spec: DeploymentSpec,
+    full_name: str,
+    pods: list[ObservedPod],
+    current_hash: str | None,
+    blocked: BlockedBy | None,
+    previous: list[Condition],
+    now: str,
+) -> DeploymentStatus:
+    """The whole status from what was observed (after the plan ran)."""
+    live = [p for p in pods if not p.terminating and not p.finished]
+    updated = [p for p in live if current_hash is not None and p.spec_hash == current_hash]
+    ready = sum(1 for p in live if p.ready)
+    desired = spec.replicas
+    gen = owner.generation
+
+    def cond(
+        conds: list[Condition], type_: str, ok: bool, reason: str, message: str
+    ) -> list[Condition]:
+        return set_condition(conds, type_, ok, reason, message, generation=gen, now=now)
+
+    conditions = list(previous)
+    if blocked is not None:
+        conditions = cond(conditions, "Ready", False, blocked.reason, blocked.message)
+        conditions = cond(conditions, "Progressing", False, blocked.reason, blocked.message)
+        state = "Waiting" if blocked.waiting else "Failed"
+    else:
+        # Ready: enough replicas serve (old-template pods keep serving during a rollout).
+        counts = f"{ready}/{desired} replicas ready"
+        ready_ok = ready >= desired
+        conditions = cond(
+            conditions,
+            "Ready",
+            ready_ok,
+            "ReplicasReady" if ready_ok else "ReplicasNotReady",
+            counts,
+        )
+        converged = (
+            len(updated) == len(live) == desired and sum(1 for p in updated if p.ready) == desired
+        )
+        if converged:
+            conditions = cond(conditions, "Progressing", False, "Stable", counts)
+            state = "Ready"
+        else:
+            if len(updated) < len(live):
+                why = "RollingUpdate"
+            elif len(live) > desired:
+                why = "ScalingDown"
+            else:
+                why = "ScalingUp"
+            detail = f"{counts}; {len(updated)} of {len(live)} pods on the current template, {desired} wanted"
+            conditions = cond(conditions, "Progressing", True, why, detail)
+            state = "Progressing"
+    return DeploymentStatus(
+        observed_generation=gen,
+        name=full_name,
+        state=state,
+        conditions=conditions,
+        replicas=len(live),
+        ready_replicas=ready,
+        updated_replicas=len(updated),
+        selector=selector_string(owner.name),
+        endpoint=endpoint(owner),
+    )

@@ -1,0 +1,100 @@
+"""Integration tests run against a real kube-apiserver.
+
+Unless KUBECONFIG points at a cluster, the session starts the local control plane
+(hack/localcluster.py: etcd, kube-apiserver, controller-manager, scheduler, kwok) and stops it
+at the end if it started it. The operator runs as a `graft run` subprocess.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import uuid
+from collections.abc import Iterator
+
+import pytest
+
+from kube import ROOT, Cluster, OperatorProcess, wait_for
+
+
+def _localcluster(*args: str) -> str:
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "hack" / "localcluster.py"), *args],
+        capture_output=True,
+        text=True,
+        timeout=3600,
+        check=False,
+    )
+    if proc.returncode != 0:
+        raise RuntimeError(f"localcluster {' '.join(args)} failed:\n{proc.stdout}\n{proc.stderr}")
+    return proc.stdout.strip().splitlines()[-1] if proc.stdout.strip() else ""
+
+
+@pytest.fixture(scope="session")
+def cluster() -> Iterator[Cluster]:
+    configured = os.environ.get("KUBECONFIG")
+    if configured:
+        yield Cluster(kubeconfig=configured)
+        return
+    already_up = (
+        subprocess.run(
+            [sys.executable, str(ROOT / "hack" / "localcluster.py"), "kubeconfig"],
+            capture_output=True,
+            text=True,
+            check=False,
+        ).returncode
+        == 0
+    )
+    kubeconfig = _localcluster("up")
+    try:
+        yield Cluster(kubeconfig=kubeconfig)
+    finally:
+        if not already_up and not os.environ.get("GRAFT_KEEP_CLUSTER"):
+            _localcluster("down")
+
+
+@pytest.fixture(scope="session")
+def crds(cluster: Cluster) -> Cluster:
+    cluster.kubectl(
+        "apply", "--server-side", "--field-manager=graft-tests", "-f", str(ROOT / "crds")
+    )
+    cluster.kubectl(
+        "wait", "--for=condition=Established", "--timeout=60s", "-f", str(ROOT / "crds")
+    )
+    return cluster
+
+
+@pytest.fixture(scope="session")
+def operator(crds: Cluster, tmp_path_factory: pytest.TempPathFactory) -> Iterator[OperatorProcess]:
+    log = tmp_path_factory.mktemp("operator") / "operator.log"
+    op = OperatorProcess(crds, log)
+    op.start()
+    try:
+        yield op
+    finally:
+        op.stop()
+        # Keep the log where CI output can point to it.
+        print(f"\noperator log: {log}")
+
+
+@pytest.fixture
+def namespace(crds: Cluster, request: pytest.FixtureRequest) -> Iterator[str]:
+    name = f"t-{uuid.uuid4().hex[:8]}"
+    crds.kubectl("create", "namespace", name)
+    wait_for(
+        "the default ServiceAccount",
+        lambda: crds.get("serviceaccount", "default", name),
+        timeout=30,
+    )
+    yield name
+    crds.kubectl("delete", "namespace", name, "--wait=false")
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[None]:
+    outcome = yield
+    report = outcome.get_result()
+    if report.when == "call" and report.failed and "operator" in getattr(item, "funcargs", {}):
+        op: OperatorProcess = item.funcargs["operator"]
+        report.sections.append(("operator log (last lines)", op.tail(120)))

@@ -1,0 +1,161 @@
+"""Test helpers for a real cluster: kubectl, the Python client, waiting, the operator process."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+CACHE = Path(
+    os.environ.get("GRAFT_CACHE_DIR")
+    or Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "graft"
+)
+T = TypeVar("T")
+
+
+def kubectl_binary() -> str:
+    built = CACHE / "bin" / "kubectl"
+    if built.exists():
+        return str(built)
+    found = shutil.which("kubectl")
+    if not found:
+        raise RuntimeError("no kubectl: run `make controlplane` or put kubectl on PATH")
+    return found
+
+
+@dataclass
+class Cluster:
+    kubeconfig: str
+    kubectl_path: str = field(default_factory=kubectl_binary)
+
+    def env(self, **extra: str) -> dict[str, str]:
+        return {**os.environ, "KUBECONFIG": self.kubeconfig, **extra}
+
+    def kubectl(
+        self, *args: str, input: str | None = None, check: bool = True, timeout: float = 120
+    ) -> subprocess.CompletedProcess[str]:
+        proc = subprocess.run(
+            [self.kubectl_path, *args],
+            input=input,
+            capture_output=True,
+            text=True,
+            check=False,
+            env=self.env(),
+            timeout=timeout,
+        )
+        if check and proc.returncode != 0:
+            raise AssertionError(
+                f"kubectl {' '.join(args)} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}"
+            )
+        return proc
+
+    def apply(self, manifest: dict[str, Any] | list[dict[str, Any]], *flags: str) -> str:
+        docs = manifest if isinstance(manifest, list) else [manifest]
+        return self.kubectl("apply", *flags, "-f", "-", input=yaml.safe_dump_all(docs)).stdout
+
+    def get(self, kind: str, name: str, namespace: str | None = None) -> dict[str, Any] | None:
+        args = ["get", kind, name, "-o", "json"]
+        if namespace:
+            args += ["-n", namespace]
+        proc = self.kubectl(*args, check=False)
+        if proc.returncode != 0:
+            if "NotFound" in proc.stderr:
+                return None
+            raise AssertionError(proc.stderr)
+        out: dict[str, Any] = json.loads(proc.stdout)
+        return out
+
+    def list(self, kind: str, namespace: str, selector: str | None = None) -> list[dict[str, Any]]:
+        args = ["get", kind, "-n", namespace, "-o", "json"]
+        if selector:
+            args += ["-l", selector]
+        items: list[dict[str, Any]] = json.loads(self.kubectl(*args).stdout)["items"]
+        return items
+
+
+def wait_for(
+    what: str, probe: Callable[[], T | None], timeout: float = 60, interval: float = 0.5
+) -> T:
+    """Poll probe() until it returns something truthy; fail with `what` and the last value."""
+    deadline = time.monotonic() + timeout
+    last: T | None = None
+    while time.monotonic() < deadline:
+        last = probe()
+        if last:
+            return last
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}; last value: {last!r}")
+
+
+def condition(obj: dict[str, Any] | None, type_: str) -> dict[str, Any] | None:
+    if not obj:
+        return None
+    return next(
+        (c for c in (obj.get("status") or {}).get("conditions") or [] if c["type"] == type_), None
+    )
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+class OperatorProcess:
+    """`graft run` as a subprocess, the way it runs in production (minus the container)."""
+
+    def __init__(self, cluster: Cluster, log_path: Path, resync_seconds: float = 2.0) -> None:
+        self.cluster = cluster
+        self.log_path = log_path
+        self.port = free_port()
+        self.resync_seconds = resync_seconds
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        graft = Path(sys.executable).with_name("graft")
+        self.log_file = self.log_path.open("ab")
+        self.proc = subprocess.Popen(
+            [str(graft), "run", "--liveness", f"http://127.0.0.1:{self.port}/healthz"],
+            env=self.cluster.env(GRAFT_RESYNC_SECONDS=str(self.resync_seconds)),
+            stdout=self.log_file,
+            stderr=subprocess.STDOUT,
+        )
+        wait_for("the operator's liveness endpoint", self._alive, timeout=60)
+
+    def _alive(self) -> bool:
+        import urllib.request
+
+        assert self.proc is not None
+        if self.proc.poll() is not None:
+            raise AssertionError(f"operator exited with {self.proc.returncode}:\n{self.tail()}")
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/healthz", timeout=1) as r:
+                return bool(r.status == 200)
+        except OSError:
+            return False
+
+    def tail(self, lines: int = 80) -> str:
+        return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        if getattr(self, "log_file", None):
+            self.log_file.close()

@@ -1,0 +1,61 @@
+"""The pydantic API accepts what the CRDs accept and speaks camelCase."""
+
+from __future__ import annotations
+
+import pytest
+from pydantic import ValidationError
+
+from graft.api.common import ID_RE
+from graft.api.models import ModelSpec
+from graft.api.serving import DeploymentSpec, Engine
+
+
+def test_deployment_defaults_and_wire_names() -> None:
+    spec = DeploymentSpec.model_validate({"baseModel": "llama", "enableAddons": True})
+    assert spec.replicas == 1
+    assert spec.engine == Engine.VLLM
+    wire = spec.wire()
+    assert wire["baseModel"] == "llama"
+    assert wire["maxAddonRank"] == 16
+    assert wire["resources"]["gpuResource"] == "nvidia.com/gpu"
+
+
+def test_unknown_fields_are_refused() -> None:
+    with pytest.raises(ValidationError, match="replica"):
+        DeploymentSpec.model_validate({"baseModel": "x", "replica": 2})
+
+
+def test_references_accept_id_or_full_name() -> None:
+    ModelSpec.model_validate(
+        {
+            "kind": "PeftAddon",
+            "baseModel": "accounts/acme/models/llama",
+            "source": {"uri": "file:///m"},
+        }
+    )
+    with pytest.raises(ValidationError):
+        ModelSpec.model_validate(
+            {"kind": "PeftAddon", "baseModel": "Not_An_ID", "source": {"uri": "file:///m"}}
+        )
+    with pytest.raises(ValidationError):
+        ModelSpec.model_validate({"kind": "Base", "source": {"uri": "ftp://x/y"}})
+
+
+@pytest.mark.parametrize(
+    ("value", "ok"),
+    [
+        ("a", True),
+        ("a-b-9", True),
+        ("9abc", True),
+        ("x" * 63, True),
+        ("x" * 64, False),
+        ("-a", False),
+        ("a-", False),
+        ("a.b", False),
+        ("Ab", False),
+        ("a_b", False),
+        ("", False),
+    ],
+)
+def test_id_rule(value: str, ok: bool) -> None:
+    assert bool(ID_RE.match(value)) is ok

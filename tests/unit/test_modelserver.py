@@ -1,0 +1,198 @@
+"""Builders for the engine container, model-server pods and Service, and Deployment status."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from graft import keys
+from graft.api.serving import DeploymentSpec
+from graft.engines import Addon, ServerSpec, container_for
+from graft.modelserver import (
+    BlockedBy,
+    ObservedPod,
+    Owner,
+    deployment_status,
+    model_server_pod,
+    pod_spec,
+    resource_requirements,
+    service,
+    service_name,
+    spec_hash,
+)
+from graft.storage import UnsupportedSource, locate
+
+OWNER = Owner(name="chat", namespace="acme", uid="uid-1", generation=3)
+SERVED = "accounts/acme/models/llama"
+
+
+def server(**kw: object) -> ServerSpec:
+    base = {"model_path": "meta/llama", "served_name": SERVED}
+    return ServerSpec(**(base | kw))  # type: ignore[arg-type]
+
+
+def arg(args: list[str], flag: str) -> str:
+    return args[args.index(flag) + 1]
+
+
+def test_vllm_base_model_args() -> None:
+    c = container_for("VLLM", server())
+    assert c["command"] == ["python3", "-m", "vllm.entrypoints.openai.api_server"]
+    assert arg(c["args"], "--model") == "meta/llama"
+    assert arg(c["args"], "--served-model-name") == SERVED
+    assert arg(c["args"], "--port") == "8000"
+    assert "--enable-lora" not in c["args"]
+    assert "env" not in c
+    assert c["ports"] == [{"name": "http", "containerPort": 8000, "protocol": "TCP"}]
+    assert c["readinessProbe"]["httpGet"]["path"] == "/health"
+
+
+def test_vllm_lora_args_and_startup_addons() -> None:
+    addon = Addon(name="accounts/acme/models/sql", path="/adapters/sql", base_model_name=SERVED)
+    c = container_for(
+        "VLLM",
+        server(
+            enable_addons=True,
+            max_addons=6,
+            max_addon_rank=32,
+            addons=(addon,),
+            extra_args=("--dtype", "half"),
+        ),
+    )
+    args = c["args"]
+    assert "--enable-lora" in args
+    assert arg(args, "--max-loras") == "6"
+    assert arg(args, "--max-lora-rank") == "32"
+    assert json.loads(arg(args, "--lora-modules")) == {
+        "name": "accounts/acme/models/sql",
+        "path": "/adapters/sql",
+        "base_model_name": SERVED,
+    }
+    assert args[-2:] == ["--dtype", "half"]
+    assert {"name": "VLLM_ALLOW_RUNTIME_LORA_UPDATING", "value": "True"} in c["env"]
+
+
+def test_reference_engine_runs_graft_serve() -> None:
+    c = container_for("Reference", server(enable_addons=True, image="registry.local/graft:dev"))
+    assert c["command"] == ["graft"]
+    assert c["args"][0] == "serve"
+    assert c["image"] == "registry.local/graft:dev"
+    assert "--enable-lora" in c["args"]
+
+
+def test_gpu_requests_equal_limits() -> None:
+    assert resource_requirements(2, "nvidia.com/gpu", "4", "16Gi") == {
+        "requests": {"nvidia.com/gpu": "2", "cpu": "4", "memory": "16Gi"},
+        "limits": {"nvidia.com/gpu": "2", "memory": "16Gi"},
+    }
+    assert resource_requirements(0, "nvidia.com/gpu", None, None) == {}
+
+
+def test_pod_is_owned_labelled_and_hashed() -> None:
+    spec = DeploymentSpec.model_validate({"baseModel": "llama", "nodeSelector": {"gpu": "a100"}})
+    ps = pod_spec(
+        spec, server(resources=resource_requirements(1, "nvidia.com/gpu", None, None)), []
+    )
+    h = spec_hash(ps)
+    pod = model_server_pod(OWNER, ps, h)
+    meta = pod["metadata"]
+    assert meta["generateName"] == f"chat-{h[:5]}-"
+    assert meta["labels"][keys.SPEC_HASH] == h
+    assert meta["labels"][keys.DEPLOYMENT] == "chat"
+    owner = meta["ownerReferences"][0]
+    assert owner["controller"] is True
+    assert owner["uid"] == "uid-1"
+    assert owner["kind"] == "Deployment"
+    assert owner["apiVersion"] == "graft.dev/v1alpha1"
+    assert pod["spec"]["nodeSelector"] == {"gpu": "a100"}
+    assert pod["spec"]["containers"][0]["resources"]["limits"] == {"nvidia.com/gpu": "1"}
+
+
+def test_spec_hash_changes_with_the_template_only() -> None:
+    spec = DeploymentSpec.model_validate({"baseModel": "llama"})
+    a = spec_hash(pod_spec(spec, server(), []))
+    assert a == spec_hash(pod_spec(spec, server(), []))
+    assert a != spec_hash(pod_spec(spec, server(extra_args=("--x",)), []))
+    assert a != spec_hash(pod_spec(spec, server(max_addons=2, enable_addons=True), []))
+
+
+def test_service_selects_the_pods() -> None:
+    svc = service(OWNER)
+    assert svc["metadata"]["name"] == "chat"
+    assert svc["spec"]["selector"] == {keys.DEPLOYMENT: "chat", keys.COMPONENT: keys.MODEL_SERVER}
+    assert svc["spec"]["ports"][0]["port"] == 8000
+
+
+def test_service_name_for_ids_starting_with_a_digit() -> None:
+    name = service_name("7b-chat")
+    assert name.startswith("graft-")
+    assert len(name) <= 63
+    assert name == service_name("7b-chat")
+
+
+@pytest.mark.parametrize(
+    ("uri", "path"),
+    [
+        ("hf://meta/llama-3", "meta/llama-3"),
+        ("file:///srv/models/x", "/srv/models/x"),
+        ("pvc://weights/base/llama", "/models/model/base/llama"),
+    ],
+)
+def test_locate(uri: str, path: str) -> None:
+    assert locate(uri).path == path
+
+
+def test_locate_pvc_mounts_read_only() -> None:
+    loc = locate("pvc://weights/llama")
+    assert loc.volumes == [
+        {"name": "model", "persistentVolumeClaim": {"claimName": "weights", "readOnly": True}}
+    ]
+    assert loc.mounts[0]["readOnly"] is True
+
+
+@pytest.mark.parametrize(
+    "uri", ["s3://bucket/key", "https://x/y", "hf://only-one-part", "file://relative"]
+)
+def test_locate_refuses_what_it_cannot_serve(uri: str) -> None:
+    with pytest.raises(UnsupportedSource):
+        locate(uri)
+
+
+def status(desired: int, pods: list[ObservedPod], blocked: BlockedBy | None = None, previous=None):  # type: ignore[no-untyped-def]
+    spec = DeploymentSpec.model_validate({"baseModel": "llama", "replicas": desired})
+    return deployment_status(
+        owner=OWNER, spec=spec, full_name="accounts/acme/deployments/chat", pods=pods,
+        current_hash="h", blocked=blocked, previous=previous or [], now="T1",
+    )  # fmt: skip
+
+
+def cond(st, type_):  # type: ignore[no-untyped-def]
+    return next(c for c in st.conditions if c.type == type_)
+
+
+def test_status_ready_when_all_replicas_ready() -> None:
+    st = status(2, [ObservedPod("a", "h", True), ObservedPod("b", "h", True)])
+    assert (st.replicas, st.ready_replicas, st.updated_replicas) == (2, 2, 2)
+    assert cond(st, "Ready").status == "True"
+    assert cond(st, "Progressing").status == "False"
+    assert st.state == "Ready"
+    assert st.observed_generation == 3
+    assert st.selector == "app.kubernetes.io/component=model-server,graft.dev/deployment=chat"
+    assert st.endpoint == "http://chat.acme.svc:8000/v1"
+
+
+def test_status_progressing_while_scaling() -> None:
+    st = status(3, [ObservedPod("a", "h", True), ObservedPod("b", "h", False)])
+    assert cond(st, "Ready").status == "False"
+    assert cond(st, "Ready").message == "1/3 replicas ready"
+    assert cond(st, "Progressing").reason == "ScalingUp"
+    assert st.state == "Progressing"
+
+
+def test_status_blocked() -> None:
+    st = status(2, [], BlockedBy("BaseModelNotFound", "base model x does not exist", waiting=True))
+    assert cond(st, "Ready").status == "False"
+    assert cond(st, "Ready").reason == "BaseModelNotFound"
+    assert st.state == "Waiting"
+    assert st.replicas == 0
