@@ -23,7 +23,6 @@ ID_VALIDATION = {
     "rule": f"self.metadata.name.matches('{ID_PATTERN}')",
     "message": f"metadata.name {ID_RULE}",
     "reason": "FieldValueInvalid",
-    "fieldPath": ".metadata.name",
 }
 
 _DROP = {"title", "$defs", "examples"}

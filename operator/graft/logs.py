@@ -36,3 +36,6 @@ def configure(verbose: bool = False) -> None:
     root.setLevel(logging.DEBUG if verbose else logging.INFO)
     for noisy in ("kubernetes.client.rest", "urllib3", "asyncio"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    if not verbose:
+        # kopf says "Handler ... succeeded" for every event of every pod; keep its warnings only.
+        logging.getLogger("kopf.objects").setLevel(logging.WARNING)

@@ -32,7 +32,10 @@ def _localcluster(*args: str) -> str:
 
 
 @pytest.fixture(scope="session")
-def cluster() -> Iterator[Cluster]:
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
+    # A discovery cache of its own: a local cluster restarted on the same port must not be
+    # seen through a stale one.
+    os.environ["KUBECACHEDIR"] = str(tmp_path_factory.mktemp("kubecache"))
     configured = os.environ.get("KUBECONFIG")
     if configured:
         yield Cluster(kubeconfig=configured)

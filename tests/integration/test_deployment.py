@@ -117,7 +117,12 @@ def test_crds_are_established_with_printer_columns_and_explain(crds: Cluster) ->
             "finetuningjobs",
         )
     }
-    explain = crds.kubectl("explain", "deployments.graft.dev.spec.maxAddonRank").stdout
+    # The OpenAPI document kubectl explain reads is published a moment after discovery.
+    explain = wait_for(
+        "kubectl explain to know the CRD",
+        lambda: crds.kubectl("explain", "gdeploy.spec.maxAddonRank", check=False).stdout,
+        timeout=30,
+    )
     assert "vLLM --max-lora-rank" in explain
     resources = crds.kubectl("api-resources", "--api-group=graft.dev", "-o", "name").stdout.split()
     assert len(resources) == 7
