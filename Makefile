@@ -75,7 +75,9 @@ unit: $(STAMP) ## run the fast tests only (no API server, no torch)
 	$(BIN)/pytest -m 'not integration and not dataplane' $(PYTEST_ARGS)
 
 .PHONY: demo
-demo: $(STAMP) ## run Graft on the local control plane (or $$KUBECONFIG) with examples/
+demo: ## run Graft on the local control plane (or $$KUBECONFIG) with examples/
+	@# The operator needs none of the data-plane extras (torch & co.).
+	@$(MAKE) --no-print-directory install EXTRAS=dev
 	$(BIN)/python hack/demo.py up
 
 .PHONY: demo-stop

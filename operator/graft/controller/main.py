@@ -1,11 +1,20 @@
-"""kopf wiring only: settings, handler registration, and `run()`. The work is in the reconcilers."""
+"""kopf wiring only: settings, handler registration, and `run()`. The work is in the reconcilers.
+
+Every kind is reconciled level-triggered: create, update (of the spec), resume and a periodic
+resync all call the kind's `reconcile(api, namespace, name)`, one at a time per object; events of
+other objects (pods, models, ...) call it too. Each reconcile reads fresh state, so it does not
+matter which trigger fired or whether one was missed.
+
+Adding a kind: write `graft/controller/<kind>.py` with `reconcile()`, then append a section at
+the end of this file that calls `level_triggered()` and registers any extra triggers.
+"""
 
 from __future__ import annotations
 
 import logging
 import os
 import threading
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any
 
@@ -22,9 +31,13 @@ log = logging.getLogger(__name__)
 # in other namespaces). Tests lower it to see convergence quickly.
 RESYNC_SECONDS = float(os.environ.get("GRAFT_RESYNC_SECONDS", "60"))
 
+Reconcile = Callable[[Api, str, str], None]
+"""reconcile(api, namespace, name); namespace is "" for cluster-scoped kinds."""
+
 _api: Api | None = None
 _locks: dict[tuple[str, str, str], threading.Lock] = {}
 _locks_guard = threading.Lock()
+_reconcilers: dict[str, Reconcile] = {}
 
 
 def api() -> Api:
@@ -36,17 +49,42 @@ def api() -> Api:
 
 
 @contextmanager
-def exclusive(kind: str, namespace: str, name: str) -> Iterator[None]:
+def exclusive(plural: str, namespace: str, name: str) -> Iterator[None]:
     """One reconcile at a time per object; kopf runs sync handlers on a thread pool."""
     with _locks_guard:
-        lock = _locks.setdefault((kind, namespace, name), threading.Lock())
+        lock = _locks.setdefault((plural, namespace, name), threading.Lock())
     with lock:
         yield
 
 
-def reconcile_deployment(namespace: str, name: str) -> None:
-    with exclusive("deployments", namespace, name):
-        deployment.reconcile(api(), namespace, name)
+def reconcile(plural: str, namespace: str, name: str) -> None:
+    with exclusive(plural, namespace, name):
+        _reconcilers[plural](api(), namespace, name)
+
+
+def reconcile_soft(plural: str, namespace: str, name: str) -> None:
+    """Reconcile triggered by another object's event: a failure is retried by the next event
+    or the resync, so it is logged, not raised."""
+    try:
+        reconcile(plural, namespace, name)
+    except Exception:
+        log.exception("reconciling %s %s/%s failed; it will be retried", plural, namespace, name)
+
+
+def level_triggered(plural: str, fn: Reconcile) -> None:
+    """Register create, spec update, resume and the resync timer of a Graft kind on `fn`."""
+    _reconcilers[plural] = fn
+    resource = (keys.GROUP, keys.VERSION, plural)
+
+    def handler(namespace: str | None, name: str | None, **_: Any) -> None:
+        assert name is not None
+        reconcile(plural, namespace or "", name)
+
+    handler.__name__ = handler.__qualname__ = f"reconcile_{plural}"
+    kopf.on.create(*resource)(handler)
+    kopf.on.update(*resource, field="spec")(handler)
+    kopf.on.resume(*resource)(handler)
+    kopf.timer(*resource, interval=RESYNC_SECONDS, initial_delay=RESYNC_SECONDS)(handler)
 
 
 @kopf.on.startup()
@@ -66,31 +104,23 @@ def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
     api()
 
 
-def _on_deployment(namespace: str | None, name: str | None, **_: Any) -> None:
-    assert namespace is not None
-    assert name is not None
-    reconcile_deployment(namespace, name)
+def run(
+    namespace: list[str] | None = None, liveness: str | None = None, verbose: bool = False
+) -> int:
+    """Run the operator until interrupted."""
+    logs.configure(verbose)
+    kopf.run(
+        standalone=True,
+        clusterwide=not namespace,
+        namespaces=namespace or [],
+        liveness_endpoint=liveness,
+    )
+    return 0
 
 
-GRAFT_DEPLOYMENTS = (keys.GROUP, keys.VERSION, "deployments")
+# --- Deployment ------------------------------------------------------------------------------
 
-for register in (
-    kopf.on.create(*GRAFT_DEPLOYMENTS),
-    kopf.on.update(*GRAFT_DEPLOYMENTS, field="spec"),
-    kopf.on.resume(*GRAFT_DEPLOYMENTS),
-    kopf.timer(
-        *GRAFT_DEPLOYMENTS, interval=RESYNC_SECONDS, idle=None, initial_delay=RESYNC_SECONDS
-    ),
-):
-    register(_on_deployment)
-
-
-def _reconcile_soft(namespace: str, name: str) -> None:
-    # Triggered by another object's event: a failure is retried by the next event or the resync.
-    try:
-        reconcile_deployment(namespace, name)
-    except Exception:
-        log.exception("reconciling deployment %s/%s failed; it will be retried", namespace, name)
+level_triggered("deployments", deployment.reconcile)
 
 
 @kopf.on.event(
@@ -99,7 +129,7 @@ def _reconcile_soft(namespace: str, name: str) -> None:
 def model_server_pod_event(namespace: str | None, labels: Mapping[str, str], **_: Any) -> None:
     owner = labels.get(keys.DEPLOYMENT)
     if namespace and owner:
-        _reconcile_soft(namespace, owner)
+        reconcile_soft("deployments", namespace, owner)
 
 
 @kopf.on.event(keys.GROUP, keys.VERSION, "models")
@@ -113,18 +143,4 @@ def model_event(namespace: str | None, name: str | None, **_: Any) -> None:
         except InvalidReference:
             continue
         if (ref.account, ref.id) == (namespace, name):
-            _reconcile_soft(namespace, dep["metadata"]["name"])
-
-
-def run(
-    namespace: list[str] | None = None, liveness: str | None = None, verbose: bool = False
-) -> int:
-    """Run the operator until interrupted."""
-    logs.configure(verbose)
-    kopf.run(
-        standalone=True,
-        clusterwide=not namespace,
-        namespaces=namespace or [],
-        liveness_endpoint=liveness,
-    )
-    return 0
+            reconcile_soft("deployments", namespace, dep["metadata"]["name"])
