@@ -51,7 +51,7 @@ def kubeconfig() -> str:
 
 
 def kubectl_binary() -> str:
-    built = CACHE / "bin" / "kubectl"
+    built = Path(os.environ.get("GRAFT_BIN_DIR") or CACHE / "bin") / "kubectl"
     return str(built) if built.exists() else "kubectl"
 
 

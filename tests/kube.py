@@ -25,7 +25,7 @@ T = TypeVar("T")
 
 
 def kubectl_binary() -> str:
-    built = CACHE / "bin" / "kubectl"
+    built = Path(os.environ.get("GRAFT_BIN_DIR") or CACHE / "bin") / "kubectl"
     if built.exists():
         return str(built)
     found = shutil.which("kubectl")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import secrets
 from datetime import UTC, datetime
@@ -23,6 +24,16 @@ def load_config() -> None:
         config.load_incluster_config()
     except config.ConfigException:
         config.load_kube_config()
+
+
+def error_message(exc: ApiException) -> str:
+    """The API server's own message (e.g. the quota it exceeded), not the HTTP wrapper."""
+    try:
+        body = json.loads(exc.body or "{}")
+    except (TypeError, ValueError):
+        body = {}
+    message = body.get("message") if isinstance(body, dict) else None
+    return str(message or exc.reason or exc)
 
 
 def is_not_found(exc: ApiException) -> bool:

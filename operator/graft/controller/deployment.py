@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+from kubernetes.client.exceptions import ApiException
 from pydantic import ValidationError
 
 from graft import keys
@@ -18,7 +19,7 @@ from graft.api.models import ModelKind, ModelSpec
 from graft.api.serving import DeploymentSpec
 from graft.conditions import find, now_rfc3339
 from graft.engines import ServerSpec
-from graft.k8s import Api, Obj
+from graft.k8s import Api, Obj, error_message
 from graft.modelserver import (
     BlockedBy,
     ObservedPod,
@@ -127,7 +128,8 @@ def reconcile(api: Api, namespace: str, name: str) -> None:
     spec = DeploymentSpec.model_validate(obj.get("spec") or {})
 
     selector = selector_string(name)
-    pods = [observe_pod(p) for p in api.list_pods(namespace, selector)]
+    raw_pods = api.list_pods(namespace, selector)
+    pods = [observe_pod(p) for p in raw_pods]
     resolved = resolve_base_model(api, spec, namespace)
     current_hash: str | None = None
     blocked: BlockedBy | None = None
@@ -140,16 +142,14 @@ def reconcile(api: Api, namespace: str, name: str) -> None:
         ensure_service(api, owner)
         plan = pod_plan(spec.replicas, current_hash, pods)
         if not plan.empty:
-            raw = {p["metadata"]["name"]: p for p in api.list_pods(namespace, selector)}
-            for _ in range(plan.create):
-                created = api.create_pod(model_server_pod(owner, desired, current_hash))
-                log.info("created pod %s/%s", namespace, created["metadata"]["name"])
-            for pod_name in plan.delete:
-                uid = raw.get(pod_name, {}).get("metadata", {}).get("uid")
-                if api.delete_pod(namespace, pod_name, uid):
-                    log.info("deleted pod %s/%s", namespace, pod_name)
+            uids = {p["metadata"]["name"]: p["metadata"]["uid"] for p in raw_pods}
+            created, blocked = execute_plan(
+                api, owner, plan, model_server_pod(owner, desired, current_hash), uids
+            )
             before = sum(1 for p in pods if not p.terminating)
-            record_plan_events(api, obj, spec.replicas, before, plan)
+            record_plan_events(
+                api, obj, desired=spec.replicas, before=before, created=created, plan=plan
+            )
             pods = [observe_pod(p) for p in api.list_pods(namespace, selector)]
 
     status = deployment_status(
@@ -167,6 +167,28 @@ def reconcile(api: Api, namespace: str, name: str) -> None:
         old = find(previous, "Ready")
         if old is None or old.reason != blocked.reason:
             api.event(obj, "Warning", blocked.reason, blocked.message)
+
+
+def execute_plan(
+    api: Api, owner: Owner, plan: PodPlan, pod: Obj, uids: dict[str, str]
+) -> tuple[int, BlockedBy | None]:
+    """Create and delete pods as planned; return how many were created and, if admission
+    refused a pod (a ResourceQuota, a policy), why."""
+    created, blocked = 0, None
+    for _ in range(plan.create):
+        try:
+            made = api.create_pod(pod)
+        except ApiException as exc:
+            if exc.status != 403:
+                raise
+            blocked = BlockedBy("PodCreationForbidden", error_message(exc), waiting=True)
+            break
+        created += 1
+        log.info("created pod %s/%s", owner.namespace, made["metadata"]["name"])
+    for name in plan.delete:
+        if api.delete_pod(owner.namespace, name, uids.get(name)):
+            log.info("deleted pod %s/%s", owner.namespace, name)
+    return created, blocked
 
 
 def ensure_service(api: Api, owner: Owner) -> None:
@@ -205,10 +227,12 @@ def write_status(api: Api, obj: Obj, previous: Obj, new: Obj) -> None:
     api.patch_graft_status(PLURAL, meta["namespace"], meta["name"], patch)
 
 
-def record_plan_events(api: Api, obj: Obj, desired: int, before: int, plan: PodPlan) -> None:
-    if plan.create:
+def record_plan_events(
+    api: Api, obj: Obj, *, desired: int, before: int, created: int, plan: PodPlan
+) -> None:
+    if created:
         reason = "RollingUpdate" if "RollingUpdate" in plan.reasons else "ScalingUp"
-        message = f"created {plan.create} model-server pod(s); {before} existed, {desired} wanted"
+        message = f"created {created} model-server pod(s); {before} existed, {desired} wanted"
         api.event(obj, "Normal", reason, message)
     if plan.delete:
         reason = "ScalingDown" if "ScalingDown" in plan.reasons else "RollingUpdate"
