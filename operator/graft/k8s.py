@@ -69,16 +69,22 @@ class Api:
         return items
 
     def patch_graft_status(self, plural: str, namespace: str, name: str, status: Obj) -> None:
-        """Merge-patch status; keys set to None are removed."""
-        self.custom.patch_namespaced_custom_object_status(
-            keys.GROUP,
-            keys.VERSION,
-            namespace,
-            plural,
-            name,
-            {"status": status},
-            field_manager=keys.FIELD_MANAGER,
-        )
+        """Merge-patch status; keys set to None are removed. namespace "" = cluster-scoped."""
+        body = {"status": status}
+        if namespace:
+            self.custom.patch_namespaced_custom_object_status(
+                keys.GROUP,
+                keys.VERSION,
+                namespace,
+                plural,
+                name,
+                body,
+                field_manager=keys.FIELD_MANAGER,
+            )
+        else:
+            self.custom.patch_cluster_custom_object_status(
+                keys.GROUP, keys.VERSION, plural, name, body, field_manager=keys.FIELD_MANAGER
+            )
 
     # --- Pods and Services -----------------------------------------------------------------
 

@@ -18,8 +18,16 @@ from graft.api.common import Condition
 from graft.api.models import ModelKind, ModelSpec
 from graft.api.serving import DeploymentSpec
 from graft.conditions import find, now_rfc3339
-from graft.engines import ServerSpec
+from graft.controller.lookup import (
+    addon_verdicts,
+    deployed_models_of,
+    deployment_facts,
+    ready_pod_urls,
+)
+from graft.controller.status import write_status
+from graft.engines import Addon, ServerSpec
 from graft.k8s import Api, Obj, error_message
+from graft.modelclient import ModelServerError, served_models
 from graft.modelserver import (
     BlockedBy,
     ObservedPod,
@@ -98,7 +106,9 @@ def resolve_base_model(
     return location, ref.full_name
 
 
-def desired_pod_spec(spec: DeploymentSpec, location: Location, served_name: str) -> dict[str, Any]:
+def desired_pod_spec(
+    spec: DeploymentSpec, location: Location, served_name: str, addons: tuple[Addon, ...] = ()
+) -> dict[str, Any]:
     res = spec.resources
     server = ServerSpec(
         model_path=location.path,
@@ -106,6 +116,7 @@ def desired_pod_spec(spec: DeploymentSpec, location: Location, served_name: str)
         enable_addons=spec.enable_addons,
         max_addons=spec.max_addons,
         max_addon_rank=spec.max_addon_rank,
+        addons=addons,
         extra_args=tuple(spec.engine_args or ()),
         image=spec.image,
         resources=resource_requirements(res.gpus, res.gpu_resource, res.cpu, res.memory),
@@ -137,15 +148,19 @@ def reconcile(api: Api, namespace: str, name: str) -> None:
         blocked = resolved
     else:
         location, served_name = resolved
-        desired = desired_pod_spec(spec, location, served_name)
-        current_hash = spec_hash(desired)
+        # The addon set is not part of the template hash: adding or removing an addon never
+        # restarts a pod. Running pods get addons over HTTP (DeployedModel reconciler); pods
+        # created from now on start with the whole current set on their command line.
+        addons = admitted_addons(api, namespace, name, spec, served_name)
+        current_hash = spec_hash(desired_pod_spec(spec, location, served_name))
         ensure_service(api, owner)
         plan = pod_plan(spec.replicas, current_hash, pods)
         if not plan.empty:
-            uids = {p["metadata"]["name"]: p["metadata"]["uid"] for p in raw_pods}
-            created, blocked = execute_plan(
-                api, owner, plan, model_server_pod(owner, desired, current_hash), uids
+            pod = model_server_pod(
+                owner, desired_pod_spec(spec, location, served_name, addons), current_hash
             )
+            uids = {p["metadata"]["name"]: p["metadata"]["uid"] for p in raw_pods}
+            created, blocked = execute_plan(api, owner, plan, pod, uids)
             before = sum(1 for p in pods if not p.terminating)
             record_plan_events(
                 api, obj, desired=spec.replicas, before=before, created=created, plan=plan
@@ -162,11 +177,50 @@ def reconcile(api: Api, namespace: str, name: str) -> None:
         previous=previous,
         now=now_rfc3339(),
     )
-    write_status(api, obj, previous_status, status.wire())
+    if spec.enable_addons and blocked is None:
+        status.addons = served_addons(api, namespace, name)
+    write_status(api, obj, previous_status, status.wire(), PLURAL)
     if blocked is not None:
         old = find(previous, "Ready")
         if old is None or old.reason != blocked.reason:
             api.event(obj, "Warning", blocked.reason, blocked.message)
+
+
+def admitted_addons(
+    api: Api, namespace: str, name: str, spec: DeploymentSpec, served_name: str
+) -> tuple[Addon, ...]:
+    if not spec.enable_addons:
+        return ()
+    facts = deployment_facts(namespace, name, spec)
+    dms = deployed_models_of(api, namespace, name)
+    verdicts, models = addon_verdicts(api, namespace, facts, dms)
+    # Only addons some replica has really loaded go on the command line: a broken adapter
+    # must not keep new replicas from starting.
+    loaded = {dm["metadata"]["name"] for dm in dms if _ready(dm)}
+    out = []
+    for dm, verdict in verdicts.items():
+        model = models.get(dm)
+        if verdict.admitted and dm in loaded and model is not None and model.path is not None:
+            out.append(Addon(name=model.full_name, path=model.path, base_model_name=served_name))
+    return tuple(sorted(set(out), key=lambda a: a.name))
+
+
+def _ready(obj: Obj) -> bool:
+    conditions = (obj.get("status") or {}).get("conditions") or []
+    return any(c.get("type") == "Ready" and c.get("status") == "True" for c in conditions)
+
+
+def served_addons(api: Api, namespace: str, name: str) -> list[str] | None:
+    """The addons every ready replica really serves (GET /v1/models); None if none answered."""
+    common: set[str] | None = None
+    for pod, url in ready_pod_urls(api, namespace, name):
+        try:
+            served = {m.id for m in served_models(url) if m.parent is not None}
+        except ModelServerError as exc:
+            log.debug("pod %s/%s did not say what it serves: %s", namespace, pod, exc)
+            continue
+        common = served if common is None else common & served
+    return None if common is None else sorted(common)
 
 
 def execute_plan(
@@ -215,16 +269,6 @@ def _service_matches(existing: Obj, desired: Obj) -> bool:
         for p in spec.get("ports") or []
     ]
     return bool(ports == desired["spec"]["ports"])
-
-
-def write_status(api: Api, obj: Obj, previous: Obj, new: Obj) -> None:
-    """Patch status only when it differs; keys that disappeared are removed."""
-    if previous == new:
-        return
-    patch: Obj = {k: None for k in previous if k not in new}
-    patch.update(new)
-    meta = obj["metadata"]
-    api.patch_graft_status(PLURAL, meta["namespace"], meta["name"], patch)
 
 
 def record_plan_events(

@@ -21,9 +21,9 @@ from typing import Any
 import kopf
 
 from graft import keys, logs
-from graft.controller import deployment
+from graft.controller import deployedmodel, deployment, lookup, model
 from graft.k8s import Api, load_config
-from graft.names import InvalidReference, parse_ref
+from graft.names import InvalidReference, full_name, parse_ref
 
 log = logging.getLogger(__name__)
 
@@ -127,14 +127,17 @@ level_triggered("deployments", deployment.reconcile)
     "v1", "pods", labels={keys.COMPONENT: keys.MODEL_SERVER, keys.MANAGED_BY: keys.MANAGED_BY_VALUE}
 )
 def model_server_pod_event(namespace: str | None, labels: Mapping[str, str], **_: Any) -> None:
+    """A replica came, went or changed readiness: the Deployment and its addons follow."""
     owner = labels.get(keys.DEPLOYMENT)
     if namespace and owner:
         reconcile_soft("deployments", namespace, owner)
+        for dm in lookup.deployed_models_of(api(), namespace, owner):
+            reconcile_soft("deployedmodels", namespace, dm["metadata"]["name"])
 
 
 @kopf.on.event(keys.GROUP, keys.VERSION, "models")
 def model_event(namespace: str | None, name: str | None, **_: Any) -> None:
-    """A base model appeared, changed or went: reconcile the Deployments of its account using it."""
+    """A model appeared, changed or went: reconcile what uses it in its account."""
     if not namespace or not name:
         return
     for dep in api().list_graft("deployments", namespace):
@@ -144,3 +147,48 @@ def model_event(namespace: str | None, name: str | None, **_: Any) -> None:
             continue
         if (ref.account, ref.id) == (namespace, name):
             reconcile_soft("deployments", namespace, dep["metadata"]["name"])
+    for dm in api().list_graft("deployedmodels", namespace):
+        if (dm.get("spec") or {}).get("model") in (name, full_name(namespace, "models", name)):
+            reconcile_soft("deployedmodels", namespace, dm["metadata"]["name"])
+
+
+# --- Model -----------------------------------------------------------------------------------
+
+level_triggered("models", model.reconcile)
+
+
+@kopf.on.delete(keys.GROUP, keys.VERSION, "models")
+def model_deleted(namespace: str | None, name: str | None, **_: Any) -> None:
+    """A Model in use by a Deployment or DeployedModel is not deleted out from under it."""
+    assert namespace is not None
+    assert name is not None
+    with exclusive("models", namespace, name):
+        blocker = model.deletion_blockers(api(), namespace, name)
+    if blocker:
+        raise kopf.TemporaryError(blocker, delay=max(2.0, RESYNC_SECONDS / 4))
+
+
+# --- DeployedModel ---------------------------------------------------------------------------
+
+level_triggered("deployedmodels", deployedmodel.reconcile)
+
+
+@kopf.on.event(keys.GROUP, keys.VERSION, "deployedmodels")
+def deployed_model_event(namespace: str | None, spec: Mapping[str, Any], **_: Any) -> None:
+    """The Deployment's addon set changed: new pods must start with it, status must say it."""
+    if not namespace:
+        return
+    try:
+        ref = parse_ref(str(spec.get("deployment", "")), "deployments", account=namespace)
+    except InvalidReference:
+        return
+    if ref.account == namespace:
+        reconcile_soft("deployments", namespace, ref.id)
+
+
+@kopf.on.delete(keys.GROUP, keys.VERSION, "deployedmodels")
+def deployed_model_deleted(namespace: str | None, name: str | None, **_: Any) -> None:
+    assert namespace is not None
+    assert name is not None
+    with exclusive("deployedmodels", namespace, name):
+        deployedmodel.unload_everywhere(api(), namespace, name)

@@ -1,0 +1,162 @@
+"""DeployedModel reconciler: load an addon into every ready replica of a Deployment at run time,
+and report what the replicas really serve (GET /v1/models), not what a call once returned."""
+
+from __future__ import annotations
+
+import logging
+
+from pydantic import ValidationError
+
+from graft.addons import ModelFacts, PodLoad, Verdict, deployed_model_status
+from graft.api.common import Condition
+from graft.api.serving import DeployedModelSpec, DeploymentSpec
+from graft.conditions import find, now_rfc3339
+from graft.controller.lookup import (
+    addon_verdicts,
+    deployed_models_of,
+    deployment_facts,
+    ready_pod_urls,
+)
+from graft.controller.status import write_status
+from graft.k8s import Api, Obj
+from graft.modelclient import (
+    ModelServerError,
+    ModelServerUnreachable,
+    load_adapter,
+    served_models,
+    unload_adapter,
+)
+from graft.names import InvalidReference, full_name, parse_ref
+
+log = logging.getLogger(__name__)
+
+PLURAL = "deployedmodels"
+
+
+def _deployment_of(
+    api: Api, namespace: str, spec: DeployedModelSpec
+) -> tuple[str, Obj | None] | Verdict:
+    try:
+        ref = parse_ref(spec.deployment, "deployments", account=namespace)
+    except InvalidReference as exc:
+        return Verdict(False, "InvalidDeployment", str(exc))
+    if ref.account != namespace:
+        return Verdict(
+            False,
+            "CrossAccountDeployment",
+            f"{ref.full_name} is in another account; load addons into this account's Deployments",
+        )
+    return ref.id, api.get_graft("deployments", namespace, ref.id)
+
+
+def judge_this(
+    api: Api, namespace: str, name: str, spec: DeployedModelSpec
+) -> tuple[Verdict, str | None, ModelFacts | None]:
+    """This DeployedModel's verdict, judged with all others of its Deployment."""
+    found = _deployment_of(api, namespace, spec)
+    if isinstance(found, Verdict):
+        return found, None, None
+    dep_name, dep = found
+    if dep is None:
+        where = full_name(namespace, "deployments", dep_name)
+        return (
+            Verdict(
+                False,
+                "DeploymentNotFound",
+                f"deployment {where} does not exist (yet)",
+                waiting=True,
+            ),
+            None,
+            None,
+        )
+    try:
+        dep_spec = DeploymentSpec.model_validate(dep.get("spec") or {})
+    except ValidationError as exc:
+        return Verdict(False, "InvalidDeployment", str(exc)), None, None
+    facts = deployment_facts(namespace, dep_name, dep_spec)
+    verdicts, models = addon_verdicts(
+        api, namespace, facts, deployed_models_of(api, namespace, dep_name)
+    )
+    verdict = verdicts.get(name) or Verdict(
+        False, "NotAdmitted", "not among the deployment's DeployedModels"
+    )
+    return verdict, dep_name, models.get(name)
+
+
+def reconcile(api: Api, namespace: str, name: str) -> None:
+    obj = api.get_graft(PLURAL, namespace, name)
+    if obj is None or obj["metadata"].get("deletionTimestamp"):
+        return
+    meta = obj["metadata"]
+    previous_status = obj.get("status") or {}
+    previous = [Condition.model_validate(c) for c in previous_status.get("conditions") or []]
+    spec = DeployedModelSpec.model_validate(obj.get("spec") or {})
+    served_name: str | None = None
+    pods: list[PodLoad] = []
+
+    verdict, dep_name, model = judge_this(api, namespace, name, spec)
+    if model is not None:
+        served_name = model.full_name
+    if verdict.admitted and dep_name and model is not None and model.path is not None:
+        pods = load_everywhere(api, namespace, dep_name, model.full_name, model.path)
+
+    status = deployed_model_status(
+        generation=meta.get("generation", 0),
+        full_name=full_name(namespace, PLURAL, name),
+        served_name=served_name,
+        verdict=verdict,
+        pods=pods,
+        previous=previous,
+        now=now_rfc3339(),
+    )
+    write_status(api, obj, previous_status, status.wire(), PLURAL)
+    old, new = find(previous, "Ready"), find(status.conditions, "Ready")
+    if new is not None and (old is None or (old.status, old.reason) != (new.status, new.reason)):
+        if new.status == "True":
+            api.event(obj, "Normal", "Loaded", new.message)
+        elif new.reason not in ("Loading", "NoReadyReplicas"):
+            api.event(obj, "Warning", new.reason, new.message)
+
+
+def load_everywhere(
+    api: Api, namespace: str, deployment: str, served_name: str, path: str
+) -> list[PodLoad]:
+    """Make every ready replica serve the addon; report what each one really serves after."""
+    out = []
+    for pod, url in ready_pod_urls(api, namespace, deployment):
+        try:
+            if served_name not in {m.id for m in served_models(url)}:
+                log.info("loading %s into %s/%s", served_name, namespace, pod)
+                load_adapter(url, served_name, path)
+            out.append(PodLoad(pod=pod, serves=served_name in {m.id for m in served_models(url)}))
+        except ModelServerUnreachable as exc:
+            out.append(PodLoad(pod=pod, serves=False, waiting=str(exc)))  # not up yet: no failure
+        except ModelServerError as exc:
+            out.append(PodLoad(pod=pod, serves=False, error=str(exc)))
+    return out
+
+
+def unload_everywhere(api: Api, namespace: str, name: str) -> None:
+    """Deletion: unload the addon from every ready replica (best effort per pod)."""
+    obj = api.get_graft(PLURAL, namespace, name)
+    if obj is None:
+        return
+    spec = DeployedModelSpec.model_validate(obj.get("spec") or {})
+    try:
+        dep = parse_ref(spec.deployment, "deployments", account=namespace)
+        served_name = parse_ref(spec.model, "models", account=namespace).full_name
+    except InvalidReference:
+        return
+    if dep.account != namespace:
+        return
+    failures = []
+    for pod, url in ready_pod_urls(api, namespace, dep.id):
+        try:
+            unload_adapter(url, served_name)
+            log.info("unloaded %s from %s/%s", served_name, namespace, pod)
+        except ModelServerError as exc:
+            failures.append(f"{pod}: {exc}")
+    if failures:
+        # The pod answered and refused, or is unreachable; it will not get the addon again on
+        # restart (it is off the command line of new pods), so say so and carry on.
+        api.event(obj, "Warning", "UnloadFailed", "; ".join(failures))

@@ -1,0 +1,116 @@
+"""Reads shared by reconcilers: referenced Models, a Deployment's addons and its ready pods."""
+
+from __future__ import annotations
+
+from pydantic import ValidationError
+
+from graft.addons import Candidate, DeploymentFacts, ModelFacts, Verdict, judge
+from graft.api.models import ModelSpec
+from graft.api.serving import DeploymentSpec
+from graft.engines import PORT
+from graft.k8s import Api, Obj
+from graft.modelserver import selector_string
+from graft.names import InvalidReference, Ref, full_name, parse_ref
+from graft.storage import UnsupportedSource, locate
+
+
+def model_facts(api: Api, ref: Ref) -> ModelFacts | None:
+    obj = api.get_graft("models", ref.account, ref.id)
+    if obj is None:
+        return None
+    try:
+        spec = ModelSpec.model_validate(obj.get("spec") or {})
+    except ValidationError:
+        return None
+    base: str | None = None
+    if spec.base_model:
+        try:
+            base = parse_ref(spec.base_model, "models", account=ref.account).full_name
+        except InvalidReference:
+            base = None
+    try:
+        location = locate(spec.source.uri)
+        path: str | None = location.path if not location.volumes else None
+    except UnsupportedSource:
+        path = None
+    rank = (obj.get("status") or {}).get("loraRank")
+    return ModelFacts(
+        full_name=ref.full_name,
+        kind=str(spec.kind),
+        base_full_name=base,
+        lora_rank=rank if isinstance(rank, int) else None,
+        path=path,
+    )
+
+
+def deployment_facts(namespace: str, name: str, spec: DeploymentSpec) -> DeploymentFacts:
+    try:
+        base = parse_ref(spec.base_model, "models", account=namespace).full_name
+    except InvalidReference:
+        base = spec.base_model
+    return DeploymentFacts(
+        full_name=full_name(namespace, "deployments", name),
+        base_full_name=base,
+        enable_addons=spec.enable_addons,
+        max_addons=spec.max_addons,
+        max_addon_rank=spec.max_addon_rank,
+    )
+
+
+def deployed_models_of(api: Api, namespace: str, deployment: str) -> list[Obj]:
+    """The DeployedModels in the account that point at this Deployment (not being deleted)."""
+    out = []
+    for dm in api.list_graft("deployedmodels", namespace):
+        if dm["metadata"].get("deletionTimestamp"):
+            continue
+        try:
+            ref = parse_ref(
+                (dm.get("spec") or {}).get("deployment", ""), "deployments", account=namespace
+            )
+        except InvalidReference:
+            continue
+        if (ref.account, ref.id) == (namespace, deployment):
+            out.append(dm)
+    return out
+
+
+def addon_verdicts(
+    api: Api, namespace: str, deployment: DeploymentFacts, dms: list[Obj]
+) -> tuple[dict[str, Verdict], dict[str, ModelFacts]]:
+    """Judge every DeployedModel of a Deployment; also return the Models they name."""
+    candidates, models = [], {}
+    for dm in dms:
+        ref_text = (dm.get("spec") or {}).get("model", "")
+        try:
+            ref = parse_ref(ref_text, "models", account=namespace)
+            facts = model_facts(api, ref) if ref.account == namespace else None
+        except InvalidReference:
+            facts = None
+        name = dm["metadata"]["name"]
+        if facts is not None:
+            models[name] = facts
+        candidates.append(
+            Candidate(
+                name=name,
+                created=dm["metadata"].get("creationTimestamp") or "",
+                model=facts,
+                model_ref=ref_text,
+            )
+        )
+    return judge(deployment, candidates), models
+
+
+def ready_pod_urls(api: Api, namespace: str, deployment: str) -> list[tuple[str, str]]:
+    """(pod name, base URL) of the Deployment's Ready pods that have an IP."""
+    out = []
+    for pod in api.list_pods(namespace, selector_string(deployment)):
+        meta, status = pod["metadata"], pod.get("status") or {}
+        if meta.get("deletionTimestamp") or not status.get("podIP"):
+            continue
+        ready = any(
+            c.get("type") == "Ready" and c.get("status") == "True"
+            for c in status.get("conditions") or []
+        )
+        if ready:
+            out.append((meta["name"], f"http://{status['podIP']}:{PORT}"))
+    return sorted(out)
