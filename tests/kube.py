@@ -116,11 +116,20 @@ def free_port() -> int:
 class OperatorProcess:
     """`graft run` as a subprocess, the way it runs in production (minus the container)."""
 
-    def __init__(self, cluster: Cluster, log_path: Path, resync_seconds: float = 2.0) -> None:
+    def __init__(
+        self,
+        cluster: Cluster,
+        log_path: Path,
+        resync_seconds: float = 2.0,
+        env: dict[str, str] | None = None,
+        kubeconfig: str | None = None,
+    ) -> None:
         self.cluster = cluster
         self.log_path = log_path
         self.port = free_port()
         self.resync_seconds = resync_seconds
+        self.extra_env = env or {}
+        self.kubeconfig = kubeconfig or cluster.kubeconfig
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self) -> None:
@@ -128,7 +137,11 @@ class OperatorProcess:
         self.log_file = self.log_path.open("ab")
         self.proc = subprocess.Popen(
             [str(graft), "run", "--liveness", f"http://127.0.0.1:{self.port}/healthz"],
-            env=self.cluster.env(GRAFT_RESYNC_SECONDS=str(self.resync_seconds)),
+            env=self.cluster.env(
+                GRAFT_RESYNC_SECONDS=str(self.resync_seconds),
+                **self.extra_env,
+                KUBECONFIG=self.kubeconfig,
+            ),
             stdout=self.log_file,
             stderr=subprocess.STDOUT,
         )

@@ -7,11 +7,13 @@ at the end if it started it. The operator runs as a `graft run` subprocess.
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -69,9 +71,26 @@ def crds(cluster: Cluster) -> Cluster:
 
 
 @pytest.fixture(scope="session")
-def operator(crds: Cluster, tmp_path_factory: pytest.TempPathFactory) -> Iterator[OperatorProcess]:
+def artifacts_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Where the operator puts trained addons in tests (GRAFT_ARTIFACTS_URI=file://...)."""
+    return tmp_path_factory.mktemp("graft-artifacts")
+
+
+@pytest.fixture(scope="session")
+def operator(
+    crds: Cluster, tmp_path_factory: pytest.TempPathFactory, artifacts_root: Path
+) -> Iterator[OperatorProcess]:
+    """The one operator of the test session (two would fight over the same objects).
+
+    Job pods get an annotation that keeps kwok from completing them by itself, so the
+    kubelet stand-in (tests/kubelet.py) runs their containers and reports how they ended.
+    """
     log = tmp_path_factory.mktemp("operator") / "operator.log"
-    op = OperatorProcess(crds, log)
+    env = {
+        "GRAFT_ARTIFACTS_URI": f"file://{artifacts_root}",
+        "GRAFT_JOB_POD_ANNOTATIONS": json.dumps({"kwok.graft.dev/run-duration": "1h"}),
+    }
+    op = OperatorProcess(crds, log, env=env)
     op.start()
     try:
         yield op
