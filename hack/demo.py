@@ -108,7 +108,15 @@ def start_operator(config: str) -> None:
 def up() -> int:
     config = kubeconfig()
     say("installing the CRDs")
-    kubectl(config, "apply", "--server-side", "--field-manager=graft", "-f", str(ROOT / "crds"))
+    kubectl(
+        config,
+        "apply",
+        "--server-side",
+        "--force-conflicts",
+        "--field-manager=graft",
+        "-f",
+        str(ROOT / "crds"),
+    )
     kubectl(
         config, "wait", "--for=condition=Established", "--timeout=60s", "-f", str(ROOT / "crds")
     )

@@ -62,7 +62,12 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
 @pytest.fixture(scope="session")
 def crds(cluster: Cluster) -> Cluster:
     cluster.kubectl(
-        "apply", "--server-side", "--field-manager=graft-tests", "-f", str(ROOT / "crds")
+        "apply",
+        "--server-side",
+        "--force-conflicts",
+        "--field-manager=graft-tests",
+        "-f",
+        str(ROOT / "crds"),
     )
     cluster.kubectl(
         "wait", "--for=condition=Established", "--timeout=60s", "-f", str(ROOT / "crds")
