@@ -1,0 +1,51 @@
+"""The container termination message: how Graft's Job entrypoints report back to the operator.
+
+Kubernetes copies the file at a container's `terminationMessagePath` (by default
+/dev/termination-log, which the kubelet creates in every container) into
+`status.containerStatuses[].state.terminated.message` when the container exits, keeping at most
+4096 bytes. `graft dataset validate`, `graft fetch` and `graft train` write one line there: a
+compact JSON result on success, the reason on failure.
+
+The path is, in order: an explicit flag, `$GRAFT_TERMINATION_MESSAGE_PATH`, or the Kubernetes
+default when that file exists (outside a container nothing is written under /dev).
+
+Pure: standard library only.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+DEFAULT_PATH = "/dev/termination-log"
+ENV = "GRAFT_TERMINATION_MESSAGE_PATH"
+LIMIT = 4096
+"""Kubernetes keeps at most this many bytes of a container's termination message."""
+
+
+def message_path(flag: str | None = None) -> str | None:
+    explicit = flag or os.environ.get(ENV)
+    if explicit:
+        return explicit
+    if os.path.isfile(DEFAULT_PATH):
+        return DEFAULT_PATH
+    return None
+
+
+def clip(message: str, limit: int = LIMIT) -> str:
+    """`message` cut to `limit` UTF-8 bytes, ending in "..." when it was cut."""
+    data = message.encode("utf-8")
+    if len(data) <= limit:
+        return message
+    return data[: limit - 3].decode("utf-8", "ignore") + "..."
+
+
+def write(path: str | None, message: str) -> None:
+    """Write the message (clipped to the limit); a failure to write is reported, not raised."""
+    if path is None:
+        return
+    try:
+        with open(path, "w", encoding="utf-8") as f:
+            f.write(clip(message))
+    except OSError as exc:
+        print(f"warning: cannot write termination message to {path}: {exc}", file=sys.stderr)
