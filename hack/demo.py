@@ -121,8 +121,23 @@ def up() -> int:
         config, "wait", "--for=condition=Established", "--timeout=60s", "-f", str(ROOT / "crds")
     )
     start_operator(config)
-    if kubectl(config, "get", "namespace", NAMESPACE, check=False).returncode != 0:
-        kubectl(config, "create", "namespace", NAMESPACE)
+    say("creating the demo Account (it owns the namespace the examples go to)")
+    kubectl(config, "apply", "-f", str(ROOT / "examples" / "account.yaml"), check=False)
+    wait = kubectl(
+        config,
+        "wait",
+        f"accounts.graft.dev/{NAMESPACE}",
+        "--for=condition=Ready",
+        "--timeout=120s",
+        check=False,
+    )
+    if wait.returncode != 0:
+        print(
+            kubectl(
+                config, "get", "accounts.graft.dev", NAMESPACE, "-o", "yaml", check=False
+            ).stdout
+        )
+        sys.exit(f"the Account {NAMESPACE!r} did not become Ready (see its conditions above)")
     say("applying examples/")
     print(kubectl(config, "apply", "-f", str(ROOT / "examples")).stdout, end="")
     say("waiting for the Deployments to be Ready")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -22,6 +23,13 @@ CACHE = Path(
     or Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "graft"
 )
 T = TypeVar("T")
+
+# What a permission the operator lacks looks like in its log (kopf and the kubernetes client).
+RBAC_DENIAL = re.compile(
+    r"cannot \w+ resource|not enough permissions|APIForbiddenError|"
+    r"forbidden: User \"system:serviceaccount",
+    re.IGNORECASE,
+)
 
 
 def kubectl_binary() -> str:

@@ -43,6 +43,30 @@ def _crds(ns: argparse.Namespace) -> int:
     return 0
 
 
+def _manifests(ns: argparse.Namespace) -> int:
+    from graft import rbac
+
+    path = Path(ns.output)
+    current = path.read_text()
+    try:
+        wanted = rbac.splice(current, rbac.render())
+    except rbac.MarkersMissing as exc:
+        print(f"{path}: {exc}", file=sys.stderr)
+        return 1
+    if ns.check:
+        if wanted != current:
+            print(
+                f"{path} is out of date with operator/graft/rbac.py: run 'make manifests' and commit",
+                file=sys.stderr,
+            )
+            return 1
+        return 0
+    if wanted != current:
+        path.write_text(wanted)
+    print(path)
+    return 0
+
+
 def _run(ns: argparse.Namespace) -> int:
     from graft.controller.main import run
 
@@ -70,6 +94,27 @@ def _parser() -> argparse.ArgumentParser:
     crds = sub.add_parser("crds", help="write the CustomResourceDefinitions generated from the API")
     crds.add_argument("--output", "-o", default="crds", help="directory (default: %(default)s)")
     crds.set_defaults(func=_crds)
+
+    # Entrypoints of the Jobs the operator runs (standard library, no torch).
+    from graft import datasetcli, fetch
+
+    datasetcli.register(sub)
+    fetch.register(sub)
+
+    manifests = sub.add_parser(
+        "manifests",
+        help="write the RBAC generated from graft.rbac into the operator manifest",
+    )
+    manifests.add_argument(
+        "--output",
+        "-o",
+        default="deploy/operator.yaml",
+        help="manifest with a generated RBAC block to rewrite (default: %(default)s)",
+    )
+    manifests.add_argument(
+        "--check", action="store_true", help="only check: exit 1 if the file is out of date"
+    )
+    manifests.set_defaults(func=_manifests)
 
     for name, (_, help_text) in DATA_PLANE.items():
         sub.add_parser(name, help=help_text, add_help=False)

@@ -173,3 +173,200 @@ class Api:
             self.core.create_namespaced_event(namespace, body)
         except ApiException as exc:
             log.warning("could not record event %s on %s: %s", reason, meta["name"], exc.reason)
+
+    # --- Accounts and Users ---------------------------------------------------------------------
+
+    @property
+    def rbac(self) -> Any:
+        return client.RbacAuthorizationV1Api(self.client)
+
+    def _plain(self, obj: Any) -> Obj:
+        out: Obj = self.client.sanitize_for_serialization(obj)
+        return out
+
+    def get_graft_cluster(self, plural: str, name: str) -> Obj | None:
+        """A cluster-scoped Graft object (an Account), or None."""
+        try:
+            obj: Obj = self.custom.get_cluster_custom_object(keys.GROUP, keys.VERSION, plural, name)
+        except ApiException as exc:
+            if is_not_found(exc):
+                return None
+            raise
+        return obj
+
+    def get_namespace(self, name: str) -> Obj | None:
+        try:
+            return self._plain(self.core.read_namespace(name))
+        except ApiException as exc:
+            if is_not_found(exc):
+                return None
+            raise
+
+    def create_namespace(self, namespace: Obj) -> Obj:
+        """Create (never apply: an existing namespace must not be adopted); 409 if it exists."""
+        return self._plain(self.core.create_namespace(namespace, field_manager=keys.FIELD_MANAGER))
+
+    def delete_namespace(self, name: str, uid: str) -> bool:
+        """Delete the namespace with this uid; False when it is gone or is another one."""
+        body = client.V1DeleteOptions(preconditions=client.V1Preconditions(uid=uid))
+        try:
+            self.core.delete_namespace(name, body=body)
+        except ApiException as exc:
+            if exc.status in (404, 409):
+                return False
+            raise
+        return True
+
+    def get_resource_quota(self, namespace: str, name: str) -> Obj | None:
+        try:
+            return self._plain(self.core.read_namespaced_resource_quota(name, namespace))
+        except ApiException as exc:
+            if is_not_found(exc):
+                return None
+            raise
+
+    def apply_resource_quota(self, quota: Obj) -> Obj:
+        """Server-side apply under Graft's field manager: limits left out are removed."""
+        meta = quota["metadata"]
+        return self._plain(
+            self.core.patch_namespaced_resource_quota(
+                meta["name"],
+                meta["namespace"],
+                quota,
+                field_manager=keys.FIELD_MANAGER,
+                force=True,
+                _content_type="application/apply-patch+yaml",
+            )
+        )
+
+    def delete_resource_quota(self, namespace: str, name: str, uid: str) -> bool:
+        body = client.V1DeleteOptions(preconditions=client.V1Preconditions(uid=uid))
+        try:
+            self.core.delete_namespaced_resource_quota(name, namespace, body=body)
+        except ApiException as exc:
+            if exc.status in (404, 409):
+                return False
+            raise
+        return True
+
+    def list_graft_names(self, plural: str, namespace: str) -> list[str]:
+        """Names of the Graft objects of one kind in a namespace (one page is plenty to show)."""
+        result = self.custom.list_namespaced_custom_object(
+            keys.GROUP, keys.VERSION, namespace, plural, limit=100
+        )
+        return [item["metadata"]["name"] for item in result.get("items", [])]
+
+    def get_role_binding(self, namespace: str, name: str) -> Obj | None:
+        try:
+            return self._plain(self.rbac.read_namespaced_role_binding(name, namespace))
+        except ApiException as exc:
+            if is_not_found(exc):
+                return None
+            raise
+
+    def create_role_binding(self, binding: Obj) -> Obj:
+        return self._plain(
+            self.rbac.create_namespaced_role_binding(
+                binding["metadata"]["namespace"], binding, field_manager=keys.FIELD_MANAGER
+            )
+        )
+
+    def delete_role_binding(self, namespace: str, name: str, uid: str) -> bool:
+        """Delete the RoleBinding with this uid; False when it is gone or is another one."""
+        body = client.V1DeleteOptions(preconditions=client.V1Preconditions(uid=uid))
+        try:
+            self.rbac.delete_namespaced_role_binding(name, namespace, body=body)
+        except ApiException as exc:
+            if exc.status in (404, 409):
+                return False
+            raise
+        return True
+
+    def cluster_role_exists(self, name: str) -> bool:
+        try:
+            self.rbac.read_cluster_role(name)
+        except ApiException as exc:
+            if is_not_found(exc):
+                return False
+            raise
+        return True
+
+    # --- Datasets and FineTuningJobs: Jobs, their inputs, their outputs ------------------------
+
+    @property
+    def batch(self) -> Any:
+        return client.BatchV1Api(self.client)
+
+    def get_job(self, namespace: str, name: str) -> Obj | None:
+        try:
+            return self._plain(self.batch.read_namespaced_job(name, namespace))
+        except ApiException as exc:
+            if is_not_found(exc):
+                return None
+            raise
+
+    def create_job(self, job: Obj) -> Obj | None:
+        """Create a batch/v1 Job; None when one of that name exists already (a reconcile whose
+        status write was lost made it; the caller reads it back)."""
+        try:
+            return self._plain(
+                self.batch.create_namespaced_job(
+                    job["metadata"]["namespace"], job, field_manager=keys.FIELD_MANAGER
+                )
+            )
+        except ApiException as exc:
+            if exc.status == 409:
+                return None
+            raise
+
+    def job_pods(self, namespace: str, job_uid: str) -> list[Obj]:
+        """The pods of the Job with this uid (the Job controller labels them with it)."""
+        return self.list_pods(namespace, f"batch.kubernetes.io/controller-uid={job_uid}")
+
+    def get_config_map(self, namespace: str, name: str) -> Obj | None:
+        try:
+            return self._plain(self.core.read_namespaced_config_map(name, namespace))
+        except ApiException as exc:
+            if is_not_found(exc):
+                return None
+            raise
+
+    def get_pvc(self, namespace: str, name: str) -> Obj | None:
+        try:
+            return self._plain(self.core.read_namespaced_persistent_volume_claim(name, namespace))
+        except ApiException as exc:
+            if is_not_found(exc):
+                return None
+            raise
+
+    def create_graft(self, plural: str, obj: Obj) -> Obj | None:
+        """Create a namespaced Graft object; None when one of that name exists already."""
+        meta = obj["metadata"]
+        try:
+            created: Obj = self.custom.create_namespaced_custom_object(
+                keys.GROUP,
+                keys.VERSION,
+                meta["namespace"],
+                plural,
+                obj,
+                field_manager=keys.FIELD_MANAGER,
+            )
+        except ApiException as exc:
+            if exc.status == 409:
+                return None
+            raise
+        return created
+
+    def patch_graft_labels(
+        self, plural: str, namespace: str, name: str, labels: dict[str, str]
+    ) -> None:
+        """Merge-patch labels onto a namespaced Graft object (other labels are kept)."""
+        self.custom.patch_namespaced_custom_object(
+            keys.GROUP,
+            keys.VERSION,
+            namespace,
+            plural,
+            name,
+            {"metadata": {"labels": labels}},
+            field_manager=keys.FIELD_MANAGER,
+        )

@@ -25,3 +25,45 @@ SPEC_HASH = f"{GROUP}/spec-hash"
 """Label on model-server pods: hash of the pod template they were built from."""
 
 MODEL_SERVER = "model-server"
+
+# --- Accounts and Users ----------------------------------------------------------------------
+
+ACCOUNT = f"{GROUP}/account"
+"""Label on an account's Namespace and ResourceQuota, and on Users' RoleBindings: the account."""
+
+USER = f"{GROUP}/user"
+"""Label on a User's RoleBinding: the name of the User it grants."""
+
+ACCOUNT_NAMESPACE = "account-namespace"
+ACCOUNT_QUOTA = "account-quota"
+USER_BINDING = "user-binding"
+"""app.kubernetes.io/component values of the children of Accounts and Users."""
+
+PART_OF = "app.kubernetes.io/part-of"
+PART_OF_VALUE = "graft"
+"""Label on everything Graft installs (CRDs, RBAC, the operator's Deployment)."""
+
+# --- Datasets and fine-tuning ----------------------------------------------------------------
+
+DATASET = f"{GROUP}/dataset"
+"""Label on a dataset validation Job and its pods: the name of the Dataset it validates."""
+
+FINETUNING_JOB = f"{GROUP}/finetuning-job"
+"""Label on a trainer Job and its pods, and on the Model and DeployedModel a FineTuningJob
+created: the FineTuningJob's name."""
+
+FINETUNING_JOB_UID = f"{GROUP}/finetuning-job-uid"
+"""Annotation on the Model and DeployedModel a FineTuningJob created: its uid, so that a later
+job of the same name does not mistake them for its own."""
+
+SHA256_PREFIX = f"{GROUP}/sha256-prefix"
+"""Label on a validated Dataset: the first 63 hex characters of its SHA-256 (a label value holds
+at most 63 characters; the full digest is in status.sha256)."""
+
+FILENAME = f"{GROUP}/filename"
+"""Label on a validated Dataset: its file name, or `sha256-<56 hex>` of the name when the name is
+not a valid label value (see graft.datasets.filename_label)."""
+
+DATASET_VALIDATOR = "dataset-validator"
+TRAINER = "trainer"
+"""app.kubernetes.io/component values of the Jobs Graft runs."""

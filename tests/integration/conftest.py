@@ -14,10 +14,12 @@ import sys
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
+import yaml
 
-from kube import ROOT, Cluster, OperatorProcess, wait_for
+from kube import RBAC_DENIAL, ROOT, Cluster, OperatorProcess, wait_for
 
 
 def _localcluster(*args: str) -> str:
@@ -82,20 +84,81 @@ def artifacts_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def shipped_rbac(crds: Cluster) -> Cluster:
+    """Graft's RBAC exactly as deploy/operator.yaml ships it (generated from graft.rbac)."""
+    from graft import rbac
+
+    namespace = {
+        "apiVersion": "v1",
+        "kind": "Namespace",
+        "metadata": {"name": rbac.OPERATOR_NAMESPACE},
+    }
+    crds.apply(
+        [namespace, *rbac.manifests()],
+        "--server-side",
+        "--force-conflicts",
+        "--field-manager=graft-tests",
+    )
+    return crds
+
+
+@pytest.fixture(scope="session")
+def operator_kubeconfig(shipped_rbac: Cluster, tmp_path_factory: pytest.TempPathFactory) -> str:
+    """A kubeconfig that authenticates as the operator's ServiceAccount, with a bearer token."""
+    from graft import rbac
+
+    token = shipped_rbac.kubectl(
+        "create", "token", rbac.OPERATOR_NAME, "-n", rbac.OPERATOR_NAMESPACE, "--duration=4h"
+    ).stdout.strip()
+    admin = yaml.safe_load(Path(shipped_rbac.kubeconfig).read_text())
+    cluster = next(c for c in admin["clusters"] if c["name"] == _current_cluster(admin))
+    config = {
+        "apiVersion": "v1",
+        "kind": "Config",
+        "clusters": [cluster],
+        "users": [{"name": rbac.OPERATOR_NAME, "user": {"token": token}}],
+        "contexts": [
+            {
+                "name": rbac.OPERATOR_NAME,
+                "context": {"cluster": cluster["name"], "user": rbac.OPERATOR_NAME},
+            }
+        ],
+        "current-context": rbac.OPERATOR_NAME,
+    }
+    path = tmp_path_factory.mktemp("operator-sa") / "kubeconfig"
+    path.write_text(yaml.safe_dump(config))
+    path.chmod(0o600)
+    whoami = Cluster(kubeconfig=str(path)).kubectl("auth", "whoami", "-o", "json").stdout
+    assert json.loads(whoami)["status"]["userInfo"]["username"] == rbac.SERVICE_ACCOUNT
+    return str(path)
+
+
+def _current_cluster(kubeconfig: dict[str, Any]) -> str:
+    context = next(c for c in kubeconfig["contexts"] if c["name"] == kubeconfig["current-context"])
+    name: str = context["context"]["cluster"]
+    return name
+
+
+@pytest.fixture(scope="session")
 def operator(
-    crds: Cluster, tmp_path_factory: pytest.TempPathFactory, artifacts_root: Path
+    crds: Cluster,
+    operator_kubeconfig: str,
+    tmp_path_factory: pytest.TempPathFactory,
+    artifacts_root: Path,
 ) -> Iterator[OperatorProcess]:
     """The one operator of the test session (two would fight over the same objects).
 
-    Job pods get an annotation that keeps kwok from completing them by itself, so the
-    kubelet stand-in (tests/kubelet.py) runs their containers and reports how they ended.
+    It runs as its shipped ServiceAccount, with a token, bound to the generated ClusterRole:
+    a permission the reconcilers need and deploy/ lacks fails the tests (see
+    `no_rbac_denials`). Job pods get an annotation that keeps kwok from completing them by
+    itself, so the kubelet stand-in (tests/kubelet.py) runs their containers for real.
     """
     log = tmp_path_factory.mktemp("operator") / "operator.log"
     env = {
         "GRAFT_ARTIFACTS_URI": f"file://{artifacts_root}",
         "GRAFT_JOB_POD_ANNOTATIONS": json.dumps({"kwok.graft.dev/run-duration": "1h"}),
     }
-    op = OperatorProcess(crds, log, env=env)
+    op = OperatorProcess(crds, log, env=env, kubeconfig=operator_kubeconfig)
     op.start()
     try:
         yield op
@@ -103,6 +166,25 @@ def operator(
         op.stop()
         # Keep the log where CI output can point to it.
         print(f"\noperator log: {log}")
+
+
+@pytest.fixture(autouse=True)
+def no_rbac_denials(request: pytest.FixtureRequest) -> Iterator[None]:
+    """After every test that ran the operator: its log shows no permission it lacked."""
+    if "operator" not in request.fixturenames:
+        yield
+        return
+    op: OperatorProcess = request.getfixturevalue("operator")
+    start = op.log_path.stat().st_size
+    yield
+    with op.log_path.open("rb") as f:
+        f.seek(start)
+        new = f.read().decode(errors="replace")
+    denials = [line for line in new.splitlines() if RBAC_DENIAL.search(line)]
+    assert not denials, (
+        "the operator hit RBAC denials under its shipped ClusterRole (add the rule to "
+        "operator/graft/rbac.py):\n" + "\n".join(denials[:20])
+    )
 
 
 @pytest.fixture

@@ -21,7 +21,7 @@ from graft.modelserver import (
     service_name,
     spec_hash,
 )
-from graft.storage import UnsupportedSource, locate
+from graft.storage import UnsupportedSource, addon_path, addons_claim_mount, locate
 
 OWNER = Owner(name="chat", namespace="acme", uid="uid-1", generation=3)
 SERVED = "accounts/acme/models/llama"
@@ -196,3 +196,38 @@ def test_status_blocked() -> None:
     assert cond(st, "Ready").reason == "BaseModelNotFound"
     assert st.state == "Waiting"
     assert st.replicas == 0
+
+
+@pytest.mark.parametrize(
+    ("uri", "claim", "path"),
+    [
+        ("file:///srv/adapters/sql", None, "/srv/adapters/sql"),
+        ("hf://acme/sql-lora", "graft-artifacts", "acme/sql-lora"),
+        (
+            "pvc://graft-artifacts/acme/models/sql",
+            "graft-artifacts",
+            "/models/addons/acme/models/sql",
+        ),
+        ("pvc://other-claim/sql", "graft-artifacts", None),
+        ("pvc://graft-artifacts/sql", None, None),
+        ("s3://bucket/sql", "graft-artifacts", None),
+    ],
+)
+def test_addon_path_is_what_every_replica_can_reach(
+    uri: str, claim: str | None, path: str | None
+) -> None:
+    assert addon_path(uri, claim) == path
+
+
+def test_addons_claim_is_mounted_read_only_where_addon_paths_point() -> None:
+    mount = addons_claim_mount("graft-artifacts")
+    assert mount.volumes == [
+        {
+            "name": "addons",
+            "persistentVolumeClaim": {"claimName": "graft-artifacts", "readOnly": True},
+        }
+    ]
+    assert mount.mounts == [{"name": "addons", "mountPath": "/models/addons", "readOnly": True}]
+    assert addon_path("pvc://graft-artifacts/x", "graft-artifacts").startswith(
+        mount.mounts[0]["mountPath"]
+    )  # type: ignore[union-attr]

@@ -2,11 +2,23 @@
 
 from __future__ import annotations
 
+import re
 from enum import StrEnum
+from typing import Any
 
-from pydantic import Field
+from pydantic import ConfigDict, Field, field_validator
 
 from graft.api.common import GraftModel, Quantity, StatusBase
+
+EXTENDED_RESOURCE_PATTERN = (
+    r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?/[a-z0-9A-Z]([-a-z0-9A-Z_.]*[a-z0-9A-Z])?$"
+)
+NVIDIA_GPU = "nvidia.com/gpu"
+# Kept simple on purpose: the cluster's identity provider is the real judge of addresses; this
+# only stops obvious typos (no @, spaces, no domain) before they become a useless RoleBinding.
+EMAIL_PATTERN = r"^[^@\s]+@[^@\s]+\.[^@\s]+$"
+EMAIL_RE = re.compile(EMAIL_PATTERN)
+EMAIL_RULE = "spec.email must be an email address such as alice@example.com"
 
 
 class DeletionPolicy(StrEnum):
@@ -18,20 +30,45 @@ class AcceleratorQuota(GraftModel):
     """A quota on requests of one accelerator resource."""
 
     resource: str = Field(
-        description="Extended resource name, e.g. amd.com/gpu.", min_length=1, max_length=253
+        description="Extended resource name, e.g. amd.com/gpu or habana.ai/gaudi.",
+        pattern=EXTENDED_RESOURCE_PATTERN,
+        max_length=253,
     )
     count: int = Field(
         ge=0, description="Most units of the resource the account's pods may request at once."
     )
 
 
+def _quantity_rule(field: str) -> dict[str, Any]:
+    return {
+        "rule": f"!has(self.{field}) || type(self.{field}) == int || isQuantity(self.{field})",
+        "message": f"quota.{field} must be a Kubernetes quantity such as 8, 500m or 64Gi",
+    }
+
+
 class AccountQuota(GraftModel):
     """Limits on what the account's namespace may hold, enforced by the API server at admission."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                {
+                    "rule": (
+                        "!has(self.gpus) || !has(self.accelerators) || "
+                        f"!self.accelerators.exists(a, a.resource == '{NVIDIA_GPU}')"
+                    ),
+                    "message": f"set the {NVIDIA_GPU} quota in quota.gpus or in quota.accelerators, not both",
+                },
+                _quantity_rule("cpu"),
+                _quantity_rule("memory"),
+            ]
+        }
+    )
 
     gpus: int | None = Field(
         default=None,
         ge=0,
-        description="Most nvidia.com/gpu the account's pods may request at once.",
+        description=f"Most {NVIDIA_GPU} the account's pods may request at once.",
     )
     accelerators: list[AcceleratorQuota] | None = Field(
         default=None,
@@ -42,10 +79,18 @@ class AccountQuota(GraftModel):
         },
     )
     cpu: Quantity | None = Field(
-        default=None, description="Most CPU the account's pods may request at once."
+        default=None,
+        description=(
+            "Most CPU the account's pods may request at once. Once set, every pod in the account "
+            "must state its CPU request (spec.resources.cpu), or the API server refuses it."
+        ),
     )
     memory: Quantity | None = Field(
-        default=None, description="Most memory the account's pods may request at once."
+        default=None,
+        description=(
+            "Most memory the account's pods may request at once. Once set, every pod in the "
+            "account must state its memory request (spec.resources.memory)."
+        ),
     )
     deployments: int | None = Field(
         default=None, ge=0, description="Most Deployments in the account."
@@ -54,7 +99,9 @@ class AccountQuota(GraftModel):
         default=None, ge=0, description="Most DeployedModels in the account."
     )
     fine_tuning_jobs: int | None = Field(
-        default=None, ge=0, description="Most FineTuningJobs in the account."
+        default=None,
+        ge=0,
+        description="Most FineTuningJobs in the account (finished ones count until deleted).",
     )
     datasets: int | None = Field(default=None, ge=0, description="Most Datasets in the account.")
     models: int | None = Field(default=None, ge=0, description="Most Models in the account.")
@@ -67,7 +114,8 @@ class AccountSpec(GraftModel):
         default=None, max_length=256, description="Human-readable name of the account."
     )
     quota: AccountQuota | None = Field(
-        default=None, description="Limits enforced on the account's namespace."
+        default=None,
+        description="Limits enforced on the account's namespace; none when unset.",
     )
     deletion_policy: DeletionPolicy = Field(
         default=DeletionPolicy.REFUSE,
@@ -81,9 +129,14 @@ class AccountSpec(GraftModel):
 class QuotaUsage(GraftModel):
     """Usage of one quota'd resource."""
 
-    resource: str = Field(description="The quota'd resource, as the ResourceQuota names it.")
+    resource: str = Field(
+        description="The quota'd resource, as the ResourceQuota names it, e.g. requests.nvidia.com/gpu."
+    )
     hard: str = Field(description="The limit.")
-    used: str = Field(description="Current usage.")
+    used: str | None = Field(
+        default=None,
+        description="Current usage; absent until the API server has counted it.",
+    )
 
 
 class AccountStatus(StatusBase):
@@ -113,12 +166,24 @@ class UserSpec(GraftModel):
 
     email: str = Field(
         description="The user's email address, as the cluster's identity provider presents it (the Kubernetes User subject).",
-        pattern=r"^[^@\s]+@[^@\s]+\.[^@\s]+$",
+        min_length=3,
         max_length=254,
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                {"rule": f"self.matches(r'{EMAIL_PATTERN}')", "message": EMAIL_RULE}
+            ]
+        },
     )
     role: Role = Field(
         description="admin: everything incl. Users; member: all Graft kinds but Users; viewer: read only."
     )
+
+    @field_validator("email")
+    @classmethod
+    def _email(cls, value: str) -> str:
+        if not EMAIL_RE.match(value):
+            raise ValueError(EMAIL_RULE)
+        return value
 
 
 class UserStatus(StatusBase):

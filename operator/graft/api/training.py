@@ -18,8 +18,18 @@ class DatasetFormat(StrEnum):
 class ConfigMapKey(GraftModel):
     """A key of a ConfigMap in the account's namespace."""
 
-    name: str = Field(description="ConfigMap name.", min_length=1, max_length=253)
-    key: str = Field(description="Key holding the JSONL data.", min_length=1, max_length=253)
+    name: str = Field(
+        description="ConfigMap name, in the Dataset's namespace.",
+        min_length=1,
+        max_length=253,
+        pattern=r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$",
+    )
+    key: str = Field(
+        description="Key holding the JSONL data (a ConfigMap holds at most 1 MiB; use a URI for more).",
+        min_length=1,
+        max_length=253,
+        pattern=r"^[-._a-zA-Z0-9]+$",
+    )
 
 
 class DatasetSource(GraftModel):
@@ -62,10 +72,24 @@ class DatasetSpec(GraftModel):
 class DatasetStatus(StatusBase):
     """Observed state of a Dataset, filled in by validation."""
 
-    sha256: str | None = Field(default=None, description="SHA-256 of the data, hex.")
+    sha256: str | None = Field(
+        default=None,
+        description="SHA-256 of the data, hex. Its first 63 characters are also in the label graft.dev/sha256-prefix.",
+    )
     size_bytes: int | None = Field(default=None, description="Size of the data in bytes.")
     example_count: int | None = Field(default=None, description="Number of examples.")
-    filename: str | None = Field(default=None, description="File name used in the signature.")
+    filename: str | None = Field(
+        default=None,
+        description="File name used in the signature (sha256, filename); also in the label graft.dev/filename.",
+    )
+    errors: list[str] | None = Field(
+        default=None,
+        max_length=20,
+        description="Problems validation found (at most 20), each starting with its line number where it has one.",
+    )
+    job_name: str | None = Field(
+        default=None, description="The batch/v1 Job that validates (or validated) the data."
+    )
 
 
 class Hyperparameters(GraftModel):
@@ -137,6 +161,13 @@ class FineTuningJobStatus(StatusBase):
     job_name: str | None = Field(default=None, description="The batch/v1 Job running the trainer.")
     output_model: str | None = Field(
         default=None, description="Full name of the addon Model created."
+    )
+    output_uri: str | None = Field(
+        default=None, description="Where the trainer writes (wrote) the adapter files."
+    )
+    deployed_model: str | None = Field(
+        default=None,
+        description="Full name of the DeployedModel created to load the result into spec.deployment.",
     )
     final_loss: float | None = Field(default=None, description="Training loss at the last step.")
     steps: int | None = Field(default=None, description="Optimizer steps run.")

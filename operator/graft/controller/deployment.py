@@ -20,6 +20,7 @@ from graft.api.serving import DeploymentSpec
 from graft.conditions import find, now_rfc3339
 from graft.controller.lookup import (
     addon_verdicts,
+    artifacts_claim,
     deployed_models_of,
     deployment_facts,
     ready_pod_urls,
@@ -43,7 +44,7 @@ from graft.modelserver import (
     spec_hash,
 )
 from graft.names import InvalidReference, full_name, parse_ref
-from graft.storage import Location, UnsupportedSource, locate
+from graft.storage import Location, UnsupportedSource, addons_claim_mount, locate
 
 log = logging.getLogger(__name__)
 
@@ -107,8 +108,19 @@ def resolve_base_model(
 
 
 def desired_pod_spec(
-    spec: DeploymentSpec, location: Location, served_name: str, addons: tuple[Addon, ...] = ()
+    spec: DeploymentSpec,
+    location: Location,
+    served_name: str,
+    addons: tuple[Addon, ...] = (),
+    addons_claim: str | None = None,
 ) -> dict[str, Any]:
+    if addons_claim:
+        extra = addons_claim_mount(addons_claim)
+        location = Location(
+            path=location.path,
+            volumes=[*location.volumes, *extra.volumes],
+            mounts=[*location.mounts, *extra.mounts],
+        )
     res = spec.resources
     server = ServerSpec(
         model_path=location.path,
@@ -152,13 +164,13 @@ def reconcile(api: Api, namespace: str, name: str) -> None:
         # restarts a pod. Running pods get addons over HTTP (DeployedModel reconciler); pods
         # created from now on start with the whole current set on their command line.
         addons = admitted_addons(api, namespace, name, spec, served_name)
-        current_hash = spec_hash(desired_pod_spec(spec, location, served_name))
+        claim = addons_claim(api, namespace, spec)
+        current_hash = spec_hash(desired_pod_spec(spec, location, served_name, addons_claim=claim))
         ensure_service(api, owner)
         plan = pod_plan(spec.replicas, current_hash, pods)
         if not plan.empty:
-            pod = model_server_pod(
-                owner, desired_pod_spec(spec, location, served_name, addons), current_hash
-            )
+            template = desired_pod_spec(spec, location, served_name, addons, claim)
+            pod = model_server_pod(owner, template, current_hash)
             uids = {p["metadata"]["name"]: p["metadata"]["uid"] for p in raw_pods}
             created, blocked = execute_plan(api, owner, plan, pod, uids)
             before = sum(1 for p in pods if not p.terminating)
@@ -184,6 +196,15 @@ def reconcile(api: Api, namespace: str, name: str) -> None:
         old = find(previous, "Ready")
         if old is None or old.reason != blocked.reason:
             api.event(obj, "Warning", blocked.reason, blocked.message)
+
+
+def addons_claim(api: Api, namespace: str, spec: DeploymentSpec) -> str | None:
+    """The artifacts claim, when addons are enabled and the account has it: trained addons
+    live there, and a running replica cannot mount a volume later."""
+    claim = artifacts_claim()
+    if not spec.enable_addons or claim is None:
+        return None
+    return claim if api.get_pvc(namespace, claim) is not None else None
 
 
 def admitted_addons(
@@ -250,7 +271,12 @@ def ensure_service(api: Api, owner: Owner) -> None:
     existing = api.get_service(owner.namespace, desired["metadata"]["name"])
     if existing is not None and _service_matches(existing, desired):
         return
-    api.apply(desired)
+    try:
+        api.apply(desired)
+    except ApiException as exc:
+        if exc.status == 403 and "is being terminated" in error_message(exc):
+            return  # the account's namespace is going away, and this Deployment with it
+        raise
 
 
 def _service_matches(existing: Obj, desired: Obj) -> bool:

@@ -2,16 +2,26 @@
 
 from __future__ import annotations
 
+import functools
+import os
+
 from pydantic import ValidationError
 
 from graft.addons import Candidate, DeploymentFacts, ModelFacts, Verdict, judge
 from graft.api.models import ModelSpec
 from graft.api.serving import DeploymentSpec
 from graft.engines import PORT
+from graft.jobs import JobsConfig
 from graft.k8s import Api, Obj
 from graft.modelserver import selector_string
 from graft.names import InvalidReference, Ref, full_name, parse_ref
-from graft.storage import UnsupportedSource, locate
+from graft.storage import addon_path
+
+
+@functools.cache
+def artifacts_claim() -> str | None:
+    """The claim FineTuningJobs write addons to (GRAFT_ARTIFACTS_URI), if it is one."""
+    return JobsConfig.from_env(os.environ).artifacts_claim()
 
 
 def model_facts(api: Api, ref: Ref) -> ModelFacts | None:
@@ -28,11 +38,7 @@ def model_facts(api: Api, ref: Ref) -> ModelFacts | None:
             base = parse_ref(spec.base_model, "models", account=ref.account).full_name
         except InvalidReference:
             base = None
-    try:
-        location = locate(spec.source.uri)
-        path: str | None = location.path if not location.volumes else None
-    except UnsupportedSource:
-        path = None
+    path = addon_path(spec.source.uri, artifacts_claim())
     rank = (obj.get("status") or {}).get("loraRank")
     return ModelFacts(
         full_name=ref.full_name,

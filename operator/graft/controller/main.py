@@ -5,8 +5,8 @@ resync all call the kind's `reconcile(api, namespace, name)`, one at a time per 
 other objects (pods, models, ...) call it too. Each reconcile reads fresh state, so it does not
 matter which trigger fired or whether one was missed.
 
-Adding a kind: write `graft/controller/<kind>.py` with `reconcile()`, then append a section at
-the end of this file that calls `level_triggered()` and registers any extra triggers.
+Adding a kind: write `graft/controller/<kind>.py` with `reconcile()`, then add a section to
+this file that calls `level_triggered()` and registers any extra triggers.
 """
 
 from __future__ import annotations
@@ -21,7 +21,16 @@ from typing import Any
 import kopf
 
 from graft import keys, logs
-from graft.controller import deployedmodel, deployment, lookup, model
+from graft.controller import (
+    account,
+    dataset,
+    deployedmodel,
+    deployment,
+    finetuning,
+    lookup,
+    model,
+    user,
+)
 from graft.k8s import Api, load_config
 from graft.names import InvalidReference, full_name, parse_ref
 
@@ -192,3 +201,101 @@ def deployed_model_deleted(namespace: str | None, name: str | None, **_: Any) ->
     assert name is not None
     with exclusive("deployedmodels", namespace, name):
         deployedmodel.unload_everywhere(api(), namespace, name)
+
+
+# --- Account and User ------------------------------------------------------------------------
+
+# How soon a deleted Account whose namespace still holds Graft resources is looked at again.
+ACCOUNT_DELETION_RETRY_SECONDS = min(RESYNC_SECONDS, 10.0)
+
+level_triggered("accounts", account.reconcile)
+level_triggered("users", user.reconcile)
+
+
+@kopf.on.delete(keys.GROUP, keys.VERSION, "accounts")
+def account_deleted(name: str | None, **_: Any) -> None:
+    """Hold Graft's finalizer while the account's namespace holds what must not go with it."""
+    assert name is not None
+    with exclusive("accounts", "", name):
+        waiting = account.finalize(api(), name)
+    if waiting:
+        raise kopf.TemporaryError(waiting, delay=ACCOUNT_DELETION_RETRY_SECONDS)
+
+
+@kopf.on.delete(keys.GROUP, keys.VERSION, "users")
+def user_deleted(namespace: str | None, name: str | None, uid: str | None, **_: Any) -> None:
+    """Revoke the User's access before the User object disappears."""
+    assert namespace
+    assert name
+    assert uid
+    with exclusive("users", namespace, name):
+        user.revoke(api(), namespace, name, uid)
+
+
+@kopf.on.event(
+    "v1",
+    "resourcequotas",
+    labels={keys.MANAGED_BY: keys.MANAGED_BY_VALUE, keys.COMPONENT: keys.ACCOUNT_QUOTA},
+)
+def account_quota_event(labels: Mapping[str, str], **_: Any) -> None:
+    """The API server counted usage (or someone changed the quota): refresh the Account."""
+    name = labels.get(keys.ACCOUNT)
+    if name:
+        reconcile_soft("accounts", "", name)
+
+
+# --- Dataset and FineTuningJob ---------------------------------------------------------------
+
+dataset.config()  # a wrong GRAFT_* Job setting stops the operator at start, naming the variable
+
+level_triggered("datasets", dataset.reconcile)
+level_triggered("finetuningjobs", finetuning.reconcile)
+
+
+@kopf.on.event("batch", "v1", "jobs", labels={keys.MANAGED_BY: keys.MANAGED_BY_VALUE})
+def graft_job_event(namespace: str | None, labels: Mapping[str, str], **_: Any) -> None:
+    """A validation or trainer Job progressed: its Dataset or FineTuningJob follows."""
+    if not namespace:
+        return
+    if owner := labels.get(keys.DATASET):
+        reconcile_soft("datasets", namespace, owner)
+    if owner := labels.get(keys.FINETUNING_JOB):
+        reconcile_soft("finetuningjobs", namespace, owner)
+
+
+def _unfinished_finetuning_jobs(
+    namespace: str, plural: str, name: str, fields: tuple[str, ...]
+) -> list[str]:
+    """FineTuningJobs of the account that have not ended and name this object in `fields`."""
+    wanted = (name, full_name(namespace, plural, name))
+    out = []
+    for ftj in api().list_graft("finetuningjobs", namespace):
+        conditions = (ftj.get("status") or {}).get("conditions") or []
+        if any(
+            c.get("type") in ("Succeeded", "Failed") and c.get("status") == "True"
+            for c in conditions
+        ):
+            continue
+        spec = ftj.get("spec") or {}
+        if any(spec.get(f) in wanted for f in fields):
+            out.append(ftj["metadata"]["name"])
+    return out
+
+
+@kopf.on.event(keys.GROUP, keys.VERSION, "datasets")
+def dataset_event(namespace: str | None, name: str | None, **_: Any) -> None:
+    """A Dataset was validated (or failed): the FineTuningJobs waiting for it follow."""
+    if namespace and name:
+        for job in _unfinished_finetuning_jobs(
+            namespace, "datasets", name, ("dataset", "evaluationDataset")
+        ):
+            reconcile_soft("finetuningjobs", namespace, job)
+
+
+@kopf.on.event(keys.GROUP, keys.VERSION, "models")
+def model_event_for_training(namespace: str | None, name: str | None, **_: Any) -> None:
+    """A base model became Ready (or went): the FineTuningJobs of its account waiting for it
+    follow (jobs of other accounts using a public model notice at their next resync)."""
+    if namespace and name:
+        for job in _unfinished_finetuning_jobs(namespace, "models", name, ("baseModel",)):
+            reconcile_soft("finetuningjobs", namespace, job)

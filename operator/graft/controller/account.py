@@ -1,0 +1,162 @@
+"""Account reconciler: the account's namespace and ResourceQuota, its status, the deletion guard.
+
+`reconcile()` reads the Account, its namespace and its ResourceQuota fresh each time, creates the
+namespace if it is missing (never adopting one that exists), applies or removes the quota, and
+writes status once, only when it changed. `finalize()` runs while a deleted Account waits on
+Graft's finalizer: it refuses (condition and Event) while the namespace holds Graft resources,
+unless spec.deletionPolicy is Delete; then it deletes the namespace and lets the Account go.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from graft.api.common import Condition
+from graft.api.tenancy import AccountSpec, DeletionPolicy
+from graft.conditions import find, now_rfc3339
+from graft.k8s import Api, Obj
+from graft.tenancy import (
+    ACCOUNT_KINDS,
+    QUOTA_NAME,
+    AccountProblem,
+    NamespaceState,
+    Owner,
+    account_namespace,
+    account_status,
+    deletion_blocked,
+    describe_hard,
+    is_graft_quota,
+    namespace_problem,
+    namespace_state,
+    quota_hard,
+    quota_in_sync,
+    quota_problem,
+    resource_quota,
+)
+
+log = logging.getLogger(__name__)
+
+PLURAL = "accounts"
+QUIET = {"QuotaPending"}  # a moment's wait after every quota change: not worth an Event
+
+
+def owner_of(obj: Obj) -> Owner:
+    meta = obj["metadata"]
+    return Owner(
+        kind="Account", name=meta["name"], uid=meta["uid"], generation=meta.get("generation", 0)
+    )
+
+
+def reconcile(api: Api, namespace: str, name: str) -> None:
+    """Reconcile one Account; `namespace` is "" (Accounts are cluster-scoped)."""
+    del namespace
+    obj = api.get_graft_cluster(PLURAL, name)
+    if obj is None or obj["metadata"].get("deletionTimestamp"):
+        return  # finalize() handles a deleted Account
+    owner = owner_of(obj)
+    spec = AccountSpec.model_validate(obj.get("spec") or {})
+    hard = quota_hard(spec.quota)
+
+    state = namespace_state(api.get_namespace(name), name, owner.uid)
+    if state == NamespaceState.MISSING:
+        # create, not apply: if the namespace appeared meanwhile this fails (409) and the retry
+        # sees a foreign namespace, instead of silently adopting it.
+        api.create_namespace(account_namespace(owner))
+        log.info("created namespace %s for Account %s", name, name)
+        api.event(obj, "Normal", "NamespaceCreated", f"created namespace {name}")
+        state = NamespaceState.OWNED
+
+    quota: Obj | None = None
+    problem = namespace_problem(state, name)
+    if state == NamespaceState.OWNED:
+        quota = sync_quota(api, obj, owner, hard)
+        problem = quota_problem(hard, quota)
+    publish(api, obj, owner=owner, hard=hard, quota=quota, problem=problem)
+
+
+def sync_quota(api: Api, obj: Obj, owner: Owner, hard: dict[str, str]) -> Obj | None:
+    """Make the account's ResourceQuota say `hard` (or not exist); return it as it is now."""
+    existing = api.get_resource_quota(owner.name, QUOTA_NAME)
+    if not hard:
+        if existing is not None and is_graft_quota(existing, owner.name):
+            api.delete_resource_quota(owner.name, QUOTA_NAME, existing["metadata"]["uid"])
+            api.event(obj, "Normal", "QuotaRemoved", f"removed ResourceQuota {QUOTA_NAME}")
+        return None
+    desired = resource_quota(owner, hard)
+    if quota_in_sync(existing, desired):
+        return existing
+    applied = api.apply_resource_quota(desired)
+    verb = "set" if existing is None else "updated"
+    api.event(
+        obj, "Normal", "QuotaApplied", f"{verb} ResourceQuota {QUOTA_NAME}: {describe_hard(hard)}"
+    )
+    return applied
+
+
+def publish(
+    api: Api,
+    obj: Obj,
+    *,
+    owner: Owner,
+    hard: dict[str, str],
+    quota: Obj | None,
+    problem: AccountProblem | None,
+) -> None:
+    """Write status (only if it changed) and an Event when Ready changes its reason."""
+    previous_status = obj.get("status") or {}
+    previous = [Condition.model_validate(c) for c in previous_status.get("conditions") or []]
+    status = account_status(
+        owner=owner,
+        namespace=owner.name,
+        hard=hard,
+        quota=quota,
+        problem=problem,
+        previous=previous,
+        now=now_rfc3339(),
+    )
+    new = status.wire()
+    if new != previous_status:
+        patch: Obj = {k: None for k in previous_status if k not in new}
+        patch.update(new)
+        api.patch_graft_status(PLURAL, "", owner.name, patch)  # "": cluster-scoped
+    old, ready = find(previous, "Ready"), find(status.conditions, "Ready")
+    assert ready is not None
+    if old is not None and (old.reason, old.status) == (ready.reason, ready.status):
+        return
+    if problem is not None and problem.reason in QUIET:
+        return
+    kind = "Normal" if problem is None else "Warning"
+    api.event(obj, kind, ready.reason, ready.message)
+
+
+def finalize(api: Api, name: str) -> str | None:
+    """Deleting an Account: None when it may go, else why not yet (retried later).
+
+    It may go at once when its namespace is not its own (missing, foreign, already terminating).
+    Otherwise the namespace must hold no Graft resources, unless deletionPolicy is Delete; then
+    the namespace is deleted (the namespace controller removes everything in it) and the Account
+    goes, as `kubectl delete namespace` does, without waiting for the content to be gone.
+    """
+    obj = api.get_graft_cluster(PLURAL, name)
+    if obj is None:
+        return None
+    owner = owner_of(obj)
+    spec = AccountSpec.model_validate(obj.get("spec") or {})
+    namespace = api.get_namespace(name)
+    if namespace_state(namespace, name, owner.uid) != NamespaceState.OWNED:
+        return None  # nothing of this Account's left to delete; a foreign namespace is left alone
+    assert namespace is not None
+    if spec.deletion_policy == DeletionPolicy.REFUSE:
+        found = {plural: api.list_graft_names(plural, name) for plural in ACCOUNT_KINDS}
+        blocked = deletion_blocked(name, found)
+        if blocked is not None:
+            hard = quota_hard(spec.quota)
+            quota = api.get_resource_quota(name, QUOTA_NAME) if hard else None
+            publish(api, obj, owner=owner, hard=hard, quota=quota, problem=blocked)
+            return blocked.message
+    if api.delete_namespace(name, namespace["metadata"]["uid"]):
+        log.info("deleting namespace %s of deleted Account %s", name, name)
+        api.event(
+            obj, "Normal", "NamespaceDeleted", f"deleting namespace {name} and everything in it"
+        )
+    return None

@@ -1,0 +1,126 @@
+"""User reconciler: one RoleBinding from the User's email to the ClusterRole of its role.
+
+The binding is named after the User and owned by it. A role change replaces it (a RoleBinding's
+roleRef cannot change); deleting the User revokes it at once (`revoke()`, run before Graft's
+finalizer lets the User go) and garbage collection would remove it anyway. A User grants nothing
+outside a namespace its Account created.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from graft.api.common import Condition
+from graft.api.tenancy import UserSpec
+from graft.conditions import find, now_rfc3339
+from graft.k8s import Api, Obj
+from graft.names import full_name
+from graft.tenancy import (
+    BindingAction,
+    Owner,
+    UserProblem,
+    account_problem,
+    binding_action,
+    binding_name,
+    cluster_role_name,
+    conflict_problem,
+    missing_role_problem,
+    owned_by,
+    role_binding,
+    user_status,
+)
+
+log = logging.getLogger(__name__)
+
+PLURAL = "users"
+
+
+def reconcile(api: Api, namespace: str, name: str) -> None:
+    obj = api.get_graft(PLURAL, namespace, name)
+    if obj is None or obj["metadata"].get("deletionTimestamp"):
+        return  # revoke() runs on deletion
+    meta = obj["metadata"]
+    owner = Owner(
+        kind="User",
+        name=name,
+        uid=meta["uid"],
+        generation=meta.get("generation", 0),
+        namespace=namespace,
+    )
+    spec = UserSpec.model_validate(obj.get("spec") or {})
+    desired = role_binding(owner, spec.email, spec.role)
+    existing = api.get_role_binding(namespace, binding_name(name))
+    action = binding_action(existing, desired)
+
+    problem = account_problem(
+        namespace, api.get_graft_cluster("accounts", namespace), api.get_namespace(namespace)
+    )
+    if problem is not None:
+        # No account, no access: drop a binding this User had (never someone else's).
+        if existing is not None and owned_by(existing, owner.uid):
+            api.delete_role_binding(
+                namespace, existing["metadata"]["name"], existing["metadata"]["uid"]
+            )
+    elif not api.cluster_role_exists(cluster_role_name(spec.role)):
+        problem = missing_role_problem(cluster_role_name(spec.role))
+    elif action == BindingAction.CONFLICT:
+        problem = conflict_problem(binding_name(name), namespace)
+    elif action != BindingAction.NONE:
+        bind(api, obj, existing, desired, action)
+
+    publish(api, obj, owner, spec, problem)
+
+
+def bind(api: Api, obj: Obj, existing: Obj | None, desired: Obj, action: BindingAction) -> None:
+    meta = desired["metadata"]
+    role = desired["roleRef"]["name"]
+    email = desired["subjects"][0]["name"]
+    if action == BindingAction.REPLACE and existing is not None:
+        api.delete_role_binding(meta["namespace"], meta["name"], existing["metadata"]["uid"])
+    api.create_role_binding(desired)
+    if action == BindingAction.REPLACE and existing is not None:
+        before = existing.get("roleRef", {}).get("name")
+        message = f"RoleBinding {meta['name']} replaced: {email} now has ClusterRole {role}"
+        if before != role:
+            message += f" (was {before})"
+        api.event(obj, "Normal", "RoleBindingReplaced", message)
+    else:
+        api.event(obj, "Normal", "RoleBindingCreated", f"bound {email} to ClusterRole {role}")
+    log.info(
+        "%s RoleBinding %s/%s -> %s", action.value.lower(), meta["namespace"], meta["name"], role
+    )
+
+
+def publish(api: Api, obj: Obj, owner: Owner, spec: UserSpec, problem: UserProblem | None) -> None:
+    previous_status = obj.get("status") or {}
+    previous = [Condition.model_validate(c) for c in previous_status.get("conditions") or []]
+    status = user_status(
+        owner=owner,
+        full_name=full_name(owner.namespace, PLURAL, owner.name),
+        email=spec.email,
+        role=spec.role,
+        problem=problem,
+        previous=previous,
+        now=now_rfc3339(),
+    )
+    new = status.wire()
+    if new != previous_status:
+        patch: Obj = {k: None for k in previous_status if k not in new}
+        patch.update(new)
+        api.patch_graft_status(PLURAL, owner.namespace, owner.name, patch)
+    old, ready = find(previous, "Ready"), find(status.conditions, "Ready")
+    assert ready is not None
+    if problem is not None and (old is None or old.reason != ready.reason):
+        api.event(obj, "Warning", problem.reason, problem.message)
+
+
+def revoke(api: Api, namespace: str, name: str, uid: str) -> None:
+    """The User is being deleted: remove its RoleBinding now, not whenever GC gets to it."""
+    existing = api.get_role_binding(namespace, binding_name(name))
+    if existing is not None and owned_by(existing, uid):
+        api.delete_role_binding(
+            namespace, existing["metadata"]["name"], existing["metadata"]["uid"]
+        )
+        log.info(
+            "revoked RoleBinding %s/%s of deleted User", namespace, existing["metadata"]["name"]
+        )

@@ -1,0 +1,283 @@
+"""FineTuningJobs: what must hold before training, what the trainer reported, what gets
+published, and the status (pure).
+
+A FineTuningJob waits (Ready=False, reason Waiting...) until its Dataset and base Model are Ready;
+it fails for good when they never can be (the dataset failed validation, the base model is not a
+Base model or not shared, the output model ID belongs to another Model). Its trainer Job's
+result comes back in the `train` container's termination message: `graft train`'s JSON summary
+on success, its own one-line reason on failure. On success the addon Model is created (not owned
+by the FineTuningJob: deleting the job keeps the model), and a DeployedModel when spec.deployment
+is set.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import urlparse
+
+from pydantic import ValidationError
+
+from graft import keys
+from graft.api.common import Condition
+from graft.api.models import ModelKind, ModelSpec
+from graft.api.training import DatasetSpec, FineTuningJobStatus
+from graft.jobs import DatasetInput, JobState, Progress, lifecycle_conditions
+from graft.names import Ref
+
+Obj = dict[str, Any]
+
+
+def _conditions(obj: Obj) -> dict[str, Obj]:
+    return {c.get("type", ""): c for c in (obj.get("status") or {}).get("conditions") or []}
+
+
+def _says(cond: Obj | None) -> str:
+    if not cond:
+        return "no status yet"
+    return f"{cond.get('reason')}: {cond.get('message')}".rstrip(": ")
+
+
+# --- What must hold before training -------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ReadyDataset:
+    """A validated Dataset: where its data is and the digest the trainer must find."""
+
+    input: DatasetInput
+    sha256: str
+    full_name: str
+
+
+def dataset_gate(obj: Obj | None, ref: Ref, role: str = "dataset") -> Progress | ReadyDataset:
+    """A Dataset the job can train on, or why it must wait or fail."""
+    if obj is None:
+        return Progress.waiting("WaitingForDataset", f"{role} {ref.full_name} does not exist (yet)")
+    conds = _conditions(obj)
+    if (conds.get("Failed") or {}).get("status") == "True":
+        return Progress.failed(
+            "DatasetInvalid",
+            f"{role} {ref.full_name} failed validation; fix the data and create a new Dataset. "
+            f"{_says(conds.get('Ready'))}",
+        )
+    status = obj.get("status") or {}
+    if (conds.get("Ready") or {}).get("status") != "True" or not status.get("sha256"):
+        return Progress.waiting(
+            "WaitingForDataset",
+            f"{role} {ref.full_name} is not validated yet ({_says(conds.get('Ready'))})",
+        )
+    spec = DatasetSpec.model_validate(obj.get("spec") or {})
+    source = spec.source
+    data = (
+        DatasetInput(config_map=(source.config_map.name, source.config_map.key))
+        if source.config_map is not None
+        else DatasetInput(uri=source.uri)
+    )
+    return ReadyDataset(input=data, sha256=status["sha256"], full_name=ref.full_name)
+
+
+def base_model_gate(obj: Obj | None, ref: Ref, namespace: str) -> Progress | str:
+    """The base model's source URI when the job can train on it, or why it must wait or fail."""
+    if obj is None:
+        return Progress.waiting(
+            "WaitingForBaseModel", f"base model {ref.full_name} does not exist (yet)"
+        )
+    try:
+        spec = ModelSpec.model_validate(obj.get("spec") or {})
+    except ValidationError as exc:
+        return Progress.waiting(
+            "WaitingForBaseModel", f"base model {ref.full_name} has an invalid spec: {exc}"
+        )
+    if spec.kind != ModelKind.BASE:
+        return Progress.failed(
+            "BaseModelNotBase",
+            f"{ref.full_name} is a {spec.kind} model; a FineTuningJob trains on a Base model",
+        )
+    if ref.account != namespace:
+        if not spec.public:
+            return Progress.failed(
+                "BaseModelNotShared",
+                f"{ref.full_name} belongs to account {ref.account} and is not public",
+            )
+        if urlparse(spec.source.uri).scheme == "pvc":
+            return Progress.failed(
+                "BaseModelNotReachable",
+                f"{ref.full_name} is on a PersistentVolumeClaim of account {ref.account}, which "
+                f"a trainer in account {namespace} cannot mount",
+            )
+    ready = _conditions(obj).get("Ready")
+    if (ready or {}).get("status") != "True":
+        return Progress.waiting(
+            "WaitingForBaseModel", f"base model {ref.full_name} is not Ready ({_says(ready)})"
+        )
+    return spec.source.uri
+
+
+def made_by(obj: Obj, job_name: str, job_uid: str) -> bool:
+    """Whether this FineTuningJob (this very object, by uid) created `obj`."""
+    meta = obj.get("metadata") or {}
+    return (meta.get("labels") or {}).get(keys.FINETUNING_JOB) == job_name and (
+        meta.get("annotations") or {}
+    ).get(keys.FINETUNING_JOB_UID) == job_uid
+
+
+def output_taken(existing: Obj | None, what: str, full: str, job: str, uid: str) -> Progress | None:
+    """A Model (or DeployedModel) of the output's name that this job did not create: a failure."""
+    if existing is None or made_by(existing, job, uid):
+        return None
+    return Progress.failed(
+        "OutputModelExists" if what == "Model" else "DeployedModelExists",
+        f"{what} {full} already exists and was not created by this FineTuningJob; choose "
+        "another outputModel",
+    )
+
+
+# --- What the trainer reported -------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class TrainerSummary:
+    """The parts of `graft train`'s JSON summary the status reports."""
+
+    final_loss: float | None
+    steps: int | None
+    output: str | None
+
+    @classmethod
+    def from_message(cls, text: str) -> TrainerSummary | None:
+        try:
+            body = json.loads(text)
+        except ValueError:
+            return None
+        if not isinstance(body, dict) or body.get("status") != "succeeded":
+            return None
+        loss, steps, output = body.get("final_loss"), body.get("steps"), body.get("output")
+        return cls(
+            final_loss=float(loss) if isinstance(loss, int | float) else None,
+            steps=steps if isinstance(steps, int) else None,
+            output=output if isinstance(output, str) else None,
+        )
+
+
+def training_progress(job_name: str, job: JobState, container: str) -> Progress | TrainerSummary:
+    """Running, failed (with the failing container's own message) or the trainer's summary."""
+    if job.phase in ("Pending", "Running"):
+        return Progress.running("Training", f"Job {job_name}: {job.detail}")
+    term = job.result
+    if job.phase == "Failed":
+        if term is None:
+            return Progress.failed("TrainingFailed", f"trainer Job {job_name} failed: {job.detail}")
+        what = "training" if term.container == container else f"init container {term.container}"
+        message = term.message.strip() or term.reason or "no message"
+        return Progress.failed(
+            "TrainingFailed",
+            f"{what} failed (exit code {term.exit_code}): {message}",
+        )
+    summary = TrainerSummary.from_message(term.message) if term else None
+    if summary is None:
+        return Progress.failed(
+            "TrainerResultMissing",
+            f"trainer Job {job_name} succeeded but its {container} container left no summary in "
+            "its termination message; does its image run `graft train`?",
+        )
+    return summary
+
+
+# --- What gets published --------------------------------------------------------------------------
+
+
+def _published_meta(name: str, namespace: str, job: str, uid: str) -> Obj:
+    return {
+        "name": name,
+        "namespace": namespace,
+        "labels": {keys.MANAGED_BY: keys.MANAGED_BY_VALUE, keys.FINETUNING_JOB: job},
+        "annotations": {keys.FINETUNING_JOB_UID: uid},
+    }
+
+
+def output_model(
+    *,
+    name: str,
+    namespace: str,
+    base_model: str,
+    uri: str,
+    job: str,
+    job_uid: str,
+    dataset: str,
+) -> Obj:
+    """The addon Model a successful job publishes. No ownerReference: it outlives the job."""
+    return {
+        "apiVersion": keys.API_VERSION,
+        "kind": "Model",
+        "metadata": _published_meta(name, namespace, job, job_uid),
+        "spec": {
+            "kind": ModelKind.PEFT_ADDON.value,
+            "baseModel": base_model,
+            "source": {"uri": uri},
+            "description": (
+                f"LoRA addon trained by FineTuningJob accounts/{namespace}/finetuningjobs/{job} "
+                f"on {dataset}"
+            ),
+        },
+    }
+
+
+def deployed_model(*, name: str, namespace: str, deployment: str, job: str, job_uid: str) -> Obj:
+    """The DeployedModel that loads the published addon into spec.deployment."""
+    return {
+        "apiVersion": keys.API_VERSION,
+        "kind": "DeployedModel",
+        "metadata": _published_meta(name, namespace, job, job_uid),
+        "spec": {"model": name, "deployment": deployment},
+    }
+
+
+# --- Status -------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class TrainingOutcome:
+    progress: Progress
+    job_name: str | None = None
+    output_uri: str | None = None
+    output_model: str | None = None
+    deployed_model: str | None = None
+    summary: TrainerSummary | None = None
+    job: JobState | None = None
+
+
+def finetuning_status(
+    *,
+    generation: int,
+    full_name: str,
+    outcome: TrainingOutcome,
+    previous: list[Condition],
+    now: str,
+) -> FineTuningJobStatus:
+    conditions, state = lifecycle_conditions(
+        previous,
+        outcome.progress,
+        generation=generation,
+        now=now,
+        running_state="Running",
+        succeeded_state="Succeeded",
+    )
+    job, summary = outcome.job, outcome.summary
+    return FineTuningJobStatus(
+        observed_generation=generation,
+        name=full_name,
+        state=state,
+        conditions=conditions,
+        job_name=outcome.job_name,
+        output_model=outcome.output_model,
+        output_uri=outcome.output_uri,
+        deployed_model=outcome.deployed_model,
+        final_loss=summary.final_loss if summary else None,
+        steps=summary.steps if summary else None,
+        start_time=job.start_time if job else None,
+        completion_time=job.completion_time
+        if job and job.phase in ("Succeeded", "Failed")
+        else None,
+    )

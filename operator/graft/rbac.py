@@ -1,0 +1,368 @@
+"""Graft's RBAC, the one source of truth: the operator's ClusterRole, the three ClusterRoles Users
+are bound to, and the operator's ServiceAccount and ClusterRoleBinding (pure).
+
+`graft manifests` writes them into deploy/operator.yaml (between the markers below) and `make
+verify` fails when that file drifts from this module. Every rule says why it exists; no rule
+uses `*`. To give a reconciler a new permission, add a Rule to OPERATOR_RULES (the integration
+tests run the operator under exactly these rules, so a missing one fails them).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+from typing import Any
+
+import yaml
+
+from graft import keys
+from graft.api.kinds import ALL_KINDS
+from graft.api.tenancy import Role
+
+RBAC_GROUP = "rbac.authorization.k8s.io"
+RBAC_API_VERSION = f"{RBAC_GROUP}/v1"
+CORE = ""
+
+OPERATOR_NAMESPACE = "graft-system"
+OPERATOR_NAME = "graft-operator"
+SERVICE_ACCOUNT = f"system:serviceaccount:{OPERATOR_NAMESPACE}:{OPERATOR_NAME}"
+
+READ = ("get", "list", "watch")
+WRITE = ("create", "update", "patch", "delete", "deletecollection")
+
+GRAFT_KINDS = tuple(k.plural for k in ALL_KINDS)
+ACCOUNT_KINDS = tuple(k.plural for k in ALL_KINDS if k.namespaced)
+"""The kinds that live in an account's namespace (all but Account)."""
+OWNER_KINDS = ("accounts", "users", "deployments", "datasets", "finetuningjobs")
+"""Graft kinds whose objects own children (namespace, RoleBinding, pods, Jobs, Models)."""
+
+
+@dataclass(frozen=True)
+class Rule:
+    """One PolicyRule, with the reason it exists."""
+
+    why: str
+    api_groups: tuple[str, ...]
+    resources: tuple[str, ...]
+    verbs: tuple[str, ...]
+    resource_names: tuple[str, ...] = ()
+
+    def manifest(self) -> dict[str, Any]:
+        rule: dict[str, Any] = {
+            "apiGroups": list(self.api_groups),
+            "resources": list(self.resources),
+            "verbs": list(self.verbs),
+        }
+        if self.resource_names:
+            rule["resourceNames"] = list(self.resource_names)
+        return rule
+
+
+@dataclass(frozen=True)
+class ClusterRole:
+    name: str
+    description: str
+    rules: tuple[Rule, ...]
+
+    def manifest(self) -> dict[str, Any]:
+        return {
+            "apiVersion": RBAC_API_VERSION,
+            "kind": "ClusterRole",
+            "metadata": {"name": self.name, "labels": {keys.PART_OF: keys.PART_OF_VALUE}},
+            "rules": [r.manifest() for r in self.rules],
+        }
+
+
+def user_cluster_role(role: Role | str) -> str:
+    """The ClusterRole a User with this role is bound to."""
+    return f"graft-{Role(role).value}"
+
+
+USER_CLUSTER_ROLES = tuple(user_cluster_role(r) for r in Role)
+
+
+# --- The operator -------------------------------------------------------------------------------
+
+OPERATOR_RULES: tuple[Rule, ...] = (
+    Rule(
+        "kopf: discover Graft's kinds from the CRDs and notice when they are installed or upgraded.",
+        ("apiextensions.k8s.io",),
+        ("customresourcedefinitions",),
+        ("list", "watch"),
+    ),
+    # Graft's own kinds.
+    Rule(
+        "All reconcilers: watch every Graft kind; patch them for kopf's finalizer and annotations.",
+        (keys.GROUP,),
+        GRAFT_KINDS,
+        ("get", "list", "watch", "patch"),
+    ),
+    Rule(
+        "All reconcilers: write the status they observed.",
+        (keys.GROUP,),
+        tuple(f"{p}/status" for p in GRAFT_KINDS),
+        ("get", "patch"),
+    ),
+    Rule(
+        "Owners: blockOwnerDeletion on children needs it where OwnerReferencesPermissionEnforcement is on.",
+        (keys.GROUP,),
+        tuple(f"{p}/finalizers" for p in OWNER_KINDS),
+        ("update",),
+    ),
+    Rule(
+        "FineTuningJob: publish the trained addon as a Model, and a DeployedModel when asked.",
+        (keys.GROUP,),
+        ("models", "deployedmodels"),
+        ("create",),
+    ),
+    # Deployment.
+    Rule(
+        "Deployment: create, replace and delete model-server pods; watch them for readiness.",
+        (CORE,),
+        ("pods",),
+        ("get", "list", "watch", "create", "delete"),
+    ),
+    Rule(
+        "Deployment: the Service in front of its pods (server-side apply).",
+        (CORE,),
+        ("services",),
+        ("get", "create", "patch"),
+    ),
+    Rule(
+        "All reconcilers: Events for the transitions a person wants to see.",
+        (CORE,),
+        ("events",),
+        ("create",),
+    ),
+    # Account and User.
+    Rule(
+        "Account: create the account's namespace; delete it when the Account is deleted.",
+        (CORE,),
+        ("namespaces",),
+        ("get", "create", "delete"),
+    ),
+    Rule(
+        "Account: the account's ResourceQuota (server-side apply), watched for usage.",
+        (CORE,),
+        ("resourcequotas",),
+        ("get", "list", "watch", "create", "patch", "delete"),
+    ),
+    Rule(
+        "User: one RoleBinding per User, replaced (delete + create) when the role changes.",
+        (RBAC_GROUP,),
+        ("rolebindings",),
+        ("get", "create", "delete"),
+    ),
+    Rule(
+        "User: bind only Graft's user roles (bind, instead of holding all their permissions).",
+        (RBAC_GROUP,),
+        ("clusterroles",),
+        ("get", "bind"),
+        USER_CLUSTER_ROLES,
+    ),
+    # Dataset and FineTuningJob.
+    Rule(
+        "Dataset, FineTuningJob: the validation and trainer Jobs, watched to completion.",
+        ("batch",),
+        ("jobs",),
+        ("get", "list", "watch", "create"),
+    ),
+    Rule(
+        "Dataset: read the data of a configMap source.",
+        (CORE,),
+        ("configmaps",),
+        ("get",),
+    ),
+    Rule(
+        "Dataset, FineTuningJob: check that the claim of a pvc:// source exists.",
+        (CORE,),
+        ("persistentvolumeclaims",),
+        ("get",),
+    ),
+)
+
+OPERATOR_ROLE = ClusterRole(
+    OPERATOR_NAME,
+    "The operator: what every reconciler needs, nothing more.",
+    OPERATOR_RULES,
+)
+
+
+# --- The roles Users are bound to ---------------------------------------------------------------
+
+_SEE_QUOTA = Rule(
+    "See the account's quota and usage (kubectl describe quota).",
+    (CORE,),
+    ("resourcequotas",),
+    READ,
+)
+_SCALE = Rule(
+    "kubectl scale on Graft Deployments.",
+    (keys.GROUP,),
+    ("deployments/scale",),
+    ("get", "update", "patch"),
+)
+_CONFIGMAPS = Rule(
+    "Provide Dataset data as ConfigMaps in the account.",
+    (CORE,),
+    ("configmaps",),
+    (*READ, *WRITE),
+)
+
+ADMIN_ROLE = ClusterRole(
+    user_cluster_role(Role.ADMIN),
+    "An account's admin: every Graft kind including Users, plus reading pods, logs and events.",
+    (
+        Rule(
+            "Every Graft kind of the account, including its Users.",
+            (keys.GROUP,),
+            ACCOUNT_KINDS,
+            (*READ, *WRITE),
+        ),
+        _SCALE,
+        _CONFIGMAPS,
+        _SEE_QUOTA,
+        Rule(
+            "Debug the account's workloads: its pods.",
+            (CORE,),
+            ("pods",),
+            READ,
+        ),
+        Rule("Debug the account's workloads: pod logs.", (CORE,), ("pods/log",), ("get",)),
+        Rule(
+            "See what happened in the account.",
+            (CORE, "events.k8s.io"),
+            ("events",),
+            READ,
+        ),
+    ),
+)
+
+MEMBER_ROLE = ClusterRole(
+    user_cluster_role(Role.MEMBER),
+    "An account's member: every Graft kind but Users, which it can only read.",
+    (
+        Rule(
+            "Every Graft kind of the account except Users.",
+            (keys.GROUP,),
+            tuple(p for p in ACCOUNT_KINDS if p != "users"),
+            (*READ, *WRITE),
+        ),
+        Rule(
+            "See who else is in the account (as the hosted platform shows its members).",
+            (keys.GROUP,),
+            ("users",),
+            READ,
+        ),
+        _SCALE,
+        _CONFIGMAPS,
+        _SEE_QUOTA,
+    ),
+)
+
+VIEWER_ROLE = ClusterRole(
+    user_cluster_role(Role.VIEWER),
+    "An account's viewer: reads every Graft kind of the account, changes nothing.",
+    (
+        Rule("Read every Graft kind of the account.", (keys.GROUP,), ACCOUNT_KINDS, READ),
+        _SEE_QUOTA,
+    ),
+)
+
+USER_ROLES: dict[str, ClusterRole] = {
+    Role.ADMIN.value: ADMIN_ROLE,
+    Role.MEMBER.value: MEMBER_ROLE,
+    Role.VIEWER.value: VIEWER_ROLE,
+}
+CLUSTER_ROLES = (OPERATOR_ROLE, ADMIN_ROLE, MEMBER_ROLE, VIEWER_ROLE)
+
+
+# --- Manifests ----------------------------------------------------------------------------------
+
+
+def _labels() -> dict[str, str]:
+    return {keys.PART_OF: keys.PART_OF_VALUE}
+
+
+def service_account() -> dict[str, Any]:
+    return {
+        "apiVersion": "v1",
+        "kind": "ServiceAccount",
+        "metadata": {"name": OPERATOR_NAME, "namespace": OPERATOR_NAMESPACE, "labels": _labels()},
+    }
+
+
+def cluster_role_binding() -> dict[str, Any]:
+    return {
+        "apiVersion": RBAC_API_VERSION,
+        "kind": "ClusterRoleBinding",
+        "metadata": {"name": OPERATOR_NAME, "labels": _labels()},
+        "roleRef": {"apiGroup": RBAC_GROUP, "kind": "ClusterRole", "name": OPERATOR_NAME},
+        "subjects": [
+            {"kind": "ServiceAccount", "name": OPERATOR_NAME, "namespace": OPERATOR_NAMESPACE}
+        ],
+    }
+
+
+def manifests() -> list[dict[str, Any]]:
+    """Every RBAC object Graft ships, in the order to apply them."""
+    return [
+        service_account(),
+        *(role.manifest() for role in CLUSTER_ROLES),
+        cluster_role_binding(),
+    ]
+
+
+BEGIN_TAG = "# --- BEGIN RBAC"
+BEGIN = f"{BEGIN_TAG}, generated by `graft manifests` from operator/graft/rbac.py: do not edit"
+END = "# --- END RBAC"
+
+_PLAIN = re.compile(r"^[a-z][a-z0-9./-]*$")
+
+
+def _flow(items: tuple[str, ...]) -> str:
+    """A YAML flow sequence, quoting only what needs it ("" for the core group)."""
+    return "[" + ", ".join(i if _PLAIN.match(i) else json.dumps(i) for i in items) + "]"
+
+
+def render_cluster_role(role: ClusterRole) -> str:
+    """A ClusterRole as YAML with each rule's reason as a comment above it."""
+    head = yaml.safe_dump(
+        {k: v for k, v in role.manifest().items() if k != "rules"}, sort_keys=False
+    )
+    lines = [f"# {role.name}: {role.description}", head.rstrip("\n"), "rules:"]
+    for rule in role.rules:
+        lines.append(f"  # {rule.why}")
+        lines.append(f"  - apiGroups: {_flow(rule.api_groups)}")
+        lines.append(f"    resources: {_flow(rule.resources)}")
+        lines.append(f"    verbs: {_flow(rule.verbs)}")
+        if rule.resource_names:
+            lines.append(f"    resourceNames: {_flow(rule.resource_names)}")
+    return "\n".join(lines) + "\n"
+
+
+def render() -> str:
+    """The generated block of deploy/operator.yaml, markers included."""
+    docs = [
+        yaml.safe_dump(service_account(), sort_keys=False),
+        *(render_cluster_role(role) for role in CLUSTER_ROLES),
+        yaml.safe_dump(cluster_role_binding(), sort_keys=False),
+    ]
+    return BEGIN + "\n" + "---\n".join(docs) + END + "\n"
+
+
+class MarkersMissing(ValueError):
+    """The file has no (or broken) generated-RBAC markers."""
+
+
+def splice(text: str, block: str) -> str:
+    """`text` with its generated block (between BEGIN and END, inclusive) replaced by `block`."""
+    start = text.find(BEGIN_TAG)
+    end = text.find(END, start + 1) if start >= 0 else -1
+    if start < 0 or end < 0:
+        raise MarkersMissing(
+            f"no generated RBAC block: the file needs a line {BEGIN_TAG!r} and, after it, {END!r}"
+        )
+    newline = text.find("\n", end)
+    return text[:start] + block + (text[newline + 1 :] if newline >= 0 else "")

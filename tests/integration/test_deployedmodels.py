@@ -1,0 +1,382 @@
+"""Model and DeployedModel on the real API server, with real `graft serve` processes answering
+on the pods' IPs (tests/podservers.py stands in for the container runtime)."""
+
+from __future__ import annotations
+
+import json
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from kube import Cluster, OperatorProcess, condition, wait_for
+from podservers import PodServers
+
+pytestmark = pytest.mark.dataplane
+
+GROUP = "graft.dev/v1alpha1"
+
+
+@pytest.fixture(scope="module")
+def artifacts(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    from graft.smallmodels import build_tiny_model
+    from tinyadapters import broken_adapter, random_adapter
+
+    root = tmp_path_factory.mktemp("artifacts")
+    base = build_tiny_model(root / "base")
+    return {
+        "base": base,
+        "sql": random_adapter(base, root / "sql", rank=8, seed=1),
+        "poem": random_adapter(base, root / "poem", rank=8, seed=2),
+        "big": random_adapter(base, root / "big", rank=32, seed=3),
+        "broken": broken_adapter(root / "broken", rank=8),
+    }
+
+
+def obj(kind: str, name: str, ns: str, spec: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "apiVersion": GROUP,
+        "kind": kind,
+        "metadata": {"name": name, "namespace": ns},
+        "spec": spec,
+    }
+
+
+def base_model(name: str, ns: str, path: Path) -> dict[str, Any]:
+    return obj("Model", name, ns, {"kind": "Base", "source": {"uri": f"file://{path}"}})
+
+
+def addon_model(name: str, ns: str, path: Path, base: str = "base") -> dict[str, Any]:
+    return obj(
+        "Model",
+        name,
+        ns,
+        {"kind": "PeftAddon", "baseModel": base, "source": {"uri": f"file://{path}"}},
+    )
+
+
+def deployment(name: str, ns: str, replicas: int, **spec: Any) -> dict[str, Any]:
+    body = {
+        "baseModel": "base",
+        "replicas": replicas,
+        "engine": "Reference",
+        "enableAddons": True,
+        "maxAddons": 2,
+        "maxAddonRank": 16,
+        **spec,
+    }
+    return obj("Deployment", name, ns, body)
+
+
+def deployed(name: str, ns: str, model: str, dep: str = "chat") -> dict[str, Any]:
+    return obj("DeployedModel", name, ns, {"model": model, "deployment": dep})
+
+
+def if_(obj: dict[str, Any] | None, pred: Any) -> dict[str, Any] | None:
+    """obj when it exists and pred(obj) holds (for wait_for)."""
+    return obj if obj and pred(obj) else None
+
+
+def selector(dep: str) -> str:
+    return f"graft.dev/deployment={dep}"
+
+
+def live_pods(cluster: Cluster, ns: str, dep: str) -> list[dict[str, Any]]:
+    return [
+        p
+        for p in cluster.list("pods", ns, selector(dep))
+        if not p["metadata"].get("deletionTimestamp")
+    ]
+
+
+def served(pod: dict[str, Any]) -> set[str] | None:
+    try:
+        with urllib.request.urlopen(
+            f"http://{pod['status']['podIP']}:8000/v1/models", timeout=2
+        ) as r:
+            return {m["id"] for m in json.load(r)["data"]}
+    except (OSError, ValueError):
+        return None
+
+
+def dm_state(cluster: Cluster, ns: str, name: str) -> dict[str, Any] | None:
+    return cluster.get("deployedmodels.graft.dev", name, ns)
+
+
+def ready_with(cluster: Cluster, ns: str, name: str, loaded: int) -> dict[str, Any] | None:
+    dm = dm_state(cluster, ns, name)
+    ready = condition(dm, "Ready")
+    if dm and ready and ready["status"] == "True" and dm["status"].get("loadedReplicas") == loaded:
+        return dm
+    return None
+
+
+def all_pods_serve(cluster: Cluster, ns: str, dep: str, name: str, count: int) -> bool:
+    pods = live_pods(cluster, ns, dep)
+    return len(pods) == count and all(name in (served(p) or set()) for p in pods)
+
+
+def reason_of(cluster: Cluster, ns: str, name: str, reason: str) -> dict[str, Any] | None:
+    dm = dm_state(cluster, ns, name)
+    return dm if (condition(dm, "Ready") or {}).get("reason") == reason else None
+
+
+@pytest.fixture
+def servers(operator: OperatorProcess, namespace: str, tmp_path: Path) -> Iterator[PodServers]:
+    with PodServers(
+        operator.cluster, namespace, "app.kubernetes.io/component=model-server", tmp_path
+    ) as s:
+        yield s
+    assert not s.errors, s.errors
+
+
+def test_model_status_records_the_adapter(
+    operator: OperatorProcess, namespace: str, artifacts: dict[str, Path]
+) -> None:
+    cluster, ns = operator.cluster, namespace
+    cluster.apply(
+        [
+            base_model("base", ns, artifacts["base"]),
+            addon_model("big", ns, artifacts["big"]),
+            addon_model("orphan", ns, artifacts["sql"], base="nope"),
+        ]
+    )
+    big = wait_for(
+        "addon Model Ready",
+        lambda: if_(
+            cluster.get("models.graft.dev", "big", ns),
+            lambda m: (condition(m, "Ready") or {}).get("status") == "True",
+        ),
+    )
+    assert big["status"]["loraRank"] == 32
+    assert big["status"]["targetModules"] == ["q_proj", "v_proj"]
+    assert big["status"]["name"] == f"accounts/{ns}/models/big"
+    orphan = wait_for(
+        "orphan waits",
+        lambda: if_(
+            cluster.get("models.graft.dev", "orphan", ns),
+            lambda m: (condition(m, "Ready") or {}).get("reason") == "BaseModelNotFound",
+        ),
+    )
+    assert orphan["status"]["state"] == "Waiting"
+
+
+def test_addon_loaded_at_run_time_on_every_replica(
+    operator: OperatorProcess, namespace: str, artifacts: dict[str, Path], servers: PodServers
+) -> None:
+    cluster, ns = operator.cluster, namespace
+    sql = f"accounts/{ns}/models/sql"
+    cluster.apply(
+        [
+            base_model("base", ns, artifacts["base"]),
+            addon_model("sql", ns, artifacts["sql"]),
+            deployment("chat", ns, replicas=1),
+        ]
+    )
+    cluster.kubectl(
+        "wait", "deployments.graft.dev/chat", "-n", ns, "--for=condition=Ready", "--timeout=90s"
+    )
+    first = {p["metadata"]["uid"] for p in live_pods(cluster, ns, "chat")}
+
+    # Loaded over HTTP into the running replica: no pod is restarted.
+    cluster.apply(deployed("sql", ns, "sql"))
+    dm = wait_for(
+        "DeployedModel Ready on 1 replica", lambda: ready_with(cluster, ns, "sql", 1), timeout=120
+    )
+    assert dm["status"]["servedName"] == sql
+    assert {p["metadata"]["uid"] for p in live_pods(cluster, ns, "chat")} == first
+    assert all_pods_serve(cluster, ns, "chat", sql, 1)
+
+    # Scale 1 -> 3: the new replicas start with the addon on their command line.
+    cluster.kubectl("scale", "deployments.graft.dev/chat", "-n", ns, "--replicas=3")
+    wait_for(
+        "DeployedModel Ready on 3 replicas", lambda: ready_with(cluster, ns, "sql", 3), timeout=180
+    )
+    assert all_pods_serve(cluster, ns, "chat", sql, 3)
+    for pod in live_pods(cluster, ns, "chat"):
+        if pod["metadata"]["uid"] in first:
+            continue
+        args = pod["spec"]["containers"][0]["args"]
+        modules = [
+            json.loads(a) for a in args[args.index("--lora-modules") + 1 :] if a.startswith("{")
+        ]
+        assert modules == [
+            {
+                "name": sql,
+                "path": str(artifacts["sql"]),
+                "base_model_name": f"accounts/{ns}/models/base",
+            }
+        ]
+    dep = wait_for(
+        "Deployment lists the addon",
+        lambda: if_(
+            cluster.get("deployments.graft.dev", "chat", ns),
+            lambda d: (d.get("status") or {}).get("addons") == [sql],
+        ),
+    )
+    assert dep["status"]["readyReplicas"] == 3
+
+    # A replica deleted and recreated comes back with the addon.
+    victim = live_pods(cluster, ns, "chat")[0]["metadata"]["name"]
+    cluster.kubectl("delete", "pod", victim, "-n", ns, "--wait=false")
+    wait_for(
+        "a replacement replica that serves the addon",
+        lambda: (
+            victim not in {p["metadata"]["name"] for p in live_pods(cluster, ns, "chat")}
+            and all_pods_serve(cluster, ns, "chat", sql, 3)
+        ),
+        timeout=180,
+    )
+    wait_for("DeployedModel back to 3/3", lambda: ready_with(cluster, ns, "sql", 3), timeout=60)
+
+    # A request naming the addon is answered by the addon.
+    pod = live_pods(cluster, ns, "chat")[0]
+    body = json.dumps({"model": sql, "prompt": "hi", "max_tokens": 4, "temperature": 0}).encode()
+    req = urllib.request.Request(
+        f"http://{pod['status']['podIP']}:8000/v1/completions",
+        body,
+        {"Content-Type": "application/json"},
+    )
+    with urllib.request.urlopen(req, timeout=60) as r:
+        assert json.load(r)["model"] == sql
+
+    # Deleting the DeployedModel unloads it from every replica, again without restarts.
+    before = {p["metadata"]["uid"] for p in live_pods(cluster, ns, "chat")}
+    cluster.kubectl("delete", "deployedmodels.graft.dev/sql", "-n", ns, "--timeout=60s")
+    wait_for(
+        "the addon unloaded everywhere",
+        lambda: all(sql not in (served(p) or {sql}) for p in live_pods(cluster, ns, "chat")),
+        timeout=60,
+    )
+    assert {p["metadata"]["uid"] for p in live_pods(cluster, ns, "chat")} == before
+    wait_for(
+        "Deployment lists no addon",
+        lambda: (
+            (cluster.get("deployments.graft.dev", "chat", ns) or {}).get("status", {}).get("addons")
+            == []
+        ),
+    )
+
+
+def test_rejections_are_conditions_not_retries(
+    operator: OperatorProcess, namespace: str, artifacts: dict[str, Path]
+) -> None:
+    cluster, ns = operator.cluster, namespace
+    cluster.apply(
+        [
+            base_model("base", ns, artifacts["base"]),
+            base_model("other", ns, artifacts["base"]),
+            addon_model("sql", ns, artifacts["sql"]),
+            addon_model("poem", ns, artifacts["poem"]),
+            addon_model("big", ns, artifacts["big"]),
+            addon_model("foreign", ns, artifacts["sql"], base="other"),
+            deployment("chat", ns, replicas=0, maxAddons=1),
+            deployment("plain", ns, replicas=0, enableAddons=False),
+        ]
+    )
+    wait_for(
+        "big's rank recorded",
+        lambda: (
+            (cluster.get("models.graft.dev", "big", ns) or {}).get("status", {}).get("loraRank")
+            == 32
+        ),
+    )
+    cluster.apply(deployed("first", ns, "sql"))
+    time.sleep(1)  # "first" is older: it holds the one addon slot
+    cluster.apply(
+        [
+            deployed("second", ns, "poem"),
+            deployed("disabled", ns, "sql", dep="plain"),
+            deployed("mismatch", ns, "foreign"),
+            deployed("too-big", ns, "big"),
+        ]
+    )
+    expected = {
+        "second": "TooManyAddons",
+        "disabled": "AddonsDisabled",
+        "mismatch": "BaseModelMismatch",
+        "too-big": "RankTooHigh",
+    }
+    for name, reason in expected.items():
+        dm = wait_for(
+            f"{name} rejected with {reason}",
+            lambda name=name, reason=reason: reason_of(cluster, ns, name, reason),
+        )
+        assert dm["status"]["state"] == "Failed"
+        assert condition(dm, "Ready")["status"] == "False"  # type: ignore[index]
+    assert "rank 32" in condition(dm_state(cluster, ns, "too-big"), "Ready")["message"]  # type: ignore[index]
+    assert (
+        f"accounts/{ns}/models/other"
+        in condition(dm_state(cluster, ns, "mismatch"), "Ready")["message"]
+    )  # type: ignore[index]
+    # No retry loop: a rejected object is not rewritten while nothing changes.
+    versions = {n: dm_state(cluster, ns, n)["metadata"]["resourceVersion"] for n in expected}  # type: ignore[index]
+    time.sleep(3 * operator.resync_seconds)
+    assert {
+        n: dm_state(cluster, ns, n)["metadata"]["resourceVersion"] for n in expected
+    } == versions  # type: ignore[index]
+    # The slot frees up when the first one goes.
+    cluster.kubectl("delete", "deployedmodels.graft.dev/first", "-n", ns, "--timeout=60s")
+    wait_for("second admitted", lambda: reason_of(cluster, ns, "second", "NoReadyReplicas"))
+
+
+def test_model_in_use_is_not_deleted(
+    operator: OperatorProcess, namespace: str, artifacts: dict[str, Path]
+) -> None:
+    cluster, ns = operator.cluster, namespace
+    cluster.apply([base_model("base", ns, artifacts["base"]), deployment("chat", ns, replicas=0)])
+    wait_for(
+        "base model lists its deployment",
+        lambda: (
+            (cluster.get("models.graft.dev", "base", ns) or {}).get("status", {}).get("deployments")
+            == [f"accounts/{ns}/deployments/chat"]
+        ),
+    )
+    cluster.kubectl("delete", "models.graft.dev/base", "-n", ns, "--wait=false")
+    model = wait_for(
+        "InUse",
+        lambda: if_(
+            cluster.get("models.graft.dev", "base", ns),
+            lambda m: (condition(m, "Ready") or {}).get("reason") == "InUse",
+        ),
+    )
+    assert f"accounts/{ns}/deployments/chat" in condition(model, "Ready")["message"]  # type: ignore[index]
+    time.sleep(2 * operator.resync_seconds)
+    assert cluster.get("models.graft.dev", "base", ns) is not None
+    cluster.kubectl("delete", "deployments.graft.dev/chat", "-n", ns, "--timeout=60s")
+    wait_for(
+        "the model deleted once unused",
+        lambda: cluster.get("models.graft.dev", "base", ns) is None,
+        timeout=60,
+    )
+
+
+def test_server_that_fails_the_load_leaves_it_not_ready(
+    operator: OperatorProcess, namespace: str, artifacts: dict[str, Path], servers: PodServers
+) -> None:
+    cluster, ns = operator.cluster, namespace
+    cluster.apply(
+        [
+            base_model("base", ns, artifacts["base"]),
+            addon_model("broken", ns, artifacts["broken"]),
+            deployment("chat", ns, replicas=1),
+        ]
+    )
+    cluster.apply(deployed("broken", ns, "broken"))
+    dm = wait_for("LoadFailed", lambda: reason_of(cluster, ns, "broken", "LoadFailed"), timeout=120)
+    message = condition(dm, "Ready")["message"]  # type: ignore[index]
+    assert "HTTP 4" in message or "HTTP 5" in message, message
+    assert dm["status"]["loadedReplicas"] == 0
+    # The broken addon is not put on new replicas' command lines: they still start.
+    cluster.kubectl("scale", "deployments.graft.dev/chat", "-n", ns, "--replicas=2")
+    wait_for(
+        "2 replicas serving the base model",
+        lambda: all_pods_serve(cluster, ns, "chat", f"accounts/{ns}/models/base", 2),
+        timeout=120,
+    )
+    for pod in live_pods(cluster, ns, "chat"):
+        assert "--lora-modules" not in pod["spec"]["containers"][0]["args"]

@@ -1,0 +1,101 @@
+"""A stand-in for the container runtime of model-server pods, for tests on the local cluster.
+
+kwok moves pods to Running/Ready and gives them an IP from its node's loopback podCIDR, but
+runs nothing. `PodServers` runs what the pod asks for: for every Running pod that matches its
+label selector, it starts the pod's own container command and args (`graft serve ...`, exactly
+as the operator wrote them, `--lora-modules` included) as a local process, with `--host`
+replaced by the pod's IP, so the pod's IP and port answer HTTP as a real pod would. When the
+pod is deleted, its process is stopped. The operator's code paths are the production ones: it
+finds pods through the API and talks to `http://<podIP>:8000`.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from kube import Cluster
+
+
+class PodServers:
+    def __init__(self, cluster: Cluster, namespace: str, selector: str, log_dir: Path) -> None:
+        self.cluster = cluster
+        self.namespace = namespace
+        self.selector = selector
+        self.log_dir = log_dir
+        self.processes: dict[str, tuple[str, subprocess.Popen[bytes]]] = {}  # uid -> (pod, proc)
+        self.started: list[str] = []  # pod names, in the order they were started
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, daemon=True)
+        self.errors: list[str] = []
+
+    def __enter__(self) -> PodServers:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self._stop.set()
+        self._thread.join(timeout=10)
+        for _, proc in self.processes.values():
+            _terminate(proc)
+
+    def args_of(self, pod_name: str) -> list[str]:
+        """The command line a pod's server was started with."""
+        for name, proc in self.processes.values():
+            if name == pod_name:
+                return [str(a) for a in proc.args]  # type: ignore[union-attr]
+        raise KeyError(pod_name)
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            try:
+                self._sync()
+            except Exception as exc:  # keep the runtime alive; tests see the error list
+                self.errors.append(repr(exc))
+            self._stop.wait(0.3)
+
+    def _sync(self) -> None:
+        pods = self.cluster.list("pods", self.namespace, self.selector)
+        alive = set()
+        for pod in pods:
+            meta, status = pod["metadata"], pod.get("status") or {}
+            if (
+                meta.get("deletionTimestamp")
+                or status.get("phase") != "Running"
+                or not status.get("podIP")
+            ):
+                continue
+            alive.add(meta["uid"])
+            if meta["uid"] not in self.processes:
+                self._start(pod)
+        for uid in list(self.processes):
+            if uid not in alive:
+                _, proc = self.processes.pop(uid)
+                _terminate(proc)
+
+    def _start(self, pod: dict[str, Any]) -> None:
+        container = pod["spec"]["containers"][0]
+        command, args = list(container.get("command") or []), list(container.get("args") or [])
+        if command != ["graft"]:
+            raise AssertionError(f"pod {pod['metadata']['name']} does not run graft: {command}")
+        ip = pod["status"]["podIP"]
+        args[args.index("--host") + 1] = ip
+        argv = [sys.executable, "-m", "graft.cli", *args, "--uvicorn-log-level", "warning"]
+        log = (self.log_dir / f"{pod['metadata']['name']}.log").open("wb")
+        proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT)
+        self.processes[pod["metadata"]["uid"]] = (pod["metadata"]["name"], proc)
+        self.started.append(pod["metadata"]["name"])
+
+
+def _terminate(proc: subprocess.Popen[bytes]) -> None:
+    if proc.poll() is None:
+        proc.terminate()
+        deadline = time.monotonic() + 10
+        while proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.1)
+        if proc.poll() is None:
+            proc.kill()

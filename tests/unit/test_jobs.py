@@ -1,0 +1,475 @@
+"""The Jobs Graft runs: manifests, operator settings, and reading back how their pods ended."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from graft.api.common import Condition
+from graft.api.training import Hyperparameters
+from graft.jobs import (
+    BASE_MODEL_DIR,
+    ConfigError,
+    DatasetInput,
+    JobsConfig,
+    Progress,
+    finished,
+    job_name,
+    lifecycle_conditions,
+    observe_job,
+    output_uri,
+    trainer_job,
+    validator_job,
+)
+from graft.modelserver import Owner
+
+CONFIG = JobsConfig(image="graft:test", trainer_image="graft-train:test")
+DATASET_OWNER = Owner(name="chat", namespace="acme", uid="u-1", generation=1, kind="Dataset")
+FTJ_OWNER = Owner(name="tune", namespace="acme", uid="u-2", generation=1, kind="FineTuningJob")
+
+
+# --- Settings ---------------------------------------------------------------------------------
+
+
+def test_config_defaults() -> None:
+    cfg = JobsConfig.from_env({})
+    assert cfg.image == cfg.trainer_image == "ghcr.io/graft-dev/graft:0.1.0"
+    assert cfg.artifacts_uri == "pvc://graft-artifacts"
+    assert cfg.artifacts_claim() == "graft-artifacts"
+    assert cfg.pod_annotations == {}
+    assert (cfg.dataset_min_examples, cfg.dataset_max_examples, cfg.dataset_max_bytes) == (
+        3,
+        3_000_000,
+        1 << 30,
+    )
+
+
+def test_config_from_env() -> None:
+    cfg = JobsConfig.from_env(
+        {
+            "GRAFT_IMAGE": "img:1",
+            "GRAFT_JOB_POD_ANNOTATIONS": '{"sidecar.istio.io/inject": "false"}',
+            "GRAFT_ARTIFACTS_URI": "file:///srv/artifacts/",
+            "GRAFT_DATASET_MAX_BYTES": "1000",
+            "GRAFT_DATASET_MAX_EXAMPLES": "10",
+        }
+    )
+    assert (cfg.image, cfg.trainer_image) == ("img:1", "img:1")
+    assert cfg.pod_annotations == {"sidecar.istio.io/inject": "false"}
+    assert cfg.artifacts_uri == "file:///srv/artifacts"
+    assert cfg.artifacts_claim() is None
+    assert (cfg.dataset_max_bytes, cfg.dataset_max_examples) == (1000, 10)
+
+
+@pytest.mark.parametrize(
+    ("env", "message"),
+    [
+        ({"GRAFT_JOB_POD_ANNOTATIONS": "{nope"}, "GRAFT_JOB_POD_ANNOTATIONS is not JSON"),
+        ({"GRAFT_JOB_POD_ANNOTATIONS": '{"a": 1}'}, "must be a JSON object of strings"),
+        ({"GRAFT_ARTIFACTS_URI": "s3://bucket/x"}, "pvc://<claim>[/<path>] or file:///<path>"),
+        ({"GRAFT_ARTIFACTS_URI": "file://relative"}, "GRAFT_ARTIFACTS_URI='file://relative'"),
+        ({"GRAFT_DATASET_MAX_BYTES": "1G"}, "GRAFT_DATASET_MAX_BYTES='1G' is not an integer"),
+        ({"GRAFT_DATASET_MAX_EXAMPLES": "0"}, "must be positive"),
+    ],
+)
+def test_config_errors_name_the_variable(env: dict[str, str], message: str) -> None:
+    with pytest.raises(ConfigError, match=message.replace("[", r"\[").replace("(", r"\(")):
+        JobsConfig.from_env(env)
+
+
+def test_job_names_are_never_truncated() -> None:
+    assert job_name("chat", "validate") == "chat-validate"
+    long = "a" * 60
+    name = job_name(long, "validate")
+    assert len(name) <= 63
+    assert name.startswith("graft-")
+    assert name.endswith("-validate")
+    assert name == job_name(long, "validate")  # stable
+    assert name != job_name("b" * 60, "validate")
+
+
+# --- Validation Job -----------------------------------------------------------------------------
+
+
+def containers(job: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    pod = job["spec"]["template"]["spec"]
+    return {c["name"]: c for c in [*pod.get("initContainers", []), *pod["containers"]]}
+
+
+def test_validator_job_for_a_uri() -> None:
+    cfg = JobsConfig(image="graft:test", trainer_image="x", pod_annotations={"a": "b"})
+    job = validator_job(
+        owner=DATASET_OWNER,
+        source=DatasetInput(uri="https://example.com/d/train.jsonl"),
+        format_="chat",
+        filename="train.jsonl",
+        config=cfg,
+    )
+    assert job["metadata"]["name"] == "chat-validate"
+    assert job["metadata"]["namespace"] == "acme"
+    assert job["metadata"]["labels"]["graft.dev/dataset"] == "chat"
+    assert job["metadata"]["labels"]["app.kubernetes.io/component"] == "dataset-validator"
+    owner = job["metadata"]["ownerReferences"][0]
+    assert (owner["kind"], owner["name"], owner["uid"], owner["controller"]) == (
+        "Dataset",
+        "chat",
+        "u-1",
+        True,
+    )
+    spec = job["spec"]
+    assert spec["backoffLimit"] == 2
+    rules = spec["podFailurePolicy"]["rules"]
+    assert rules[0] == {
+        "action": "Ignore",
+        "onPodConditions": [{"type": "DisruptionTarget", "status": "True"}],
+    }
+    assert rules[1] == {"action": "FailJob", "onExitCodes": {"operator": "In", "values": [1, 2]}}
+    template = spec["template"]
+    assert template["metadata"]["annotations"] == {"a": "b"}
+    assert template["metadata"]["labels"]["graft.dev/dataset"] == "chat"
+    assert template["spec"]["restartPolicy"] == "Never"
+    assert "volumes" not in template["spec"]
+    c = containers(job)["validate"]
+    assert c["image"] == "graft:test"
+    assert c["command"] == ["graft"]
+    assert c["args"] == [
+        "dataset",
+        "validate",
+        "https://example.com/d/train.jsonl",
+        "--format",
+        "chat",
+        "--filename",
+        "train.jsonl",
+        "--min-examples",
+        "3",
+        "--max-examples",
+        "3000000",
+        "--max-bytes",
+        str(1 << 30),
+    ]
+    assert c["terminationMessagePath"] == "/dev/termination-log"
+    assert c["terminationMessagePolicy"] == "FallbackToLogsOnError"
+    assert c["envFrom"] == [{"secretRef": {"name": "graft-storage", "optional": True}}]
+
+
+def test_validator_job_mounts_a_configmap_key_and_a_claim() -> None:
+    job = validator_job(
+        owner=DATASET_OWNER,
+        source=DatasetInput(config_map=("prompts", "train.jsonl")),
+        format_="completion",
+        filename="train.jsonl",
+        config=CONFIG,
+    )
+    pod = job["spec"]["template"]["spec"]
+    assert pod["volumes"] == [
+        {
+            "name": "configmap-0",
+            "configMap": {
+                "name": "prompts",
+                "items": [{"key": "train.jsonl", "path": "train.jsonl"}],
+            },
+        }
+    ]
+    c = containers(job)["validate"]
+    assert c["args"][2] == "/mnt/configmap/prompts/train.jsonl"
+    assert c["volumeMounts"] == [
+        {"name": "configmap-0", "mountPath": "/mnt/configmap/prompts", "readOnly": True}
+    ]
+
+    job = validator_job(
+        owner=DATASET_OWNER,
+        source=DatasetInput(uri="pvc://data/sets/a%20b.jsonl"),
+        format_="chat",
+        filename="a b.jsonl",
+        config=CONFIG,
+    )
+    pod = job["spec"]["template"]["spec"]
+    assert pod["volumes"] == [
+        {"name": "pvc-0", "persistentVolumeClaim": {"claimName": "data", "readOnly": True}}
+    ]
+    c = containers(job)["validate"]
+    assert c["args"][2] == "/mnt/pvc/data/sets/a b.jsonl"
+    assert c["volumeMounts"] == [{"name": "pvc-0", "mountPath": "/mnt/pvc/data", "readOnly": True}]
+
+
+# --- Trainer Job --------------------------------------------------------------------------------
+
+
+def test_trainer_job_fetches_inputs_then_trains() -> None:
+    hp = Hyperparameters(max_steps=5, target_modules=["q_proj", "v_proj"], learning_rate=2e-4)
+    job = trainer_job(
+        owner=FTJ_OWNER,
+        base_model_uri="pvc://models/llama",
+        dataset=DatasetInput(uri="https://example.com/train.jsonl"),
+        dataset_sha256="ab" * 32,
+        output="pvc://graft-artifacts/acme/models/out",
+        hyperparameters=hp,
+        resources={"limits": {"nvidia.com/gpu": "1"}},
+        config=CONFIG,
+    )
+    assert job["metadata"]["name"] == "tune-train"
+    assert job["metadata"]["labels"]["graft.dev/finetuning-job"] == "tune"
+    assert job["metadata"]["labels"]["app.kubernetes.io/component"] == "trainer"
+    assert "activeDeadlineSeconds" not in job["spec"]
+    pod = job["spec"]["template"]["spec"]
+    assert [c["name"] for c in pod["initContainers"]] == ["fetch-base-model", "fetch-dataset"]
+    assert pod["volumes"] == [
+        {"name": "work", "emptyDir": {}},
+        {
+            "name": "pvc-0",
+            "persistentVolumeClaim": {"claimName": "graft-artifacts", "readOnly": False},
+        },
+        {"name": "pvc-1", "persistentVolumeClaim": {"claimName": "models", "readOnly": True}},
+    ]
+    by_name = containers(job)
+    fetch_base = by_name["fetch-base-model"]
+    assert fetch_base["args"] == ["fetch", "/mnt/pvc/models/llama", BASE_MODEL_DIR]
+    # Fetchers see every claim read-only, even the one the trainer writes to.
+    assert all(m["readOnly"] for m in fetch_base["volumeMounts"] if m["name"] != "work")
+    assert by_name["fetch-dataset"]["args"] == [
+        "fetch",
+        "https://example.com/train.jsonl",
+        "/mnt/graft/dataset",
+        "--name",
+        "data.jsonl",
+        "--sha256",
+        "ab" * 32,
+    ]
+    train = by_name["train"]
+    assert train["image"] == "graft-train:test"
+    assert train["resources"] == {"limits": {"nvidia.com/gpu": "1"}}
+    assert train["args"] == [
+        "train",
+        "--base-model",
+        "/mnt/graft/base-model",
+        "--dataset",
+        "/mnt/graft/dataset/data.jsonl",
+        "--output",
+        "/mnt/pvc/graft-artifacts/acme/models/out",
+        "--epochs",
+        "1",
+        "--learning-rate",
+        "0.0002",
+        "--lora-rank",
+        "8",
+        "--lora-alpha",
+        "16",
+        "--batch-size",
+        "4",
+        "--max-context-length",
+        "2048",
+        "--seed",
+        "42",
+        "--max-steps",
+        "5",
+        "--target-modules",
+        "q_proj,v_proj",
+    ]
+    mounts = {m["mountPath"]: m["readOnly"] for m in train["volumeMounts"] if "readOnly" in m}
+    assert mounts == {"/mnt/pvc/graft-artifacts": False, "/mnt/pvc/models": True}
+    for c in by_name.values():
+        assert c["terminationMessagePolicy"] == "FallbackToLogsOnError"
+
+
+def test_trainer_job_with_file_uris_needs_no_claims() -> None:
+    job = trainer_job(
+        owner=FTJ_OWNER,
+        base_model_uri="file:///models/tiny",
+        dataset=DatasetInput(config_map=("cm", "k.jsonl")),
+        dataset_sha256="0" * 64,
+        output="file:///srv/out/acme/models/x",
+        hyperparameters=Hyperparameters(),
+        resources={},
+        config=CONFIG,
+    )
+    pod = job["spec"]["template"]["spec"]
+    assert [v["name"] for v in pod["volumes"]] == ["work", "configmap-0"]
+    by_name = containers(job)
+    assert by_name["fetch-base-model"]["args"][1] == "/models/tiny"
+    assert by_name["fetch-dataset"]["args"][1] == "/mnt/configmap/cm/k.jsonl"
+    assert "/srv/out/acme/models/x" in by_name["train"]["args"]
+    assert "resources" not in by_name["train"]
+
+
+def test_output_uri() -> None:
+    assert output_uri(CONFIG, "acme", "out") == "pvc://graft-artifacts/acme/models/out"
+
+
+# --- Observing Jobs -----------------------------------------------------------------------------
+
+
+def pod(
+    name: str,
+    phase: str,
+    *,
+    init: list[dict[str, Any]] | None = None,
+    main: list[dict[str, Any]] | None = None,
+    created: str = "2026-01-01T00:00:00Z",
+    conditions: list[dict[str, Any]] | None = None,
+) -> dict[str, Any]:
+    status: dict[str, Any] = {"phase": phase, "containerStatuses": main or []}
+    if init:
+        status["initContainerStatuses"] = init
+    if conditions:
+        status["conditions"] = conditions
+    return {"metadata": {"name": name, "creationTimestamp": created}, "status": status}
+
+
+def ended(
+    name: str, code: int, message: str = "", at: str = "2026-01-01T00:01:00Z"
+) -> dict[str, Any]:
+    return {
+        "name": name,
+        "state": {
+            "terminated": {
+                "exitCode": code,
+                "reason": "Completed" if code == 0 else "Error",
+                "message": message,
+                "finishedAt": at,
+            }
+        },
+    }
+
+
+def job(*conditions: tuple[str, str, str], failed: int = 0) -> dict[str, Any]:
+    return {
+        "status": {
+            "startTime": "2026-01-01T00:00:00Z",
+            "failed": failed,
+            "conditions": [
+                {"type": t, "status": "True", "reason": r, "message": m} for t, r, m in conditions
+            ],
+        }
+    }
+
+
+def test_a_complete_job_gives_the_main_containers_message() -> None:
+    done = pod(
+        "p1", "Succeeded", init=[ended("fetch", 0, "{}")], main=[ended("train", 0, '{"a":1}')]
+    )
+    complete = job(("Complete", "", ""))
+    complete["status"]["completionTime"] = "2026-01-01T00:02:00+00:00"
+    state = observe_job(complete, [done], "train")
+    assert state.phase == "Succeeded"
+    assert (state.start_time, state.completion_time) == (
+        "2026-01-01T00:00:00Z",
+        "2026-01-01T00:02:00Z",
+    )
+    assert state.result is not None
+    assert (state.result.container, state.result.exit_code, state.result.message) == (
+        "train",
+        0,
+        '{"a":1}',
+    )
+
+
+def test_a_failed_job_names_the_container_that_failed() -> None:
+    first = pod(
+        "p1",
+        "Failed",
+        init=[ended("fetch", 3, "timeout", "2026-01-01T00:01:00Z")],
+        main=[{"name": "train", "state": {"waiting": {"reason": "PodInitializing"}}}],
+    )
+    last = pod(
+        "p2",
+        "Failed",
+        init=[ended("fetch", 0, "", "2026-01-01T00:02:00Z")],
+        main=[ended("train", 1, "cannot apply LoRA: no_such_proj", "2026-01-01T00:03:00Z")],
+        created="2026-01-01T00:01:30Z",
+    )
+    state = observe_job(
+        job(("Failed", "PodFailurePolicy", "Container train ... exit code 1"), failed=2),
+        [last, first],
+        "train",
+    )
+    assert state.phase == "Failed"
+    assert state.result is not None
+    assert (state.result.container, state.result.exit_code, state.result.init) == (
+        "train",
+        1,
+        False,
+    )
+    assert state.result.message == "cannot apply LoRA: no_such_proj"
+    assert "exit code 1" in state.detail
+
+
+def test_a_running_job_says_what_its_pod_is_doing() -> None:
+    running = pod("p1", "Running")
+    assert observe_job(job(), [running], "train").phase == "Running"
+    unschedulable = pod(
+        "p1",
+        "Pending",
+        conditions=[
+            {"type": "PodScheduled", "status": "False", "message": "0/2 nodes: Insufficient gpu"}
+        ],
+    )
+    state = observe_job(job(), [unschedulable], "train")
+    assert state.phase == "Pending"
+    assert "cannot be scheduled: 0/2 nodes: Insufficient gpu" in state.detail
+    pulling = pod(
+        "p1",
+        "Pending",
+        main=[{"name": "train", "state": {"waiting": {"reason": "ErrImagePull", "message": "no"}}}],
+    )
+    assert "container train: ErrImagePull: no" in observe_job(job(), [pulling], "train").detail
+    assert "waiting for the Job's pod" in observe_job(job(), [], "train").detail
+
+
+def test_a_retry_says_why_the_last_attempt_failed() -> None:
+    failed = pod("p1", "Failed", main=[ended("train", 3, "out of memory")])
+    again = pod("p2", "Running", created="2026-01-02T00:00:00Z")
+    state = observe_job(job(failed=1), [failed, again], "train")
+    assert state.phase == "Running"
+    assert "attempt 2 of 3" in state.detail
+    assert "train exited 3: out of memory" in state.detail
+
+
+# --- Conditions ---------------------------------------------------------------------------------
+
+
+def test_lifecycle_conditions() -> None:
+    now = "2026-01-01T00:00:00Z"
+    waiting, state = lifecycle_conditions(
+        [],
+        Progress.waiting("WaitingForDataset", "d"),
+        generation=1,
+        now=now,
+        running_state="Running",
+    )
+    assert state == "Waiting"
+    assert [(c.type, c.status, c.reason) for c in waiting] == [
+        ("Ready", "False", "WaitingForDataset")
+    ]
+    assert not finished(waiting)
+    running, state = lifecycle_conditions(
+        waiting,
+        Progress.running("Training", "t"),
+        generation=1,
+        now="later",
+        running_state="Running",
+    )
+    assert state == "Running"
+    # Ready stayed False: its transition time does not move.
+    assert running[0].last_transition_time == now
+    done, state = lifecycle_conditions(
+        running,
+        Progress.succeeded("Trained", "ok"),
+        generation=1,
+        now="end",
+        running_state="Running",
+        succeeded_state="Succeeded",
+    )
+    assert state == "Succeeded"
+    assert [(c.type, c.status) for c in done] == [("Ready", "True"), ("Succeeded", "True")]
+    assert done[0].last_transition_time == "end"
+    assert finished(done)
+    failed, state = lifecycle_conditions(
+        waiting, Progress.failed("DatasetInvalid", "bad"), generation=1, now=now, running_state="R"
+    )
+    assert state == "Failed"
+    assert [(c.type, c.status, c.reason) for c in failed] == [
+        ("Ready", "False", "DatasetInvalid"),
+        ("Failed", "True", "DatasetInvalid"),
+    ]
+    assert finished([Condition.model_validate(c.wire()) for c in failed])

@@ -1,0 +1,162 @@
+"""Graft's shipped RBAC: least privilege, what each role may do, and no drift from deploy/."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from graft import rbac
+from graft.api.kinds import ALL_KINDS
+from graft.api.tenancy import Role
+from graft.tenancy import cluster_role_name
+
+ROOT = Path(__file__).resolve().parents[2]
+OPERATOR_YAML = ROOT / "deploy" / "operator.yaml"
+
+
+def allows(
+    role: rbac.ClusterRole, group: str, resource: str, verb: str, name: str | None = None
+) -> bool:
+    """What the API server's RBAC authorizer decides for one request (no wildcards to handle)."""
+    return any(
+        group in r.api_groups
+        and resource in r.resources
+        and verb in r.verbs
+        and (not r.resource_names or name in r.resource_names)
+        for r in role.rules
+    )
+
+
+def test_rendered_yaml_is_the_manifests() -> None:
+    text = rbac.render()
+    assert text.startswith(rbac.BEGIN)
+    assert list(yaml.safe_load_all(text)) == rbac.manifests()
+
+
+def test_deploy_manifest_is_up_to_date() -> None:
+    text = OPERATOR_YAML.read_text()
+    assert rbac.splice(text, rbac.render()) == text, (
+        "deploy/operator.yaml is out of date: run `make manifests`"
+    )
+    kinds = [d["kind"] for d in yaml.safe_load_all(text) if d]
+    # The namespace before the ServiceAccount in it, the RBAC before the operator that needs it.
+    assert kinds.index("Namespace") < kinds.index("ServiceAccount") < kinds.index("Deployment")
+    deployment = next(d for d in yaml.safe_load_all(text) if d and d["kind"] == "Deployment")
+    assert deployment["spec"]["template"]["spec"]["serviceAccountName"] == rbac.OPERATOR_NAME
+
+
+def test_splice_replaces_only_the_block() -> None:
+    text = f"head\n{rbac.BEGIN_TAG}\nold\n{rbac.END}\ntail\n"
+    spliced = rbac.splice(text, "NEW\n")
+    assert spliced == "head\nNEW\ntail\n"
+    assert rbac.splice(rbac.splice(text, rbac.render()), rbac.render()) == rbac.splice(
+        text, rbac.render()
+    )
+    with pytest.raises(rbac.MarkersMissing, match="BEGIN RBAC"):
+        rbac.splice("no markers here\n", "x")
+
+
+@pytest.mark.parametrize("role", rbac.CLUSTER_ROLES, ids=lambda r: r.name)
+def test_no_wildcards_and_every_rule_says_why(role: rbac.ClusterRole) -> None:
+    for rule in role.rules:
+        for value in (*rule.api_groups, *rule.resources, *rule.verbs, *rule.resource_names):
+            assert "*" not in value, f"{role.name}: {rule.why}"
+        assert rule.why.strip()
+        assert "\n" not in rule.why
+        assert rule.resources
+        assert rule.verbs
+
+
+def test_operator_can_do_what_the_reconcilers_do() -> None:
+    op = rbac.OPERATOR_ROLE
+    for kind in ALL_KINDS:
+        for verb in ("get", "list", "watch", "patch"):
+            assert allows(op, "graft.dev", kind.plural, verb), (kind.plural, verb)
+        assert allows(op, "graft.dev", f"{kind.plural}/status", "patch")
+    needed = [
+        # Account
+        ("", "namespaces", "get"),
+        ("", "namespaces", "create"),
+        ("", "namespaces", "delete"),
+        ("", "resourcequotas", "get"),
+        ("", "resourcequotas", "list"),
+        ("", "resourcequotas", "watch"),
+        ("", "resourcequotas", "create"),
+        ("", "resourcequotas", "patch"),
+        ("", "resourcequotas", "delete"),
+        ("graft.dev", "accounts/finalizers", "update"),
+        # User
+        ("rbac.authorization.k8s.io", "rolebindings", "get"),
+        ("rbac.authorization.k8s.io", "rolebindings", "create"),
+        ("rbac.authorization.k8s.io", "rolebindings", "delete"),
+        ("graft.dev", "users/finalizers", "update"),
+        # Deployment
+        ("", "pods", "create"),
+        ("", "pods", "delete"),
+        ("", "pods", "watch"),
+        ("", "services", "patch"),
+        ("", "events", "create"),
+    ]
+    for group, resource, verb in needed:
+        assert allows(op, group, resource, verb), (group, resource, verb)
+
+
+def test_operator_binds_only_the_user_roles() -> None:
+    op = rbac.OPERATOR_ROLE
+    for role in Role:
+        name = cluster_role_name(role)
+        assert allows(op, "rbac.authorization.k8s.io", "clusterroles", "bind", name)
+        assert allows(op, "rbac.authorization.k8s.io", "clusterroles", "get", name)
+        assert rbac.USER_ROLES[role.value].name == name
+    for other in ("cluster-admin", "admin", rbac.OPERATOR_NAME, None):
+        assert not allows(op, "rbac.authorization.k8s.io", "clusterroles", "bind", other)
+    # It cannot grant itself anything else either.
+    for verb in ("create", "update", "patch", "escalate"):
+        assert not allows(op, "rbac.authorization.k8s.io", "clusterroles", verb)
+        assert not allows(op, "rbac.authorization.k8s.io", "clusterrolebindings", verb)
+    assert not allows(op, "", "secrets", "get")
+
+
+ACCOUNT_KINDS = [k.plural for k in ALL_KINDS if k.namespaced]
+
+
+@pytest.mark.parametrize("plural", ACCOUNT_KINDS)
+def test_user_roles_on_graft_kinds(plural: str) -> None:
+    admin, member, viewer = (rbac.USER_ROLES[r.value] for r in Role)
+    for verb in ("get", "list", "watch"):
+        assert allows(viewer, "graft.dev", plural, verb)
+        assert allows(member, "graft.dev", plural, verb)
+    for verb in ("create", "update", "patch", "delete"):
+        assert allows(admin, "graft.dev", plural, verb)
+        assert allows(member, "graft.dev", plural, verb) is (plural != "users")
+        assert not allows(viewer, "graft.dev", plural, verb)
+
+
+def test_user_roles_reach_nothing_cluster_wide_and_no_secrets() -> None:
+    for role in rbac.USER_ROLES.values():
+        assert not allows(role, "graft.dev", "accounts", "get")
+        assert not allows(role, "", "secrets", "get")
+        assert not allows(role, "rbac.authorization.k8s.io", "rolebindings", "create")
+        assert not allows(role, "", "pods", "create")
+
+
+def test_only_admins_debug_pods() -> None:
+    admin, member, viewer = (rbac.USER_ROLES[r.value] for r in Role)
+    for resource, verb in (("pods", "list"), ("pods/log", "get"), ("events", "list")):
+        assert allows(admin, "", resource, verb)
+        assert not allows(member, "", resource, verb)
+        assert not allows(viewer, "", resource, verb)
+    assert allows(admin, "events.k8s.io", "events", "watch")
+
+
+def test_roles_nest() -> None:
+    """Whatever a viewer may do a member may, and whatever a member may an admin may."""
+    admin, member, viewer = (rbac.USER_ROLES[r.value] for r in Role)
+    for lower, upper in ((viewer, member), (member, admin)):
+        for rule in lower.rules:
+            for group in rule.api_groups:
+                for resource in rule.resources:
+                    for verb in rule.verbs:
+                        assert allows(upper, group, resource, verb), (upper.name, resource, verb)
