@@ -633,6 +633,10 @@ def component_argv(
             f"--service-cluster-ip-range={SERVICE_CIDR}",
             "--kube-api-qps=100",
             "--kube-api-burst=200",
+            # The quota controller finds new CRDs (count/<plural>.graft.dev) within 30 s, but
+            # only recounts existing quotas at its full resync, 5 min by default: a quota made
+            # right after the CRDs were installed would wait that long to report usage.
+            "--resource-quota-sync-period=10s",
         ]
     if component == "kube-scheduler":
         return [
