@@ -55,13 +55,16 @@ def kubectl_binary() -> str:
     return str(built) if built.exists() else "kubectl"
 
 
-def kubectl(config: str, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+def kubectl(
+    config: str, *args: str, check: bool = True, input: str | None = None
+) -> subprocess.CompletedProcess[str]:
     proc = subprocess.run(
         [kubectl_binary(), *args],
         env={**os.environ, "KUBECONFIG": config},
         text=True,
         capture_output=True,
         check=False,
+        input=input,
     )
     if check and proc.returncode != 0:
         sys.exit(f"kubectl {' '.join(args)} failed:\n{proc.stdout}{proc.stderr}")
@@ -75,6 +78,58 @@ def operator_pid() -> int | None:
     except (OSError, ValueError):
         return None
     return pid
+
+
+def operator_identity(config: str) -> str:
+    """Install Graft's shipped RBAC and return a kubeconfig with the operator's ServiceAccount
+    token, so the demo's operator has exactly the permissions it has in production."""
+    import yaml
+
+    from graft import rbac
+
+    namespace = {
+        "apiVersion": "v1",
+        "kind": "Namespace",
+        "metadata": {"name": rbac.OPERATOR_NAMESPACE},
+    }
+    manifests = yaml.safe_dump_all([namespace, *rbac.manifests()])
+    kubectl(
+        config,
+        "apply",
+        "--server-side",
+        "--force-conflicts",
+        "--field-manager=graft",
+        "-f",
+        "-",
+        input=manifests,
+    )
+    token = kubectl(
+        config,
+        "create",
+        "token",
+        rbac.OPERATOR_NAME,
+        "-n",
+        rbac.OPERATOR_NAMESPACE,
+        "--duration=24h",
+    ).stdout.strip()
+    admin = yaml.safe_load(Path(config).read_text())
+    context = next(c for c in admin["contexts"] if c["name"] == admin["current-context"])["context"]
+    cluster = next(c for c in admin["clusters"] if c["name"] == context["cluster"])
+    identity = {
+        "apiVersion": "v1",
+        "kind": "Config",
+        "clusters": [cluster],
+        "users": [{"name": rbac.OPERATOR_NAME, "user": {"token": token}}],
+        "contexts": [
+            {"name": "graft", "context": {"cluster": cluster["name"], "user": rbac.OPERATOR_NAME}}
+        ],
+        "current-context": "graft",
+    }
+    STATE.mkdir(parents=True, exist_ok=True)
+    path = STATE / "operator.kubeconfig"
+    path.write_text(yaml.safe_dump(identity))
+    path.chmod(0o600)
+    return str(path)
 
 
 def start_operator(config: str) -> None:
@@ -120,7 +175,8 @@ def up() -> int:
     kubectl(
         config, "wait", "--for=condition=Established", "--timeout=60s", "-f", str(ROOT / "crds")
     )
-    start_operator(config)
+    say("installing Graft's RBAC; the operator runs as its ServiceAccount (token valid 24 h)")
+    start_operator(operator_identity(config))
     say("creating the demo Account (it owns the namespace the examples go to)")
     kubectl(config, "apply", "-f", str(ROOT / "examples" / "account.yaml"), check=False)
     wait = kubectl(
@@ -150,6 +206,18 @@ def up() -> int:
         NAMESPACE,
         "--for=condition=Ready",
         "--timeout=180s",
+        check=False,
+    )
+    # Let the rest of what examples/ made settle too, so the listing below tells the truth.
+    kubectl(
+        config,
+        "wait",
+        "models.graft.dev,users.graft.dev",
+        "--all",
+        "-n",
+        NAMESPACE,
+        "--for=condition=Ready",
+        "--timeout=60s",
         check=False,
     )
     print(kubectl(config, "get", "graft", "-A").stdout)

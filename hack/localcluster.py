@@ -321,6 +321,9 @@ def component_failure(layout: Layout, component: str, headline: str) -> ClusterE
 def check_port_free(name: str, port: int) -> None:
     env = next(env for n, env, _ in PORTS if n == name)
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        # As the Go servers do: connections of a cluster just stopped (TIME_WAIT) do not hold
+        # the port; only a process listening on it does.
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             sock.bind((HOST, port))
         except OSError as err:
