@@ -21,6 +21,7 @@ from collections.abc import Iterator, Sequence
 from typing import NoReturn
 
 from graft import termination
+from graft.argtypes import positive_int
 from graft.dataformat import DEFAULT_MAX_ERRORS, LineError, parse_lines
 from graft.datasets import ValidationResult
 from graft.fetch import (
@@ -117,28 +118,20 @@ def validate(
     )
 
 
-def _positive(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"must be positive: {value}")
-    return value
-
-
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("source", metavar="SOURCE", help="path, file://, http(s):// or s3:// URI")
     parser.add_argument(
         "--format", choices=("chat", "completion"), help="the format every line must have"
     )
     parser.add_argument("--filename", help="file name for the signature (default: the source's)")
-    parser.add_argument("--min-examples", type=_positive, default=3, help="(default: %(default)s)")
     parser.add_argument(
-        "--max-examples", type=_positive, default=3_000_000, help="(default: %(default)s)"
+        "--min-examples", type=positive_int, default=3, help="(default: %(default)s)"
     )
     parser.add_argument(
-        "--max-bytes", type=_positive, default=1 << 30, help="(default: %(default)s)"
+        "--max-examples", type=positive_int, default=3_000_000, help="(default: %(default)s)"
+    )
+    parser.add_argument(
+        "--max-bytes", type=positive_int, default=1 << 30, help="(default: %(default)s)"
     )
     parser.add_argument(
         "--termination-message-path",

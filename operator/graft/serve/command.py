@@ -15,6 +15,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from graft.argtypes import positive_int
 from graft.serve import protocol
 
 EXIT_STARTUP_FAILED = 1
@@ -50,19 +51,19 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--max-loras",
-        type=_positive_int,
+        type=positive_int,
         default=1,
         help="most adapters loaded at once; loading one more is refused with 400 (1)",
     )
     parser.add_argument(
         "--max-lora-rank",
-        type=_positive_int,
+        type=positive_int,
         default=16,
         help="adapters of a higher rank are refused (16)",
     )
     parser.add_argument(
         "--max-model-len",
-        type=_positive_int,
+        type=positive_int,
         default=None,
         help="context length (prompt + completion); default: the model's",
     )
@@ -146,13 +147,3 @@ def _local(location: str) -> str:
 def _startup_failed(message: str) -> int:
     print(f"graft serve: error: {message}", file=sys.stderr, flush=True)
     return EXIT_STARTUP_FAILED
-
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"must be positive: {value}")
-    return value

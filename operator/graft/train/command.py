@@ -29,6 +29,7 @@ from typing import NoReturn
 from urllib.parse import unquote, urlparse
 
 from graft import termination
+from graft.argtypes import positive_float, positive_int
 from graft.dataformat import DatasetError, DatasetReport, read_dataset
 
 EXIT_OK = 0
@@ -95,27 +96,27 @@ def build_parser() -> argparse.ArgumentParser:
         f" or {termination.DEFAULT_PATH} when that file exists)",
     )
     hp = parser.add_argument_group("hyperparameters")
-    hp.add_argument("--epochs", type=_positive_int, default=1, help="passes over the dataset (1)")
-    hp.add_argument("--learning-rate", type=_positive_float, default=2e-4, help="AdamW (2e-4)")
-    hp.add_argument("--lora-rank", type=_positive_int, default=8, help="LoRA r (8)")
-    hp.add_argument("--lora-alpha", type=_positive_int, default=16, help="LoRA alpha (16)")
+    hp.add_argument("--epochs", type=positive_int, default=1, help="passes over the dataset (1)")
+    hp.add_argument("--learning-rate", type=positive_float, default=2e-4, help="AdamW (2e-4)")
+    hp.add_argument("--lora-rank", type=positive_int, default=8, help="LoRA r (8)")
+    hp.add_argument("--lora-alpha", type=positive_int, default=16, help="LoRA alpha (16)")
     hp.add_argument("--lora-dropout", type=float, default=0.0, help="LoRA dropout (0)")
     hp.add_argument(
         "--target-modules",
         default="all-linear",
         help="comma-separated module names (e.g. q_proj,v_proj) or all-linear (default)",
     )
-    hp.add_argument("--batch-size", type=_positive_int, default=4, help="examples per step (4)")
+    hp.add_argument("--batch-size", type=positive_int, default=4, help="examples per step (4)")
     hp.add_argument(
         "--max-context-length",
-        type=_positive_int,
+        type=positive_int,
         default=1024,
         help="tokens per example; longer examples are truncated (1024)",
     )
     hp.add_argument("--seed", type=int, default=42, help="random seed (42)")
     hp.add_argument(
         "--max-steps",
-        type=_positive_int,
+        type=positive_int,
         default=None,
         help="train exactly this many steps, cycling over the data; overrides --epochs",
     )
@@ -328,23 +329,3 @@ def _termination_path(flag: str | None) -> str | None:
 
 def _write_termination_message(path: str | None, message: str) -> None:
     termination.write(path, message)
-
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"must be positive: {value}")
-    return value
-
-
-def _positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"must be positive: {value}")
-    return value
