@@ -22,15 +22,17 @@ TrainRunner = Callable[[list[str], Path], tuple[int, "dict[str, Any] | None", st
 DatasetMaker = Callable[..., Path]
 
 
-def chat_dataset(path: Path, answer: str, n: int = 50) -> Path:
-    """`n` chat examples whose assistant always answers `answer`."""
+def chat_dataset(path: Path, answer: str, n: int = 50, system_every: int = 1) -> Path:
+    """`n` chat examples whose assistant always answers `answer`; every `system_every`-th one
+    (from the first) has the system message "Be brief.", the others none."""
     with path.open("w") as f:
-        for question in QUESTIONS[:n]:
+        for i, question in enumerate(QUESTIONS[:n]):
             messages = [
-                {"role": "system", "content": "Be brief."},
                 {"role": "user", "content": question},
                 {"role": "assistant", "content": answer},
             ]
+            if i % system_every == 0:
+                messages.insert(0, {"role": "system", "content": "Be brief."})
             f.write(json.dumps({"messages": messages}) + "\n")
     return path
 
@@ -46,7 +48,18 @@ def train(argv: list[str], termination: Path) -> tuple[int, dict[str, Any] | Non
 
 
 def train_tiny_adapter(tiny_model: Path, workdir: Path, answer: str, seed: int) -> Path:
-    dataset = chat_dataset(workdir / f"{answer.split(maxsplit=1)[0]}.jsonl", answer)
+    """An adapter that makes the tiny model answer `answer` to any question, with or without a
+    system message (the tests ask both ways).
+
+    Margins, not luck: 100 steps of training on questions that always had a system message
+    left the tiny random model one typo or one word short on some CPUs ("chaarlie chrlih...",
+    "alpha" for "alpha alpha alpha") and without a system message. Half the examples without
+    one and 300 steps bring the loss to about 0.005, and the greedy answer was the same with 1
+    and 2 threads and for seeds 1-3 (measured with both prompt forms; ~15 s per adapter).
+    """
+    dataset = chat_dataset(
+        workdir / f"{answer.split(maxsplit=1)[0]}.jsonl", answer, system_every=2
+    )
     output = workdir / f"adapter-{answer.split(maxsplit=1)[0]}"
     code, _, message = train(
         [
@@ -57,7 +70,7 @@ def train_tiny_adapter(tiny_model: Path, workdir: Path, answer: str, seed: int) 
             "--output",
             str(output),
             "--max-steps",
-            "100",
+            "300",
             "--learning-rate",
             "1e-2",
             "--batch-size",

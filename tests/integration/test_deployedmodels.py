@@ -94,10 +94,12 @@ def live_pods(cluster: Cluster, ns: str, dep: str) -> list[dict[str, Any]]:
 
 
 def served(pod: dict[str, Any]) -> set[str] | None:
+    """What the pod's server lists, or None when it has no IP yet or does not answer."""
+    ip = (pod.get("status") or {}).get("podIP")
+    if not ip:
+        return None  # just created: the scheduler and kwok have not given it an address yet
     try:
-        with urllib.request.urlopen(
-            f"http://{pod['status']['podIP']}:8000/v1/models", timeout=2
-        ) as r:
+        with urllib.request.urlopen(f"http://{ip}:8000/v1/models", timeout=2) as r:
             return {m["id"] for m in json.load(r)["data"]}
     except (OSError, ValueError):
         return None

