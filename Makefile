@@ -33,7 +33,7 @@ crds: $(STAMP) ## regenerate crds/ from the pydantic API
 	$(BIN)/graft crds --output crds
 
 .PHONY: manifests
-manifests: $(STAMP) ## regenerate the RBAC in deploy/operator.yaml from operator/graft/rbac.py
+manifests: $(STAMP) ## regenerate the RBAC in deploy/operator.yaml from operator/graft/gen/rbac.py
 	$(BIN)/graft manifests --output deploy/operator.yaml
 
 .PHONY: lint

@@ -40,11 +40,11 @@ def main() -> int:
 
     work = Path(tempfile.mkdtemp(prefix="graft-bench-"))
     if args.tiny:
-        from graft.smallmodels import build_tiny_model
+        from graft.dataplane.smallmodels import build_tiny_model
 
         model_dir, model_name = build_tiny_model(work / "tiny"), "tiny random Llama (2 layers)"
     else:
-        from graft.smallmodels import smollm2_dir
+        from graft.dataplane.smallmodels import smollm2_dir
 
         model_dir, model_name = smollm2_dir(), "SmolLM2-135M-Instruct (float32)"
     print(f"model: {model_name} at {model_dir}")

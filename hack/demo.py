@@ -85,7 +85,7 @@ def operator_identity(config: str) -> str:
     token, so the demo's operator has exactly the permissions it has in production."""
     import yaml
 
-    from graft import rbac
+    from graft.gen import rbac
 
     namespace = {
         "apiVersion": "v1",

@@ -15,8 +15,11 @@ from pathlib import Path
 
 # subcommand -> (module with `main(argv) -> int`, one-line help)
 DATA_PLANE = {
-    "train": ("graft.train", "fine-tune a LoRA addon from a JSONL dataset"),
-    "serve": ("graft.serve", "OpenAI-compatible reference model server with vLLM's LoRA API"),
+    "train": ("graft.dataplane.train", "fine-tune a LoRA addon from a JSONL dataset"),
+    "serve": (
+        "graft.dataplane.serve",
+        "OpenAI-compatible reference model server with vLLM's LoRA API",
+    ),
 }
 
 
@@ -36,15 +39,15 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _crds(ns: argparse.Namespace) -> int:
-    from graft import crdgen
+    from graft.gen import crds
 
-    for path in crdgen.write_all(Path(ns.output)):
+    for path in crds.write_all(Path(ns.output)):
         print(path)
     return 0
 
 
 def _manifests(ns: argparse.Namespace) -> int:
-    from graft import rbac
+    from graft.gen import rbac
 
     path = Path(ns.output)
     current = path.read_text()
@@ -56,7 +59,7 @@ def _manifests(ns: argparse.Namespace) -> int:
     if ns.check:
         if wanted != current:
             print(
-                f"{path} is out of date with operator/graft/rbac.py: run 'make manifests' and commit",
+                f"{path} is out of date with operator/graft/gen/rbac.py: run 'make manifests' and commit",
                 file=sys.stderr,
             )
             return 1
@@ -96,14 +99,14 @@ def _parser() -> argparse.ArgumentParser:
     crds.set_defaults(func=_crds)
 
     # Entrypoints of the Jobs the operator runs (standard library, no torch).
-    from graft import datasetcli, fetch
+    from graft.dataplane import fetch, validate
 
-    datasetcli.register(sub)
+    validate.register(sub)
     fetch.register(sub)
 
     manifests = sub.add_parser(
         "manifests",
-        help="write the RBAC generated from graft.rbac into the operator manifest",
+        help="write the RBAC generated from graft.gen.rbac into the operator manifest",
     )
     manifests.add_argument(
         "--output",

@@ -47,7 +47,7 @@ def make_chat_dataset() -> DatasetMaker:
 
 @pytest.fixture(scope="session")
 def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from graft.smallmodels import build_tiny_model
+    from graft.dataplane.smallmodels import build_tiny_model
 
     return build_tiny_model(tmp_path_factory.mktemp("models") / "tiny")
 

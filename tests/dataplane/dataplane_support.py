@@ -39,7 +39,7 @@ def chat_dataset(path: Path, answer: str, n: int = 50, system_every: int = 1) ->
 
 def train(argv: list[str], termination: Path) -> tuple[int, dict[str, Any] | None, str]:
     """Run `graft train` in this process; (exit code, summary or None, termination message)."""
-    from graft.train import main
+    from graft.dataplane.train import main
 
     code = main([*argv, "--termination-message-path", str(termination)])
     message = termination.read_text() if termination.exists() else ""
@@ -57,9 +57,7 @@ def train_tiny_adapter(tiny_model: Path, workdir: Path, answer: str, seed: int) 
     one and 300 steps bring the loss to about 0.005, and the greedy answer was the same with 1
     and 2 threads and for seeds 1-3 (measured with both prompt forms; ~15 s per adapter).
     """
-    dataset = chat_dataset(
-        workdir / f"{answer.split(maxsplit=1)[0]}.jsonl", answer, system_every=2
-    )
+    dataset = chat_dataset(workdir / f"{answer.split(maxsplit=1)[0]}.jsonl", answer, system_every=2)
     output = workdir / f"adapter-{answer.split(maxsplit=1)[0]}"
     code, _, message = train(
         [

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from graft.dataformat import (
+from graft.dataplane.dataformat import (
     ChatExample,
     CompletionExample,
     DatasetError,

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from graft.serve import protocol
-from graft.serve.protocol import LoRAModule, parse_lora_module
+from graft.dataplane.serve import protocol
+from graft.dataplane.serve.protocol import LoRAModule, parse_lora_module
 
 
 def test_lora_module_name_equals_path() -> None:
@@ -87,8 +87,8 @@ def test_pure_modules_do_not_import_torch() -> None:
     import sys
 
     code = (
-        "import sys, graft.dataformat, graft.train, graft.train.command, graft.train.encoding, "
-        "graft.serve, graft.serve.protocol; "
+        "import sys, graft.dataplane.dataformat, graft.dataplane.train, graft.dataplane.train.command, graft.dataplane.train.encoding, "
+        "graft.dataplane.serve, graft.dataplane.serve.protocol; "
         "heavy = [m for m in ('torch', 'transformers', 'peft', 'fastapi', 'kopf', 'kubernetes') "
         "if m in sys.modules]; print(heavy)"
     )

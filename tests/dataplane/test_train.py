@@ -163,7 +163,7 @@ def test_summary_on_stdout_and_progress_on_stderr(
     termination = tmp_path / "termination"
     os.environ["GRAFT_TERMINATION_MESSAGE_PATH"] = str(termination)  # the environment variable
     try:
-        from graft.train import main
+        from graft.dataplane.train import main
 
         args = [
             "--base-model",
@@ -292,7 +292,7 @@ def test_exit_codes_from_the_real_command_line(tiny_model: Path, tmp_path: Path)
 def test_smallmodels_command_line(tmp_path: Path) -> None:
     target = tmp_path / "tiny"
     result = subprocess.run(
-        [sys.executable, "-m", "graft.smallmodels", "tiny", str(target)],
+        [sys.executable, "-m", "graft.dataplane.smallmodels", "tiny", str(target)],
         capture_output=True,
         text=True,
         timeout=120,
@@ -302,7 +302,7 @@ def test_smallmodels_command_line(tmp_path: Path) -> None:
     assert (target / "config.json").is_file()
     assert (target / "tokenizer.json").is_file()
     again = subprocess.run(
-        [sys.executable, "-m", "graft.smallmodels", "tiny", str(target)],
+        [sys.executable, "-m", "graft.dataplane.smallmodels", "tiny", str(target)],
         capture_output=True,
         text=True,
         timeout=120,

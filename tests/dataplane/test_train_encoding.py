@@ -6,8 +6,8 @@ from collections.abc import Sequence
 
 import pytest
 
-from graft.dataformat import ChatExample, CompletionExample, Message
-from graft.train.encoding import (
+from graft.dataplane.dataformat import ChatExample, CompletionExample, Message
+from graft.dataplane.train.encoding import (
     EncodedExample,
     TemplateError,
     assistant_spans,

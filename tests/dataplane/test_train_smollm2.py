@@ -54,7 +54,7 @@ def test_smollm2_lora_lowers_held_out_loss(tmp_path: Path, run_train: TrainRunne
     from peft import PeftModel
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from graft.smallmodels import smollm2_dir
+    from graft.dataplane.smallmodels import smollm2_dir
 
     model_dir = smollm2_dir()
     train_set = [example(a, 2 * a + 3) for a in range(1, 51)]

@@ -85,8 +85,8 @@ def artifacts_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="session")
 def shipped_rbac(crds: Cluster) -> Cluster:
-    """Graft's RBAC exactly as deploy/operator.yaml ships it (generated from graft.rbac)."""
-    from graft import rbac
+    """Graft's RBAC exactly as deploy/operator.yaml ships it (generated from graft.gen.rbac)."""
+    from graft.gen import rbac
 
     namespace = {
         "apiVersion": "v1",
@@ -105,7 +105,7 @@ def shipped_rbac(crds: Cluster) -> Cluster:
 @pytest.fixture(scope="session")
 def operator_kubeconfig(shipped_rbac: Cluster, tmp_path_factory: pytest.TempPathFactory) -> str:
     """A kubeconfig that authenticates as the operator's ServiceAccount, with a bearer token."""
-    from graft import rbac
+    from graft.gen import rbac
 
     token = shipped_rbac.kubectl(
         "create", "token", rbac.OPERATOR_NAME, "-n", rbac.OPERATOR_NAMESPACE, "--duration=4h"
@@ -183,7 +183,7 @@ def no_rbac_denials(request: pytest.FixtureRequest) -> Iterator[None]:
     denials = [line for line in new.splitlines() if RBAC_DENIAL.search(line)]
     assert not denials, (
         "the operator hit RBAC denials under its shipped ClusterRole (add the rule to "
-        "operator/graft/rbac.py):\n" + "\n".join(denials[:20])
+        "operator/graft/gen/rbac.py):\n" + "\n".join(denials[:20])
     )
 
 

@@ -23,7 +23,7 @@ GROUP = "graft.dev/v1alpha1"
 
 @pytest.fixture(scope="module")
 def artifacts(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    from graft.smallmodels import build_tiny_model
+    from graft.dataplane.smallmodels import build_tiny_model
     from tinyadapters import broken_adapter, random_adapter
 
     root = tmp_path_factory.mktemp("artifacts")

@@ -105,7 +105,7 @@ def chat(url: str, model: str, question: str) -> str:
 
 
 def test_train_then_serve_the_addon(operator: OperatorProcess, tmp_path: Path) -> None:
-    from graft.smallmodels import smollm2_dir
+    from graft.dataplane.smallmodels import smollm2_dir
 
     cluster = operator.cluster
     acct = f"e2e-{uuid.uuid4().hex[:6]}"

@@ -42,7 +42,7 @@ def kubelet(operator: OperatorProcess, namespace: str, tmp_path: Path) -> Iterat
 
 @pytest.fixture(scope="module")
 def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from graft.smallmodels import build_tiny_model
+    from graft.dataplane.smallmodels import build_tiny_model
 
     return build_tiny_model(tmp_path_factory.mktemp("models") / "tiny")
 

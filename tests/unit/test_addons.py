@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from graft.addons import (
+from graft.plan.deployedmodel import (
     Candidate,
     DeploymentFacts,
     ModelFacts,

@@ -4,7 +4,7 @@ import argparse
 
 import pytest
 
-from graft.argtypes import positive_float, positive_int
+from graft.dataplane.argtypes import positive_float, positive_int
 
 
 def test_positive_values_pass_through() -> None:

@@ -1,7 +1,7 @@
 from __future__ import annotations
 
 from graft.api.common import ConditionStatus
-from graft.conditions import find, is_true, set_condition
+from graft.core.conditions import find, is_true, set_condition
 
 
 def test_transition_time_moves_only_when_status_changes() -> None:

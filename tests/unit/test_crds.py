@@ -9,8 +9,8 @@ from typing import Any
 import pytest
 import yaml
 
-from graft import crdgen
 from graft.api.kinds import ALL_KINDS, DEPLOYMENT, Kind
+from graft.gen import crds as crdgen
 
 ROOT = Path(__file__).resolve().parents[2]
 FORBIDDEN = {"$ref", "$defs", "title", "allOf", "oneOf", "not", "const", "discriminator"}

@@ -6,7 +6,7 @@ import hashlib
 import json
 
 from graft.api.training import DatasetSpec
-from graft.datasets import (
+from graft.plan.dataset import (
     ValidationResult,
     dataset_status,
     default_filename,
@@ -15,7 +15,7 @@ from graft.datasets import (
     signature_selector,
     validation_outcome,
 )
-from graft.jobs import JobState, Terminated
+from graft.plan.jobs import JobState, Terminated
 
 SHA = hashlib.sha256(b"data").hexdigest()
 

@@ -5,7 +5,8 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from graft.finetuning import (
+from graft.core.names import Ref
+from graft.plan.finetuning import (
     ReadyDataset,
     TrainerSummary,
     TrainingOutcome,
@@ -18,8 +19,7 @@ from graft.finetuning import (
     output_taken,
     training_progress,
 )
-from graft.jobs import DatasetInput, JobState, Progress, Terminated
-from graft.names import Ref
+from graft.plan.jobs import DatasetInput, JobState, Progress, Terminated
 
 DS = Ref(account="acme", id="train", plural="datasets")
 BASE = Ref(account="acme", id="llama", plural="models")

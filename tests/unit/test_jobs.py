@@ -8,7 +8,8 @@ import pytest
 
 from graft.api.common import Condition
 from graft.api.training import Hyperparameters
-from graft.jobs import (
+from graft.plan.deployment import Owner
+from graft.plan.jobs import (
     BASE_MODEL_DIR,
     ConfigError,
     DatasetInput,
@@ -22,7 +23,6 @@ from graft.jobs import (
     trainer_job,
     validator_job,
 )
-from graft.modelserver import Owner
 
 CONFIG = JobsConfig(image="graft:test", trainer_image="graft-train:test")
 DATASET_OWNER = Owner(name="chat", namespace="acme", uid="u-1", generation=1, kind="Dataset")

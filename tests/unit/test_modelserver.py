@@ -6,10 +6,9 @@ import json
 
 import pytest
 
-from graft import keys
 from graft.api.serving import DeploymentSpec
-from graft.engines import Addon, ServerSpec, container_for
-from graft.modelserver import (
+from graft.core import keys
+from graft.plan.deployment import (
     BlockedBy,
     ObservedPod,
     Owner,
@@ -21,7 +20,8 @@ from graft.modelserver import (
     service_name,
     spec_hash,
 )
-from graft.storage import UnsupportedSource, addon_path, addons_claim_mount, locate
+from graft.plan.engines import Addon, ServerSpec, container_for
+from graft.plan.storage import UnsupportedSource, addon_path, addons_claim_mount, locate
 
 OWNER = Owner(name="chat", namespace="acme", uid="uid-1", generation=3)
 SERVED = "accounts/acme/models/llama"

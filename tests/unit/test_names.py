@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import pytest
 
-from graft.names import InvalidReference, full_name, is_dns1035_label, parse_ref
+from graft.core.names import InvalidReference, full_name, is_dns1035_label, parse_ref
 
 
 def test_short_id_resolves_in_own_account() -> None:

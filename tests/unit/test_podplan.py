@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from graft.modelserver import ObservedPod, pod_plan
+from graft.plan.deployment import ObservedPod, pod_plan
 
 H = "current"
 

@@ -7,10 +7,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-from graft import rbac
 from graft.api.kinds import ALL_KINDS
 from graft.api.tenancy import Role
-from graft.tenancy import cluster_role_name
+from graft.gen import rbac
+from graft.plan.account import cluster_role_name
 
 ROOT = Path(__file__).resolve().parents[2]
 OPERATOR_YAML = ROOT / "deploy" / "operator.yaml"

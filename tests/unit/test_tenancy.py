@@ -8,10 +8,10 @@ from typing import Any
 import pytest
 from pydantic import ValidationError
 
-from graft import keys
 from graft.api.common import ConditionStatus
 from graft.api.tenancy import AccountQuota, AccountSpec, Role, UserSpec
-from graft.tenancy import (
+from graft.core import keys
+from graft.plan.account import (
     QUOTA_NAME,
     BindingAction,
     InvalidQuantity,

@@ -13,9 +13,9 @@ import logging
 
 from graft.api.common import Condition
 from graft.api.tenancy import AccountSpec, DeletionPolicy
-from graft.conditions import find, now_rfc3339
-from graft.k8s import Api, Obj
-from graft.tenancy import (
+from graft.controller.kube import Api, Obj
+from graft.core.conditions import find, now_rfc3339
+from graft.plan.account import (
     ACCOUNT_KINDS,
     QUOTA_NAME,
     AccountProblem,

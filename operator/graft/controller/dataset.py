@@ -15,16 +15,19 @@ from urllib.parse import urlparse
 
 from graft.api.common import Condition
 from graft.api.training import DatasetSpec
-from graft.conditions import find, is_true, now_rfc3339
+from graft.controller.kube import Api, Obj
 from graft.controller.status import write_status
-from graft.datasets import (
+from graft.core.conditions import find, is_true, now_rfc3339
+from graft.core.names import full_name
+from graft.plan.dataset import (
     DatasetOutcome,
     dataset_status,
     default_filename,
     signature_labels,
     validation_outcome,
 )
-from graft.jobs import (
+from graft.plan.deployment import Owner
+from graft.plan.jobs import (
     VALIDATOR_CONTAINER,
     DatasetInput,
     JobsConfig,
@@ -34,9 +37,6 @@ from graft.jobs import (
     observe_job,
     validator_job,
 )
-from graft.k8s import Api, Obj
-from graft.modelserver import Owner
-from graft.names import full_name
 
 log = logging.getLogger(__name__)
 

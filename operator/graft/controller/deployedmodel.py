@@ -7,26 +7,26 @@ import logging
 
 from pydantic import ValidationError
 
-from graft.addons import ModelFacts, PodLoad, Verdict, deployed_model_status
 from graft.api.common import Condition
 from graft.api.serving import DeployedModelSpec, DeploymentSpec
-from graft.conditions import find, now_rfc3339
+from graft.controller.kube import Api, Obj
 from graft.controller.lookup import (
     addon_verdicts,
     deployed_models_of,
     deployment_facts,
     ready_pod_urls,
 )
-from graft.controller.status import write_status
-from graft.k8s import Api, Obj
-from graft.modelclient import (
+from graft.controller.modelclient import (
     ModelServerError,
     ModelServerUnreachable,
     load_adapter,
     served_models,
     unload_adapter,
 )
-from graft.names import InvalidReference, full_name, parse_ref
+from graft.controller.status import write_status
+from graft.core.conditions import find, now_rfc3339
+from graft.core.names import InvalidReference, full_name, parse_ref
+from graft.plan.deployedmodel import ModelFacts, PodLoad, Verdict, deployed_model_status
 
 log = logging.getLogger(__name__)
 

@@ -13,11 +13,10 @@ from typing import Any
 from kubernetes.client.exceptions import ApiException
 from pydantic import ValidationError
 
-from graft import keys
 from graft.api.common import Condition
 from graft.api.models import ModelKind, ModelSpec
 from graft.api.serving import DeploymentSpec
-from graft.conditions import find, now_rfc3339
+from graft.controller.kube import Api, Obj, error_message
 from graft.controller.lookup import (
     addon_verdicts,
     artifacts_claim,
@@ -25,11 +24,12 @@ from graft.controller.lookup import (
     deployment_facts,
     ready_pod_urls,
 )
+from graft.controller.modelclient import ModelServerError, served_models
 from graft.controller.status import write_status
-from graft.engines import Addon, ServerSpec
-from graft.k8s import Api, Obj, error_message
-from graft.modelclient import ModelServerError, served_models
-from graft.modelserver import (
+from graft.core import keys
+from graft.core.conditions import find, now_rfc3339
+from graft.core.names import InvalidReference, full_name, parse_ref
+from graft.plan.deployment import (
     BlockedBy,
     ObservedPod,
     Owner,
@@ -43,8 +43,8 @@ from graft.modelserver import (
     service,
     spec_hash,
 )
-from graft.names import InvalidReference, full_name, parse_ref
-from graft.storage import Location, UnsupportedSource, addons_claim_mount, locate
+from graft.plan.engines import Addon, ServerSpec
+from graft.plan.storage import Location, UnsupportedSource, addons_claim_mount, locate
 
 log = logging.getLogger(__name__)
 

@@ -13,10 +13,13 @@ from urllib.parse import urlparse
 
 from graft.api.common import Condition
 from graft.api.training import DatasetSpec, FineTuningJobSpec
-from graft.conditions import find, now_rfc3339
 from graft.controller.dataset import config, owned_by, source_problem
+from graft.controller.kube import Api, Obj
 from graft.controller.status import write_status
-from graft.finetuning import (
+from graft.core.conditions import find, now_rfc3339
+from graft.core.names import InvalidReference, Ref, full_name, parse_ref
+from graft.plan.deployment import Owner, resource_requirements
+from graft.plan.finetuning import (
     ReadyDataset,
     TrainingOutcome,
     base_model_gate,
@@ -28,7 +31,7 @@ from graft.finetuning import (
     output_taken,
     training_progress,
 )
-from graft.jobs import (
+from graft.plan.jobs import (
     TRAINER_CONTAINER,
     JobsConfig,
     Progress,
@@ -38,9 +41,6 @@ from graft.jobs import (
     output_uri,
     trainer_job,
 )
-from graft.k8s import Api, Obj
-from graft.modelserver import Owner, resource_requirements
-from graft.names import InvalidReference, Ref, full_name, parse_ref
 
 log = logging.getLogger(__name__)
 

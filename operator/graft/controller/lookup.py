@@ -7,15 +7,15 @@ import os
 
 from pydantic import ValidationError
 
-from graft.addons import Candidate, DeploymentFacts, ModelFacts, Verdict, judge
 from graft.api.models import ModelSpec
 from graft.api.serving import DeploymentSpec
-from graft.engines import PORT
-from graft.jobs import JobsConfig
-from graft.k8s import Api, Obj
-from graft.modelserver import selector_string
-from graft.names import InvalidReference, Ref, full_name, parse_ref
-from graft.storage import addon_path
+from graft.controller.kube import Api, Obj
+from graft.core.names import InvalidReference, Ref, full_name, parse_ref
+from graft.plan.deployedmodel import Candidate, DeploymentFacts, ModelFacts, Verdict, judge
+from graft.plan.deployment import selector_string
+from graft.plan.engines import PORT
+from graft.plan.jobs import JobsConfig
+from graft.plan.storage import addon_path
 
 
 @functools.cache

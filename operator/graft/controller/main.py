@@ -20,19 +20,20 @@ from typing import Any
 
 import kopf
 
-from graft import keys, logs
 from graft.controller import (
     account,
     dataset,
     deployedmodel,
     deployment,
     finetuning,
+    logs,
     lookup,
     model,
     user,
 )
-from graft.k8s import Api, load_config
-from graft.names import InvalidReference, full_name, parse_ref
+from graft.controller.kube import Api, load_config
+from graft.core import keys
+from graft.core.names import InvalidReference, full_name, parse_ref
 
 log = logging.getLogger(__name__)
 

@@ -14,10 +14,10 @@ from pydantic import ValidationError
 
 from graft.api.common import Condition
 from graft.api.models import ModelKind, ModelSpec, ModelStatus
-from graft.conditions import now_rfc3339, set_condition
+from graft.controller.kube import Api, Obj
 from graft.controller.status import write_status
-from graft.k8s import Api, Obj
-from graft.names import InvalidReference, full_name, parse_ref
+from graft.core.conditions import now_rfc3339, set_condition
+from graft.core.names import InvalidReference, full_name, parse_ref
 
 log = logging.getLogger(__name__)
 

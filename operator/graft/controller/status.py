@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from graft.k8s import Api, Obj
+from graft.controller.kube import Api, Obj
 
 
 def write_status(api: Api, obj: Obj, previous: Obj, new: Obj, plural: str) -> None:

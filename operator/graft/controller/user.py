@@ -12,10 +12,10 @@ import logging
 
 from graft.api.common import Condition
 from graft.api.tenancy import UserSpec
-from graft.conditions import find, now_rfc3339
-from graft.k8s import Api, Obj
-from graft.names import full_name
-from graft.tenancy import (
+from graft.controller.kube import Api, Obj
+from graft.core.conditions import find, now_rfc3339
+from graft.core.names import full_name
+from graft.plan.account import (
     BindingAction,
     Owner,
     UserProblem,

@@ -28,7 +28,7 @@ from urllib.parse import unquote, urlparse
 
 import torch
 
-from graft.serve import protocol
+from graft.dataplane.serve import protocol
 
 _UNKNOWN = object()
 

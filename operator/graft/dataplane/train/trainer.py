@@ -16,11 +16,11 @@ from typing import TYPE_CHECKING, Any, cast
 
 import torch
 
-from graft.dataformat import ChatExample, DatasetReport, Message
-from graft.train.encoding import EncodedExample, TemplateError, encode, truncate
+from graft.dataplane.dataformat import ChatExample, DatasetReport, Message
+from graft.dataplane.train.encoding import EncodedExample, TemplateError, encode, truncate
 
 if TYPE_CHECKING:
-    from graft.train.command import TrainConfig
+    from graft.dataplane.train.command import TrainConfig
 
 IGNORE_INDEX = -100  # label value the loss skips
 

@@ -19,12 +19,12 @@ from urllib.parse import urlparse
 
 from pydantic import ValidationError
 
-from graft import keys
 from graft.api.common import Condition
 from graft.api.models import ModelKind, ModelSpec
 from graft.api.training import DatasetSpec, FineTuningJobStatus
-from graft.jobs import DatasetInput, JobState, Progress, lifecycle_conditions
-from graft.names import Ref
+from graft.core import keys
+from graft.core.names import Ref
+from graft.plan.jobs import DatasetInput, JobState, Progress, lifecycle_conditions
 
 Obj = dict[str, Any]
 

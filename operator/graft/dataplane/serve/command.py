@@ -15,8 +15,8 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from graft.argtypes import positive_int
-from graft.serve import protocol
+from graft.dataplane.argtypes import positive_int
+from graft.dataplane.serve import protocol
 
 EXIT_STARTUP_FAILED = 1
 
@@ -99,9 +99,9 @@ def main(argv: Sequence[str]) -> int:
 
     import uvicorn
 
-    from graft.serve.app import Models, ServerSettings, create_app
-    from graft.serve.engine import Engine
-    from graft.serve.metrics import Metrics
+    from graft.dataplane.serve.app import Models, ServerSettings, create_app
+    from graft.dataplane.serve.engine import Engine
+    from graft.dataplane.serve.metrics import Metrics
 
     settings = ServerSettings(
         served_model_names=args.served_model_name or [args.model],

@@ -11,12 +11,12 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
-from graft import keys
 from graft.api.common import Condition
 from graft.api.serving import DeploymentSpec, DeploymentStatus
-from graft.conditions import set_condition
-from graft.engines import PORT, PORT_NAME, ServerSpec, container_for
-from graft.names import is_dns1035_label
+from graft.core import keys
+from graft.core.conditions import set_condition
+from graft.core.names import is_dns1035_label
+from graft.plan.engines import PORT, PORT_NAME, ServerSpec, container_for
 
 
 @dataclass(frozen=True)

@@ -1,13 +1,13 @@
 """`graft dataset validate SOURCE`: check a JSONL dataset and report its signature.
 
 The entrypoint of a Dataset's validation Job. SOURCE is a path (a mounted PVC or ConfigMap
-key), a file:// URI, an http(s):// URL or an s3:// object (see graft.fetch). The data is read
-once, as a stream, and checked with graft.dataformat: every line must be an example of the
+key), a file:// URI, an http(s):// URL or an s3:// object (see graft.dataplane.fetch). The data is read
+once, as a stream, and checked with graft.dataplane.dataformat: every line must be an example of the
 declared format. Limits: at least --min-examples examples, at most --max-examples, and at most
 --max-bytes bytes (reading stops there).
 
 The result goes to stdout and to the container's termination message as one compact JSON object
-(graft.datasets.ValidationResult): sha256, sizeBytes, exampleCount, filename, format and, when
+(graft.plan.dataset.ValidationResult): sha256, sizeBytes, exampleCount, filename, format and, when
 the data is not usable, up to 20 problems with their line numbers. Exit codes: 0 valid; 1 invalid,
 or the source cannot be read and retrying will not help; 2 invalid command line; 3 reading failed
 and a retry may help (network).
@@ -20,11 +20,10 @@ import sys
 from collections.abc import Iterator, Sequence
 from typing import NoReturn
 
-from graft import termination
-from graft.argtypes import positive_int
-from graft.dataformat import DEFAULT_MAX_ERRORS, LineError, parse_lines
-from graft.datasets import ValidationResult
-from graft.fetch import (
+from graft.dataplane import termination
+from graft.dataplane.argtypes import positive_int
+from graft.dataplane.dataformat import DEFAULT_MAX_ERRORS, LineError, parse_lines
+from graft.dataplane.fetch import (
     EXIT_PERMANENT,
     EXIT_TRANSIENT,
     EXIT_USAGE,
@@ -32,6 +31,7 @@ from graft.fetch import (
     Readable,
     open_source,
 )
+from graft.plan.dataset import ValidationResult
 
 EXIT_VALID = 0
 EXIT_INVALID = 1

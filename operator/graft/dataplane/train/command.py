@@ -10,7 +10,7 @@ Exit codes (the trainer Job's pod failure policy can act on them):
 - 2: invalid command line.
 - 3: training failed for another reason (out of memory, I/O error, a bug); retrying may help.
 
-Training itself is in `graft.train.trainer`, imported only once the inputs are known to be good.
+Training itself is in `graft.dataplane.train.trainer`, imported only once the inputs are known to be good.
 """
 
 from __future__ import annotations
@@ -28,9 +28,9 @@ from pathlib import Path
 from typing import NoReturn
 from urllib.parse import unquote, urlparse
 
-from graft import termination
-from graft.argtypes import positive_float, positive_int
-from graft.dataformat import DatasetError, DatasetReport, read_dataset
+from graft.dataplane import termination
+from graft.dataplane.argtypes import positive_float, positive_int
+from graft.dataplane.dataformat import DatasetError, DatasetReport, read_dataset
 
 EXIT_OK = 0
 EXIT_INVALID_INPUT = 1
@@ -280,7 +280,7 @@ class StagedOutput:
 
 
 def _train(config: TrainConfig, report: DatasetReport, staging: Path) -> dict[str, object]:
-    from graft.train.trainer import TrainingInputError, train
+    from graft.dataplane.train.trainer import TrainingInputError, train
 
     try:
         result = train(config, report, staging, log=_progress)

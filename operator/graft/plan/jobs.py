@@ -28,13 +28,13 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 from urllib.parse import unquote, urlparse
 
-from graft import keys
 from graft.api.common import Condition
 from graft.api.serving import Engine
 from graft.api.training import Hyperparameters
-from graft.conditions import set_condition
-from graft.engines import DEFAULT_IMAGES
-from graft.modelserver import Owner
+from graft.core import keys
+from graft.core.conditions import set_condition
+from graft.plan.deployment import Owner
+from graft.plan.engines import DEFAULT_IMAGES
 
 Obj = dict[str, Any]
 

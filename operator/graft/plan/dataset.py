@@ -20,11 +20,11 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 from urllib.parse import unquote, urlparse
 
-from graft import keys
 from graft.api.common import Condition
 from graft.api.training import DatasetSpec, DatasetStatus
-from graft.jobs import JobState, Progress, lifecycle_conditions
-from graft.termination import LIMIT
+from graft.core import keys
+from graft.dataplane.termination import LIMIT
+from graft.plan.jobs import JobState, Progress, lifecycle_conditions
 
 MAX_ERRORS = 20
 MAX_ERROR_LENGTH = 300

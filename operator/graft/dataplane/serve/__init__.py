@@ -12,7 +12,7 @@ from collections.abc import Sequence
 
 
 def main(argv: Sequence[str]) -> int:
-    from graft.serve.command import main as command_main
+    from graft.dataplane.serve.command import main as command_main
 
     return command_main(argv)
 

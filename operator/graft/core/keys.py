@@ -62,7 +62,7 @@ at most 63 characters; the full digest is in status.sha256)."""
 
 FILENAME = f"{GROUP}/filename"
 """Label on a validated Dataset: its file name, or `sha256-<56 hex>` of the name when the name is
-not a valid label value (see graft.datasets.filename_label)."""
+not a valid label value (see graft.plan.dataset.filename_label)."""
 
 DATASET_VALIDATOR = "dataset-validator"
 TRAINER = "trainer"

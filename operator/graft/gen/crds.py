@@ -15,7 +15,7 @@ import yaml
 
 from graft.api.common import ID_PATTERN, ID_RULE
 from graft.api.kinds import ALL_KINDS, Kind
-from graft.keys import GROUP, VERSION
+from graft.core.keys import GROUP, VERSION
 
 Schema = dict[str, Any]
 

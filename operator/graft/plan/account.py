@@ -5,7 +5,7 @@ An Account owns the namespace named after its ID, but only one it created itself
 that already exists is never adopted, changed or deleted. The account's quota is a ResourceQuota
 in that namespace, so the API server enforces it at admission. A User is a RoleBinding in the
 account's namespace from the User's email (a Kubernetes `User` subject) to one of the ClusterRoles
-Graft ships (graft.rbac).
+Graft ships (graft.gen.rbac).
 """
 
 from __future__ import annotations
@@ -16,7 +16,6 @@ from decimal import Decimal, InvalidOperation
 from enum import StrEnum
 from typing import Any
 
-from graft import keys
 from graft.api.common import Condition
 from graft.api.tenancy import (
     NVIDIA_GPU,
@@ -26,8 +25,9 @@ from graft.api.tenancy import (
     Role,
     UserStatus,
 )
-from graft.conditions import set_condition
-from graft.rbac import user_cluster_role
+from graft.core import keys
+from graft.core.conditions import set_condition
+from graft.gen.rbac import user_cluster_role
 
 QUOTA_NAME = "graft-quota"
 """The one ResourceQuota an Account owns in its namespace."""
@@ -379,7 +379,7 @@ def deletion_blocked(namespace: str, found: dict[str, list[str]]) -> AccountProb
 
 
 def cluster_role_name(role: Role | str) -> str:
-    """The ClusterRole Graft ships for a role (graft.rbac defines it)."""
+    """The ClusterRole Graft ships for a role (graft.gen.rbac defines it)."""
     return user_cluster_role(role)
 
 

@@ -49,7 +49,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import NoReturn, Protocol
 
-from graft import termination
+from graft.dataplane import termination
 
 EXIT_OK = 0
 EXIT_PERMANENT = 1

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 from graft.api.common import Condition
 from graft.api.serving import DeployedModelStatus
-from graft.conditions import set_condition
+from graft.core.conditions import set_condition
 
 
 @dataclass(frozen=True)

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from graft.api.serving import Engine
-from graft.keys import MODEL_SERVER
+from graft.core.keys import MODEL_SERVER
 
 PORT = 8000
 PORT_NAME = "http"

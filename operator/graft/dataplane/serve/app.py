@@ -14,8 +14,8 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
 
-from graft.serve import protocol
-from graft.serve.engine import (
+from graft.dataplane.serve import protocol
+from graft.dataplane.serve.engine import (
     Adapter,
     Delta,
     Engine,
@@ -25,9 +25,9 @@ from graft.serve.engine import (
     lora_rank,
     read_adapter_config,
 )
-from graft.serve.metrics import Metrics
+from graft.dataplane.serve.metrics import Metrics
 
-logger = logging.getLogger("graft.serve")
+logger = logging.getLogger("graft.dataplane.serve")
 
 
 @dataclass

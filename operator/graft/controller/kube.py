@@ -11,7 +11,7 @@ from typing import Any
 from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
 
-from graft import keys
+from graft.core import keys
 
 log = logging.getLogger(__name__)
 
