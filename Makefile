@@ -64,15 +64,15 @@ controlplane: ## build etcd, kube-*, kubectl, kwok and helm from their Go module
 
 .PHONY: cluster-up
 cluster-up: ## start the local control plane (etcd, apiserver, controller-manager, scheduler, kwok)
-	$(PYTHON) hack/localcluster.py up
+	$(PYTHON) hack/localcluster up
 
 .PHONY: cluster-down
 cluster-down: ## stop the local control plane and remove its state
-	$(PYTHON) hack/localcluster.py down
+	$(PYTHON) hack/localcluster down
 
 .PHONY: kubeconfig
 kubeconfig: ## print the path of the local control plane's kubeconfig
-	@$(PYTHON) hack/localcluster.py kubeconfig
+	@$(PYTHON) hack/localcluster kubeconfig
 
 .PHONY: test
 test: $(STAMP) ## run every test: unit, data plane, and integration on a real API server

@@ -5,7 +5,7 @@
                    wait until every Deployment is Ready, print `kubectl get graft -A`
     demo.py stop   stop the operator started by `up`
 
-Without KUBECONFIG it starts the local control plane (hack/localcluster.py); stop that with
+Without KUBECONFIG it starts the local control plane (hack/localcluster); stop that with
 `make cluster-down`. The operator runs here as a process (`graft run`), as it would in its pod.
 """
 
@@ -42,7 +42,7 @@ def kubeconfig() -> str:
         return configured
     say("no KUBECONFIG: starting the local control plane (first run builds it from Go modules)")
     out = subprocess.run(
-        [sys.executable, str(ROOT / "hack" / "localcluster.py"), "up"],
+        [sys.executable, str(ROOT / "hack" / "localcluster"), "up"],
         check=True,
         stdout=subprocess.PIPE,
         text=True,

@@ -1,7 +1,7 @@
 """Integration tests run against a real kube-apiserver.
 
 Unless KUBECONFIG points at a cluster, the session starts the local control plane
-(hack/localcluster.py: etcd, kube-apiserver, controller-manager, scheduler, kwok) and stops it
+(hack/localcluster: etcd, kube-apiserver, controller-manager, scheduler, kwok) and stops it
 at the end if it started it. The operator runs as a `graft run` subprocess.
 """
 
@@ -19,12 +19,12 @@ from typing import Any
 import pytest
 import yaml
 
-from kube import RBAC_DENIAL, ROOT, Cluster, OperatorProcess, wait_for
+from harness.kube import RBAC_DENIAL, ROOT, Cluster, OperatorProcess, wait_for
 
 
 def _localcluster(*args: str) -> str:
     proc = subprocess.run(
-        [sys.executable, str(ROOT / "hack" / "localcluster.py"), *args],
+        [sys.executable, str(ROOT / "hack" / "localcluster"), *args],
         capture_output=True,
         text=True,
         timeout=3600,
@@ -46,7 +46,7 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
         return
     already_up = (
         subprocess.run(
-            [sys.executable, str(ROOT / "hack" / "localcluster.py"), "kubeconfig"],
+            [sys.executable, str(ROOT / "hack" / "localcluster"), "kubeconfig"],
             capture_output=True,
             text=True,
             check=False,
@@ -151,7 +151,7 @@ def operator(
     It runs as its shipped ServiceAccount, with a token, bound to the generated ClusterRole:
     a permission the reconcilers need and deploy/ lacks fails the tests (see
     `no_rbac_denials`). Job pods get an annotation that keeps kwok from completing them by
-    itself, so the kubelet stand-in (tests/kubelet.py) runs their containers for real.
+    itself, so the kubelet stand-in (tests/harness/kubelet.py) runs their containers for real.
     """
     log = tmp_path_factory.mktemp("operator") / "operator.log"
     env = {

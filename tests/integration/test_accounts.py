@@ -20,7 +20,7 @@ from typing import Any
 
 import pytest
 
-from kube import RBAC_DENIAL, Cluster, OperatorProcess, condition, wait_for
+from harness.kube import RBAC_DENIAL, Cluster, OperatorProcess, condition, wait_for
 
 GROUP = "graft.dev/v1alpha1"
 ALICE, BOB, CAROL = "alice@example.com", "bob@example.com", "carol@example.com"

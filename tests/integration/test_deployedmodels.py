@@ -1,5 +1,5 @@
 """Model and DeployedModel on the real API server, with real `graft serve` processes answering
-on the pods' IPs (tests/podservers.py stands in for the container runtime)."""
+on the pods' IPs (tests/harness/podservers.py stands in for the container runtime)."""
 
 from __future__ import annotations
 
@@ -13,8 +13,8 @@ from typing import Any
 
 import pytest
 
-from kube import Cluster, OperatorProcess, condition, wait_for
-from podservers import PodServers
+from harness.kube import Cluster, OperatorProcess, condition, wait_for
+from harness.podservers import PodServers
 
 pytestmark = pytest.mark.dataplane
 
@@ -24,7 +24,7 @@ GROUP = "graft.dev/v1alpha1"
 @pytest.fixture(scope="module")
 def artifacts(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     from graft.dataplane.smallmodels import build_tiny_model
-    from tinyadapters import broken_adapter, random_adapter
+    from harness.tinyadapters import broken_adapter, random_adapter
 
     root = tmp_path_factory.mktemp("artifacts")
     base = build_tiny_model(root / "base")

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from kube import Cluster, OperatorProcess, condition, wait_for
+from harness.kube import Cluster, OperatorProcess, condition, wait_for
 
 GROUP = "graft.dev/v1alpha1"
 SELECTOR = "app.kubernetes.io/component=model-server,graft.dev/deployment={}"

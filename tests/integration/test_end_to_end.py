@@ -12,9 +12,9 @@ differs between CPUs and thread counts (one machine answered 'SFaaaLaLaLaL', ano
 about 3.5 to about 0.0003, and it then answers a question it never saw with exactly the trained
 reply, with 1 or 2 threads and seeds 1 to 3 alike (measured by hand, ~15 s of training).
 
-Two harnesses stand in for what this machine lacks (no container runtime): tests/kubelet.py
+Two harnesses stand in for what this machine lacks (no container runtime): tests/harness/kubelet.py
 runs the Job pods' containers for real and reports their termination messages as the kubelet
-would; tests/podservers.py runs each model-server pod's own command line bound to its pod IP.
+would; tests/harness/podservers.py runs each model-server pod's own command line bound to its pod IP.
 The operator, API server, scheduler, Job controller and garbage collector run their production
 code. The Deployment's Service has no endpoints here (the API server refuses loopback pod IPs in
 EndpointSlices and there is no kube-proxy), so requests go to the pods the Service selects.
@@ -30,9 +30,9 @@ from typing import Any
 
 import pytest
 
-from kube import Cluster, OperatorProcess, condition, wait_for
-from kubelet import KubeletStandIn
-from podservers import PodServers
+from harness.kube import Cluster, OperatorProcess, condition, wait_for
+from harness.kubelet import KubeletStandIn
+from harness.podservers import PodServers
 
 pytestmark = pytest.mark.dataplane
 

@@ -3,7 +3,7 @@
 The session's operator (tests/integration/conftest.py) runs as in production, with two settings
 a cluster admin would also use: GRAFT_JOB_POD_ANNOTATIONS (here: the kwok annotation that keeps
 kwok from ending Job pods by itself) and GRAFT_ARTIFACTS_URI (here: a file:// directory, where
-trainers write adapters). tests/kubelet.py stands in for the kubelet of the Job pods: it runs
+trainers write adapters). tests/harness/kubelet.py stands in for the kubelet of the Job pods: it runs
 `graft dataset validate`, `graft fetch` and `graft train` as local processes and reports their
 exit codes and termination messages in the pods' status, as the kubelet would.
 """
@@ -20,8 +20,8 @@ from typing import Any, TypeVar
 
 import pytest
 
-from kube import Cluster, OperatorProcess, condition, wait_for
-from kubelet import KubeletStandIn
+from harness.kube import Cluster, OperatorProcess, condition, wait_for
+from harness.kubelet import KubeletStandIn
 
 GROUP = "graft.dev/v1alpha1"
 POD_ANNOTATIONS = {"kwok.graft.dev/run-duration": "1h"}  # what the session operator sets

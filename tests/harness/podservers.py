@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from kube import Cluster
+from harness.kube import Cluster
 
 
 class PodServers:

@@ -1,0 +1,8 @@
+"""What the tests use to run Graft against a real control plane on a machine without a
+container runtime:
+
+- kube: kubectl, waiting, and the operator as a `graft run` process;
+- kubelet: a stand-in for the kubelet that runs Job pods' containers as local processes;
+- podservers: each model-server pod's own command line, bound to its (loopback) pod IP;
+- tinyadapters: LoRA adapters made in code, without training.
+"""
