@@ -1,8 +1,8 @@
-"""The `graft` command line.
+"""The `graft` command line: parse and dispatch, nothing else.
 
-Control-plane subcommands (`run`, `crds`) are defined here. The data-plane subcommands (`train`,
-`serve`) live in their own packages with their own argument parsers and are imported only when
-called, so the operator never imports torch.
+The operator (`run`), the generators (`crds`, `manifests`) and the Job entrypoints (`dataset
+validate`, `fetch`) are parsed here and run by their own modules; `train` and `serve` have their
+own argument parsers and are imported only when called, so the operator never imports torch.
 """
 
 from __future__ import annotations
@@ -49,25 +49,7 @@ def _crds(ns: argparse.Namespace) -> int:
 def _manifests(ns: argparse.Namespace) -> int:
     from graft.gen import rbac
 
-    path = Path(ns.output)
-    current = path.read_text()
-    try:
-        wanted = rbac.splice(current, rbac.render())
-    except rbac.MarkersMissing as exc:
-        print(f"{path}: {exc}", file=sys.stderr)
-        return 1
-    if ns.check:
-        if wanted != current:
-            print(
-                f"{path} is out of date with operator/graft/gen/rbac.py: run 'make manifests' and commit",
-                file=sys.stderr,
-            )
-            return 1
-        return 0
-    if wanted != current:
-        path.write_text(wanted)
-    print(path)
-    return 0
+    return rbac.write_manifest(Path(ns.output), check=ns.check)
 
 
 def _run(ns: argparse.Namespace) -> int:

@@ -9,8 +9,8 @@ import yaml
 
 from graft.api.kinds import ALL_KINDS
 from graft.api.tenancy import Role
+from graft.core.names import cluster_role_name
 from graft.gen import rbac
-from graft.plan.account import cluster_role_name
 
 ROOT = Path(__file__).resolve().parents[2]
 OPERATOR_YAML = ROOT / "deploy" / "operator.yaml"

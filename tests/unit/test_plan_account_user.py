@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from decimal import Decimal
 from typing import Any
 
 import pytest
@@ -11,21 +10,15 @@ from pydantic import ValidationError
 from graft.api.common import ConditionStatus
 from graft.api.tenancy import AccountQuota, AccountSpec, Role, UserSpec
 from graft.core import keys
+from graft.core.objects import Owner
 from graft.plan.account import (
     QUOTA_NAME,
-    BindingAction,
-    InvalidQuantity,
     NamespaceState,
-    Owner,
     account_namespace,
-    account_problem,
     account_status,
-    binding_action,
-    binding_name,
     deletion_blocked,
     namespace_problem,
     namespace_state,
-    quantity,
     quota_enforced,
     quota_hard,
     quota_in_sync,
@@ -33,8 +26,13 @@ from graft.plan.account import (
     quota_usage,
     remaining_resources,
     resource_quota,
+)
+from graft.plan.user import (
+    BindingAction,
+    account_problem,
+    binding_action,
+    binding_name,
     role_binding,
-    same_quantities,
     user_status,
 )
 
@@ -48,40 +46,6 @@ def quota(**fields: Any) -> AccountQuota:
 
 def namespace(**meta: Any) -> dict[str, Any]:
     return {"metadata": {"name": "acme", **meta}}
-
-
-# --- Quantities ---------------------------------------------------------------------------------
-
-
-@pytest.mark.parametrize(
-    ("text", "value"),
-    [
-        ("1", Decimal(1)),
-        (4, Decimal(4)),
-        ("500m", Decimal("0.5")),
-        ("1.5", Decimal("1.5")),
-        ("2k", Decimal(2000)),
-        ("1Gi", Decimal(2**30)),
-        ("16Gi", Decimal(16 * 2**30)),
-        ("1e3", Decimal(1000)),
-        ("100M", Decimal(10**8)),
-    ],
-)
-def test_quantity_values(text: str | int, value: Decimal) -> None:
-    assert quantity(text) == value
-
-
-@pytest.mark.parametrize("bad", ["lots", "1Gb", "", "1.2.3", "Gi"])
-def test_invalid_quantities(bad: str) -> None:
-    with pytest.raises(InvalidQuantity):
-        quantity(bad)
-
-
-def test_same_quantities_ignores_spelling_not_keys() -> None:
-    assert same_quantities({"cpu": "1000m", "memory": "1Gi"}, {"cpu": "1", "memory": "1024Mi"})
-    assert not same_quantities({"cpu": "1"}, {"cpu": "2"})
-    assert not same_quantities({"cpu": "1"}, {"cpu": "1", "memory": "1Gi"})
-    assert not same_quantities({"cpu": "nonsense"}, {"cpu": "nonsense"})
 
 
 # --- The namespace ------------------------------------------------------------------------------

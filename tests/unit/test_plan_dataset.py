@@ -5,9 +5,9 @@ from __future__ import annotations
 import hashlib
 import json
 
+from graft.api.reports import ValidationResult
 from graft.api.training import DatasetSpec
 from graft.plan.dataset import (
-    ValidationResult,
     dataset_status,
     default_filename,
     filename_label,

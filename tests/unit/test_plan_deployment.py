@@ -8,10 +8,10 @@ import pytest
 
 from graft.api.serving import DeploymentSpec
 from graft.core import keys
+from graft.core.objects import Owner
 from graft.plan.deployment import (
     BlockedBy,
     ObservedPod,
-    Owner,
     deployment_status,
     model_server_pod,
     pod_spec,
@@ -23,12 +23,12 @@ from graft.plan.deployment import (
 from graft.plan.engines import Addon, ServerSpec, container_for
 from graft.plan.storage import UnsupportedSource, addon_path, addons_claim_mount, locate
 
-OWNER = Owner(name="chat", namespace="acme", uid="uid-1", generation=3)
+OWNER = Owner(kind="Deployment", name="chat", namespace="acme", uid="uid-1", generation=3)
 SERVED = "accounts/acme/models/llama"
 
 
 def server(**kw: object) -> ServerSpec:
-    base = {"model_path": "meta/llama", "served_name": SERVED}
+    base = {"model_path": "meta/llama", "served_name": SERVED, "image": "vllm/vllm-openai:test"}
     return ServerSpec(**(base | kw))  # type: ignore[arg-type]
 
 

@@ -5,10 +5,10 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from graft.api.reports import TrainerSummary
 from graft.core.names import Ref
 from graft.plan.finetuning import (
     ReadyDataset,
-    TrainerSummary,
     TrainingOutcome,
     base_model_gate,
     dataset_gate,

@@ -4,18 +4,15 @@ from __future__ import annotations
 
 from typing import Any
 
-import pytest
-
 from graft.api.common import Condition
 from graft.api.training import Hyperparameters
-from graft.plan.deployment import Owner
+from graft.core.conditions import finished
+from graft.core.objects import Owner
+from graft.core.settings import Settings
 from graft.plan.jobs import (
     BASE_MODEL_DIR,
-    ConfigError,
     DatasetInput,
-    JobsConfig,
     Progress,
-    finished,
     job_name,
     lifecycle_conditions,
     observe_job,
@@ -24,58 +21,9 @@ from graft.plan.jobs import (
     validator_job,
 )
 
-CONFIG = JobsConfig(image="graft:test", trainer_image="graft-train:test")
+CONFIG = Settings(image="graft:test", trainer_image="graft-train:test")
 DATASET_OWNER = Owner(name="chat", namespace="acme", uid="u-1", generation=1, kind="Dataset")
 FTJ_OWNER = Owner(name="tune", namespace="acme", uid="u-2", generation=1, kind="FineTuningJob")
-
-
-# --- Settings ---------------------------------------------------------------------------------
-
-
-def test_config_defaults() -> None:
-    cfg = JobsConfig.from_env({})
-    assert cfg.image == cfg.trainer_image == "ghcr.io/graft-dev/graft:0.1.0"
-    assert cfg.artifacts_uri == "pvc://graft-artifacts"
-    assert cfg.artifacts_claim() == "graft-artifacts"
-    assert cfg.pod_annotations == {}
-    assert (cfg.dataset_min_examples, cfg.dataset_max_examples, cfg.dataset_max_bytes) == (
-        3,
-        3_000_000,
-        1 << 30,
-    )
-
-
-def test_config_from_env() -> None:
-    cfg = JobsConfig.from_env(
-        {
-            "GRAFT_IMAGE": "img:1",
-            "GRAFT_JOB_POD_ANNOTATIONS": '{"sidecar.istio.io/inject": "false"}',
-            "GRAFT_ARTIFACTS_URI": "file:///srv/artifacts/",
-            "GRAFT_DATASET_MAX_BYTES": "1000",
-            "GRAFT_DATASET_MAX_EXAMPLES": "10",
-        }
-    )
-    assert (cfg.image, cfg.trainer_image) == ("img:1", "img:1")
-    assert cfg.pod_annotations == {"sidecar.istio.io/inject": "false"}
-    assert cfg.artifacts_uri == "file:///srv/artifacts"
-    assert cfg.artifacts_claim() is None
-    assert (cfg.dataset_max_bytes, cfg.dataset_max_examples) == (1000, 10)
-
-
-@pytest.mark.parametrize(
-    ("env", "message"),
-    [
-        ({"GRAFT_JOB_POD_ANNOTATIONS": "{nope"}, "GRAFT_JOB_POD_ANNOTATIONS is not JSON"),
-        ({"GRAFT_JOB_POD_ANNOTATIONS": '{"a": 1}'}, "must be a JSON object of strings"),
-        ({"GRAFT_ARTIFACTS_URI": "s3://bucket/x"}, "pvc://<claim>[/<path>] or file:///<path>"),
-        ({"GRAFT_ARTIFACTS_URI": "file://relative"}, "GRAFT_ARTIFACTS_URI='file://relative'"),
-        ({"GRAFT_DATASET_MAX_BYTES": "1G"}, "GRAFT_DATASET_MAX_BYTES='1G' is not an integer"),
-        ({"GRAFT_DATASET_MAX_EXAMPLES": "0"}, "must be positive"),
-    ],
-)
-def test_config_errors_name_the_variable(env: dict[str, str], message: str) -> None:
-    with pytest.raises(ConfigError, match=message.replace("[", r"\[").replace("(", r"\(")):
-        JobsConfig.from_env(env)
 
 
 def test_job_names_are_never_truncated() -> None:
@@ -98,13 +46,13 @@ def containers(job: dict[str, Any]) -> dict[str, dict[str, Any]]:
 
 
 def test_validator_job_for_a_uri() -> None:
-    cfg = JobsConfig(image="graft:test", trainer_image="x", pod_annotations={"a": "b"})
+    cfg = Settings(image="graft:test", trainer_image="x", pod_annotations={"a": "b"})
     job = validator_job(
         owner=DATASET_OWNER,
         source=DatasetInput(uri="https://example.com/d/train.jsonl"),
         format_="chat",
         filename="train.jsonl",
-        config=cfg,
+        settings=cfg,
     )
     assert job["metadata"]["name"] == "chat-validate"
     assert job["metadata"]["namespace"] == "acme"
@@ -159,7 +107,7 @@ def test_validator_job_mounts_a_configmap_key_and_a_claim() -> None:
         source=DatasetInput(config_map=("prompts", "train.jsonl")),
         format_="completion",
         filename="train.jsonl",
-        config=CONFIG,
+        settings=CONFIG,
     )
     pod = job["spec"]["template"]["spec"]
     assert pod["volumes"] == [
@@ -182,7 +130,7 @@ def test_validator_job_mounts_a_configmap_key_and_a_claim() -> None:
         source=DatasetInput(uri="pvc://data/sets/a%20b.jsonl"),
         format_="chat",
         filename="a b.jsonl",
-        config=CONFIG,
+        settings=CONFIG,
     )
     pod = job["spec"]["template"]["spec"]
     assert pod["volumes"] == [
@@ -206,7 +154,7 @@ def test_trainer_job_fetches_inputs_then_trains() -> None:
         output="pvc://graft-artifacts/acme/models/out",
         hyperparameters=hp,
         resources={"limits": {"nvidia.com/gpu": "1"}},
-        config=CONFIG,
+        settings=CONFIG,
     )
     assert job["metadata"]["name"] == "tune-train"
     assert job["metadata"]["labels"]["graft.dev/finetuning-job"] == "tune"
@@ -281,7 +229,7 @@ def test_trainer_job_with_file_uris_needs_no_claims() -> None:
         output="file:///srv/out/acme/models/x",
         hyperparameters=Hyperparameters(),
         resources={},
-        config=CONFIG,
+        settings=CONFIG,
     )
     pod = job["spec"]["template"]["spec"]
     assert [v["name"] for v in pod["volumes"]] == ["work", "configmap-0"]

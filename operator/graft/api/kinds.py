@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from enum import StrEnum
 
 from graft.api.common import GraftModel, StatusBase
 from graft.api.models import ModelSpec, ModelStatus
@@ -14,6 +15,19 @@ from graft.api.serving import (
 )
 from graft.api.tenancy import AccountSpec, AccountStatus, UserSpec, UserStatus
 from graft.api.training import DatasetSpec, DatasetStatus, FineTuningJobSpec, FineTuningJobStatus
+
+
+class Plural(StrEnum):
+    """The resource names of the Graft kinds, as in URLs, RBAC rules, full names and
+    references (accounts/<account>/<plural>/<id>). A StrEnum: it is the string itself."""
+
+    ACCOUNTS = "accounts"
+    USERS = "users"
+    MODELS = "models"
+    DEPLOYMENTS = "deployments"
+    DEPLOYED_MODELS = "deployedmodels"
+    DATASETS = "datasets"
+    FINE_TUNING_JOBS = "finetuningjobs"
 
 
 @dataclass(frozen=True)
@@ -42,7 +56,7 @@ class Kind:
     """One custom resource kind."""
 
     kind: str
-    plural: str
+    plural: Plural
     short_names: tuple[str, ...]
     spec: type[GraftModel]
     status: type[StatusBase]
@@ -67,7 +81,7 @@ class Kind:
 
 ACCOUNT = Kind(
     kind="Account",
-    plural="accounts",
+    plural=Plural.ACCOUNTS,
     short_names=("gacct",),
     spec=AccountSpec,
     status=AccountStatus,
@@ -78,7 +92,7 @@ ACCOUNT = Kind(
 )
 USER = Kind(
     kind="User",
-    plural="users",
+    plural=Plural.USERS,
     short_names=("guser",),
     spec=UserSpec,
     status=UserStatus,
@@ -87,7 +101,7 @@ USER = Kind(
 )
 MODEL = Kind(
     kind="Model",
-    plural="models",
+    plural=Plural.MODELS,
     short_names=("gmodel",),
     spec=ModelSpec,
     status=ModelStatus,
@@ -96,7 +110,7 @@ MODEL = Kind(
 )
 DEPLOYMENT = Kind(
     kind="Deployment",
-    plural="deployments",
+    plural=Plural.DEPLOYMENTS,
     short_names=("gdeploy",),
     spec=DeploymentSpec,
     status=DeploymentStatus,
@@ -112,7 +126,7 @@ DEPLOYMENT = Kind(
 )
 DEPLOYED_MODEL = Kind(
     kind="DeployedModel",
-    plural="deployedmodels",
+    plural=Plural.DEPLOYED_MODELS,
     short_names=("gdm",),
     spec=DeployedModelSpec,
     status=DeployedModelStatus,
@@ -126,7 +140,7 @@ DEPLOYED_MODEL = Kind(
 )
 DATASET = Kind(
     kind="Dataset",
-    plural="datasets",
+    plural=Plural.DATASETS,
     short_names=("gds",),
     spec=DatasetSpec,
     status=DatasetStatus,
@@ -140,7 +154,7 @@ DATASET = Kind(
 )
 FINE_TUNING_JOB = Kind(
     kind="FineTuningJob",
-    plural="finetuningjobs",
+    plural=Plural.FINE_TUNING_JOBS,
     short_names=("gftj", "ftj"),
     spec=FineTuningJobSpec,
     status=FineTuningJobStatus,

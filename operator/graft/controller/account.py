@@ -11,21 +11,23 @@ from __future__ import annotations
 
 import logging
 
-from graft.api.common import Condition
+from graft.api.kinds import Plural
 from graft.api.tenancy import AccountSpec, DeletionPolicy
-from graft.controller.kube import Api, Obj
-from graft.core.conditions import find, now_rfc3339
+from graft.controller.context import Context
+from graft.controller.kube import Api
+from graft.controller.status import publish
+from graft.core.conditions import conditions_of, now_rfc3339
+from graft.core.objects import Obj, Owner, is_terminating
 from graft.plan.account import (
     ACCOUNT_KINDS,
     QUOTA_NAME,
     AccountProblem,
     NamespaceState,
-    Owner,
     account_namespace,
     account_status,
     deletion_blocked,
     describe_hard,
-    is_graft_quota,
+    is_graft_account_object,
     namespace_problem,
     namespace_state,
     quota_hard,
@@ -36,24 +38,18 @@ from graft.plan.account import (
 
 log = logging.getLogger(__name__)
 
-PLURAL = "accounts"
+PLURAL = Plural.ACCOUNTS
 QUIET = {"QuotaPending"}  # a moment's wait after every quota change: not worth an Event
 
 
-def owner_of(obj: Obj) -> Owner:
-    meta = obj["metadata"]
-    return Owner(
-        kind="Account", name=meta["name"], uid=meta["uid"], generation=meta.get("generation", 0)
-    )
-
-
-def reconcile(api: Api, namespace: str, name: str) -> None:
+def reconcile(ctx: Context, namespace: str, name: str) -> None:
     """Reconcile one Account; `namespace` is "" (Accounts are cluster-scoped)."""
     del namespace
+    api = ctx.api
     obj = api.get_graft_cluster(PLURAL, name)
-    if obj is None or obj["metadata"].get("deletionTimestamp"):
+    if obj is None or is_terminating(obj):
         return  # finalize() handles a deleted Account
-    owner = owner_of(obj)
+    owner = Owner.of(obj)
     spec = AccountSpec.model_validate(obj.get("spec") or {})
     hard = quota_hard(spec.quota)
 
@@ -71,14 +67,14 @@ def reconcile(api: Api, namespace: str, name: str) -> None:
     if state == NamespaceState.OWNED:
         quota = sync_quota(api, obj, owner, hard)
         problem = quota_problem(hard, quota)
-    publish(api, obj, owner=owner, hard=hard, quota=quota, problem=problem)
+    report(api, obj, owner=owner, hard=hard, quota=quota, problem=problem)
 
 
 def sync_quota(api: Api, obj: Obj, owner: Owner, hard: dict[str, str]) -> Obj | None:
     """Make the account's ResourceQuota say `hard` (or not exist); return it as it is now."""
     existing = api.get_resource_quota(owner.name, QUOTA_NAME)
     if not hard:
-        if existing is not None and is_graft_quota(existing, owner.name):
+        if existing is not None and is_graft_account_object(existing, owner.name):
             api.delete_resource_quota(owner.name, QUOTA_NAME, existing["metadata"]["uid"])
             api.event(obj, "Normal", "QuotaRemoved", f"removed ResourceQuota {QUOTA_NAME}")
         return None
@@ -93,7 +89,7 @@ def sync_quota(api: Api, obj: Obj, owner: Owner, hard: dict[str, str]) -> Obj | 
     return applied
 
 
-def publish(
+def report(
     api: Api,
     obj: Obj,
     *,
@@ -102,31 +98,17 @@ def publish(
     quota: Obj | None,
     problem: AccountProblem | None,
 ) -> None:
-    """Write status (only if it changed) and an Event when Ready changes its reason."""
-    previous_status = obj.get("status") or {}
-    previous = [Condition.model_validate(c) for c in previous_status.get("conditions") or []]
+    """Write status (only if it changed) and an Event when Ready changes."""
     status = account_status(
         owner=owner,
         namespace=owner.name,
         hard=hard,
         quota=quota,
         problem=problem,
-        previous=previous,
+        previous=conditions_of(obj),
         now=now_rfc3339(),
     )
-    new = status.wire()
-    if new != previous_status:
-        patch: Obj = {k: None for k in previous_status if k not in new}
-        patch.update(new)
-        api.patch_graft_status(PLURAL, "", owner.name, patch)  # "": cluster-scoped
-    old, ready = find(previous, "Ready"), find(status.conditions, "Ready")
-    assert ready is not None
-    if old is not None and (old.reason, old.status) == (ready.reason, ready.status):
-        return
-    if problem is not None and problem.reason in QUIET:
-        return
-    kind = "Normal" if problem is None else "Warning"
-    api.event(obj, kind, ready.reason, ready.message)
+    publish(api, obj, PLURAL, status, warning=problem is not None, quiet=QUIET)
 
 
 def finalize(api: Api, name: str) -> str | None:
@@ -140,19 +122,21 @@ def finalize(api: Api, name: str) -> str | None:
     obj = api.get_graft_cluster(PLURAL, name)
     if obj is None:
         return None
-    owner = owner_of(obj)
+    owner = Owner.of(obj)
     spec = AccountSpec.model_validate(obj.get("spec") or {})
     namespace = api.get_namespace(name)
     if namespace_state(namespace, name, owner.uid) != NamespaceState.OWNED:
         return None  # nothing of this Account's left to delete; a foreign namespace is left alone
     assert namespace is not None
     if spec.deletion_policy == DeletionPolicy.REFUSE:
-        found = {plural: api.list_graft_names(plural, name) for plural in ACCOUNT_KINDS}
+        found: dict[str, list[str]] = {
+            plural: api.list_graft_names(plural, name) for plural in ACCOUNT_KINDS
+        }
         blocked = deletion_blocked(name, found)
         if blocked is not None:
             hard = quota_hard(spec.quota)
             quota = api.get_resource_quota(name, QUOTA_NAME) if hard else None
-            publish(api, obj, owner=owner, hard=hard, quota=quota, problem=blocked)
+            report(api, obj, owner=owner, hard=hard, quota=quota, problem=blocked)
             return blocked.message
     if api.delete_namespace(name, namespace["metadata"]["uid"]):
         log.info("deleting namespace %s of deleted Account %s", name, name)

@@ -8,17 +8,18 @@ restored if someone removed them.
 
 from __future__ import annotations
 
-import functools
 import logging
-import os
 from urllib.parse import urlparse
 
-from graft.api.common import Condition
+from graft.api.kinds import Plural
 from graft.api.training import DatasetSpec
-from graft.controller.kube import Api, Obj
-from graft.controller.status import write_status
-from graft.core.conditions import find, is_true, now_rfc3339
+from graft.controller.context import Context
+from graft.controller.kube import Api
+from graft.controller.status import publish
+from graft.core.conditions import conditions_of, finished, is_true, now_rfc3339
 from graft.core.names import full_name
+from graft.core.objects import Obj, Owner, is_terminating, labels_of, owned_by
+from graft.core.settings import Settings
 from graft.plan.dataset import (
     DatasetOutcome,
     dataset_status,
@@ -26,13 +27,10 @@ from graft.plan.dataset import (
     signature_labels,
     validation_outcome,
 )
-from graft.plan.deployment import Owner
 from graft.plan.jobs import (
     VALIDATOR_CONTAINER,
     DatasetInput,
-    JobsConfig,
     Progress,
-    finished,
     job_name,
     observe_job,
     validator_job,
@@ -40,26 +38,17 @@ from graft.plan.jobs import (
 
 log = logging.getLogger(__name__)
 
-PLURAL = "datasets"
+PLURAL = Plural.DATASETS
 
 
-@functools.cache
-def config() -> JobsConfig:
-    """The operator's Job settings, read once from its environment (see JobsConfig.from_env)."""
-    return JobsConfig.from_env(os.environ)
-
-
-def owned_by(obj: Obj, uid: str) -> bool:
-    return any(r.get("uid") == uid for r in obj["metadata"].get("ownerReferences") or [])
-
-
-def reconcile(api: Api, namespace: str, name: str) -> None:
+def reconcile(ctx: Context, namespace: str, name: str) -> None:
+    api = ctx.api
     obj = api.get_graft(PLURAL, namespace, name)
-    if obj is None or obj["metadata"].get("deletionTimestamp"):
+    if obj is None or is_terminating(obj):
         return  # the validation Job goes with it (garbage collection)
     meta = obj["metadata"]
     previous_status = obj.get("status") or {}
-    previous = [Condition.model_validate(c) for c in previous_status.get("conditions") or []]
+    previous = conditions_of(obj)
     if finished(previous):
         if previous_status.get("sha256") and is_true(previous, "Succeeded"):
             ensure_labels(
@@ -69,7 +58,7 @@ def reconcile(api: Api, namespace: str, name: str) -> None:
             )
         return
     spec = DatasetSpec.model_validate(obj.get("spec") or {})
-    outcome = evaluate(api, obj, spec, config())
+    outcome = evaluate(api, obj, spec, ctx.settings)
     if outcome.labels:
         ensure_labels(api, obj, outcome.labels)  # before status: Ready means findable
     status = dataset_status(
@@ -79,11 +68,10 @@ def reconcile(api: Api, namespace: str, name: str) -> None:
         previous=previous,
         now=now_rfc3339(),
     )
-    write_status(api, obj, previous_status, status.wire(), PLURAL)
-    record_event(api, obj, previous, outcome.progress)
+    publish(api, obj, PLURAL, status, warning=outcome.progress.kind == "failed")
 
 
-def evaluate(api: Api, obj: Obj, spec: DatasetSpec, cfg: JobsConfig) -> DatasetOutcome:
+def evaluate(api: Api, obj: Obj, spec: DatasetSpec, settings: Settings) -> DatasetOutcome:
     meta = obj["metadata"]
     namespace, name, uid = meta["namespace"], meta["name"], meta["uid"]
     jname = job_name(name, "validate")
@@ -106,19 +94,12 @@ def evaluate(api: Api, obj: Obj, spec: DatasetSpec, cfg: JobsConfig) -> DatasetO
             if spec.source.config_map is not None
             else DatasetInput(uri=spec.source.uri)
         )
-        owner = Owner(
-            name=name,
-            namespace=namespace,
-            uid=uid,
-            generation=meta.get("generation", 0),
-            kind="Dataset",
-        )
         manifest = validator_job(
-            owner=owner,
+            owner=Owner.of(obj),
             source=source,
             format_=str(spec.format),
             filename=default_filename(spec),
-            config=cfg,
+            settings=settings,
         )
         job = api.create_job(manifest) or api.get_job(namespace, jname)
         if job is None:
@@ -165,15 +146,6 @@ def source_problem(api: Api, namespace: str, spec: DatasetSpec) -> Progress | No
 
 def ensure_labels(api: Api, obj: Obj, wanted: dict[str, str]) -> None:
     meta = obj["metadata"]
-    labels = meta.get("labels") or {}
-    if any(labels.get(k) != v for k, v in wanted.items()):
+    found = labels_of(obj)
+    if any(found.get(k) != v for k, v in wanted.items()):
         api.patch_graft_labels(PLURAL, meta["namespace"], meta["name"], wanted)
-
-
-def record_event(api: Api, obj: Obj, previous: list[Condition], progress: Progress) -> None:
-    """An Event when the Ready condition's reason changes: the transitions a person follows."""
-    old = find(previous, "Ready")
-    if old is not None and old.reason == progress.reason:
-        return
-    kind = "Warning" if progress.kind == "failed" else "Normal"
-    api.event(obj, kind, progress.reason, progress.message)

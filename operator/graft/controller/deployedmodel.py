@@ -7,9 +7,10 @@ import logging
 
 from pydantic import ValidationError
 
-from graft.api.common import Condition
+from graft.api.kinds import Plural
 from graft.api.serving import DeployedModelSpec, DeploymentSpec
-from graft.controller.kube import Api, Obj
+from graft.controller.context import Context
+from graft.controller.kube import Api
 from graft.controller.lookup import (
     addon_verdicts,
     deployed_models_of,
@@ -23,21 +24,22 @@ from graft.controller.modelclient import (
     served_models,
     unload_adapter,
 )
-from graft.controller.status import write_status
-from graft.core.conditions import find, now_rfc3339
+from graft.controller.status import publish
+from graft.core.conditions import conditions_of, now_rfc3339
 from graft.core.names import InvalidReference, full_name, parse_ref
+from graft.core.objects import Obj, is_terminating
 from graft.plan.deployedmodel import ModelFacts, PodLoad, Verdict, deployed_model_status
 
 log = logging.getLogger(__name__)
 
-PLURAL = "deployedmodels"
+PLURAL = Plural.DEPLOYED_MODELS
 
 
 def _deployment_of(
     api: Api, namespace: str, spec: DeployedModelSpec
 ) -> tuple[str, Obj | None] | Verdict:
     try:
-        ref = parse_ref(spec.deployment, "deployments", account=namespace)
+        ref = parse_ref(spec.deployment, Plural.DEPLOYMENTS, account=namespace)
     except InvalidReference as exc:
         return Verdict(False, "InvalidDeployment", str(exc))
     if ref.account != namespace:
@@ -46,19 +48,19 @@ def _deployment_of(
             "CrossAccountDeployment",
             f"{ref.full_name} is in another account; load addons into this account's Deployments",
         )
-    return ref.id, api.get_graft("deployments", namespace, ref.id)
+    return ref.id, api.get_graft(Plural.DEPLOYMENTS, namespace, ref.id)
 
 
 def judge_this(
-    api: Api, namespace: str, name: str, spec: DeployedModelSpec
+    ctx: Context, namespace: str, name: str, spec: DeployedModelSpec
 ) -> tuple[Verdict, str | None, ModelFacts | None]:
     """This DeployedModel's verdict, judged with all others of its Deployment."""
-    found = _deployment_of(api, namespace, spec)
+    found = _deployment_of(ctx.api, namespace, spec)
     if isinstance(found, Verdict):
         return found, None, None
     dep_name, dep = found
     if dep is None:
-        where = full_name(namespace, "deployments", dep_name)
+        where = full_name(namespace, Plural.DEPLOYMENTS, dep_name)
         return (
             Verdict(
                 False,
@@ -75,7 +77,7 @@ def judge_this(
         return Verdict(False, "InvalidDeployment", str(exc)), None, None
     facts = deployment_facts(namespace, dep_name, dep_spec)
     verdicts, models = addon_verdicts(
-        api, namespace, facts, deployed_models_of(api, namespace, dep_name)
+        ctx, namespace, facts, deployed_models_of(ctx.api, namespace, dep_name)
     )
     verdict = verdicts.get(name) or Verdict(
         False, "NotAdmitted", "not among the deployment's DeployedModels"
@@ -83,18 +85,18 @@ def judge_this(
     return verdict, dep_name, models.get(name)
 
 
-def reconcile(api: Api, namespace: str, name: str) -> None:
+def reconcile(ctx: Context, namespace: str, name: str) -> None:
+    api = ctx.api
     obj = api.get_graft(PLURAL, namespace, name)
-    if obj is None or obj["metadata"].get("deletionTimestamp"):
+    if obj is None or is_terminating(obj):
         return
     meta = obj["metadata"]
-    previous_status = obj.get("status") or {}
-    previous = [Condition.model_validate(c) for c in previous_status.get("conditions") or []]
+    previous = conditions_of(obj)
     spec = DeployedModelSpec.model_validate(obj.get("spec") or {})
     served_name: str | None = None
     pods: list[PodLoad] = []
 
-    verdict, dep_name, model = judge_this(api, namespace, name, spec)
+    verdict, dep_name, model = judge_this(ctx, namespace, name, spec)
     if model is not None:
         served_name = model.full_name
     if verdict.admitted and dep_name and model is not None and model.path is not None:
@@ -109,13 +111,15 @@ def reconcile(api: Api, namespace: str, name: str) -> None:
         previous=previous,
         now=now_rfc3339(),
     )
-    write_status(api, obj, previous_status, status.wire(), PLURAL)
-    old, new = find(previous, "Ready"), find(status.conditions, "Ready")
-    if new is not None and (old is None or (old.status, old.reason) != (new.status, new.reason)):
-        if new.status == "True":
-            api.event(obj, "Normal", "Loaded", new.message)
-        elif new.reason not in ("Loading", "NoReadyReplicas"):
-            api.event(obj, "Warning", new.reason, new.message)
+    # Loading and waiting for a replica are routine; a refusal or a failed load is not.
+    publish(
+        api,
+        obj,
+        PLURAL,
+        status,
+        warning=status.state != "Ready",
+        quiet={"Loading", "NoReadyReplicas"},
+    )
 
 
 def load_everywhere(
@@ -143,8 +147,8 @@ def unload_everywhere(api: Api, namespace: str, name: str) -> None:
         return
     spec = DeployedModelSpec.model_validate(obj.get("spec") or {})
     try:
-        dep = parse_ref(spec.deployment, "deployments", account=namespace)
-        served_name = parse_ref(spec.model, "models", account=namespace).full_name
+        dep = parse_ref(spec.deployment, Plural.DEPLOYMENTS, account=namespace)
+        served_name = parse_ref(spec.model, Plural.MODELS, account=namespace).full_name
     except InvalidReference:
         return
     if dep.account != namespace:

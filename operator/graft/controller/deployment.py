@@ -13,26 +13,26 @@ from typing import Any
 from kubernetes.client.exceptions import ApiException
 from pydantic import ValidationError
 
-from graft.api.common import Condition
+from graft.api.kinds import Plural
 from graft.api.models import ModelKind, ModelSpec
 from graft.api.serving import DeploymentSpec
-from graft.controller.kube import Api, Obj, error_message
+from graft.controller.context import Context
+from graft.controller.kube import Api, error_message
 from graft.controller.lookup import (
     addon_verdicts,
-    artifacts_claim,
     deployed_models_of,
     deployment_facts,
     ready_pod_urls,
 )
 from graft.controller.modelclient import ModelServerError, served_models
-from graft.controller.status import write_status
+from graft.controller.status import publish
 from graft.core import keys
-from graft.core.conditions import find, now_rfc3339
+from graft.core.conditions import conditions_of, now_rfc3339
 from graft.core.names import InvalidReference, full_name, parse_ref
+from graft.core.objects import Obj, Owner, is_ready, is_terminating, labels_of
 from graft.plan.deployment import (
     BlockedBy,
     ObservedPod,
-    Owner,
     PodPlan,
     deployment_status,
     model_server_pod,
@@ -48,21 +48,17 @@ from graft.plan.storage import Location, UnsupportedSource, addons_claim_mount, 
 
 log = logging.getLogger(__name__)
 
-PLURAL = "deployments"
+PLURAL = Plural.DEPLOYMENTS
 
 
 def observe_pod(pod: Obj) -> ObservedPod:
-    meta, status = pod["metadata"], pod.get("status") or {}
-    ready = any(
-        c.get("type") == "Ready" and c.get("status") == "True"
-        for c in status.get("conditions") or []
-    )
+    meta = pod["metadata"]
     return ObservedPod(
         name=meta["name"],
-        spec_hash=(meta.get("labels") or {}).get(keys.SPEC_HASH),
-        ready=ready,
-        terminating=meta.get("deletionTimestamp") is not None,
-        finished=status.get("phase") in ("Succeeded", "Failed"),
+        spec_hash=labels_of(pod).get(keys.SPEC_HASH),
+        ready=is_ready(pod),
+        terminating=is_terminating(pod),
+        finished=(pod.get("status") or {}).get("phase") in ("Succeeded", "Failed"),
         created=meta.get("creationTimestamp") or "",
     )
 
@@ -72,10 +68,10 @@ def resolve_base_model(
 ) -> tuple[Location, str] | BlockedBy:
     """The base model's location and served name, or why it cannot be served."""
     try:
-        ref = parse_ref(spec.base_model, "models", account=namespace)
+        ref = parse_ref(spec.base_model, Plural.MODELS, account=namespace)
     except InvalidReference as exc:
         return BlockedBy("InvalidBaseModel", str(exc), waiting=False)
-    model = api.get_graft("models", ref.account, ref.id)
+    model = api.get_graft(Plural.MODELS, ref.account, ref.id)
     if model is None:
         return BlockedBy(
             "BaseModelNotFound", f"base model {ref.full_name} does not exist (yet)", waiting=True
@@ -111,6 +107,8 @@ def desired_pod_spec(
     spec: DeploymentSpec,
     location: Location,
     served_name: str,
+    image: str,
+    *,
     addons: tuple[Addon, ...] = (),
     addons_claim: str | None = None,
 ) -> dict[str, Any]:
@@ -125,12 +123,12 @@ def desired_pod_spec(
     server = ServerSpec(
         model_path=location.path,
         served_name=served_name,
+        image=image,
         enable_addons=spec.enable_addons,
         max_addons=spec.max_addons,
         max_addon_rank=spec.max_addon_rank,
         addons=addons,
         extra_args=tuple(spec.engine_args or ()),
-        image=spec.image,
         resources=resource_requirements(res.gpus, res.gpu_resource, res.cpu, res.memory),
         mounts=tuple(location.mounts),
         env=tuple(e.wire() for e in spec.env or ()),
@@ -138,16 +136,13 @@ def desired_pod_spec(
     return pod_spec(spec, server, location.volumes)
 
 
-def reconcile(api: Api, namespace: str, name: str) -> None:
+def reconcile(ctx: Context, namespace: str, name: str) -> None:
+    api = ctx.api
     obj = api.get_graft(PLURAL, namespace, name)
-    if obj is None or obj["metadata"].get("deletionTimestamp"):
+    if obj is None or is_terminating(obj):
         return  # owned pods and Service go with it (garbage collection)
-    meta = obj["metadata"]
-    owner = Owner(
-        name=name, namespace=namespace, uid=meta["uid"], generation=meta.get("generation", 0)
-    )
-    previous_status = obj.get("status") or {}
-    previous = [Condition.model_validate(c) for c in previous_status.get("conditions") or []]
+    owner = Owner.of(obj)
+    previous = conditions_of(obj)
     spec = DeploymentSpec.model_validate(obj.get("spec") or {})
 
     selector = selector_string(name)
@@ -163,13 +158,18 @@ def reconcile(api: Api, namespace: str, name: str) -> None:
         # The addon set is not part of the template hash: adding or removing an addon never
         # restarts a pod. Running pods get addons over HTTP (DeployedModel reconciler); pods
         # created from now on start with the whole current set on their command line.
-        addons = admitted_addons(api, namespace, name, spec, served_name)
-        claim = addons_claim(api, namespace, spec)
-        current_hash = spec_hash(desired_pod_spec(spec, location, served_name, addons_claim=claim))
+        addons = admitted_addons(ctx, namespace, name, spec, served_name)
+        claim = addons_claim(ctx, namespace, spec)
+        image = spec.image or ctx.settings.engine_image(spec.engine)
+        current_hash = spec_hash(
+            desired_pod_spec(spec, location, served_name, image, addons_claim=claim)
+        )
         ensure_service(api, owner)
         plan = pod_plan(spec.replicas, current_hash, pods)
         if not plan.empty:
-            template = desired_pod_spec(spec, location, served_name, addons, claim)
+            template = desired_pod_spec(
+                spec, location, served_name, image, addons=addons, addons_claim=claim
+            )
             pod = model_server_pod(owner, template, current_hash)
             uids = {p["metadata"]["name"]: p["metadata"]["uid"] for p in raw_pods}
             created, blocked = execute_plan(api, owner, plan, pod, uids)
@@ -191,44 +191,36 @@ def reconcile(api: Api, namespace: str, name: str) -> None:
     )
     if spec.enable_addons and blocked is None:
         status.addons = served_addons(api, namespace, name)
-    write_status(api, obj, previous_status, status.wire(), PLURAL)
-    if blocked is not None:
-        old = find(previous, "Ready")
-        if old is None or old.reason != blocked.reason:
-            api.event(obj, "Warning", blocked.reason, blocked.message)
+    # Ready=False while replicas come up is routine (the plan's own Events say what it did).
+    publish(api, obj, PLURAL, status, warning=blocked is not None, quiet={"ReplicasNotReady"})
 
 
-def addons_claim(api: Api, namespace: str, spec: DeploymentSpec) -> str | None:
+def addons_claim(ctx: Context, namespace: str, spec: DeploymentSpec) -> str | None:
     """The artifacts claim, when addons are enabled and the account has it: trained addons
     live there, and a running replica cannot mount a volume later."""
-    claim = artifacts_claim()
+    claim = ctx.settings.artifacts_claim()
     if not spec.enable_addons or claim is None:
         return None
-    return claim if api.get_pvc(namespace, claim) is not None else None
+    return claim if ctx.api.get_pvc(namespace, claim) is not None else None
 
 
 def admitted_addons(
-    api: Api, namespace: str, name: str, spec: DeploymentSpec, served_name: str
+    ctx: Context, namespace: str, name: str, spec: DeploymentSpec, served_name: str
 ) -> tuple[Addon, ...]:
     if not spec.enable_addons:
         return ()
     facts = deployment_facts(namespace, name, spec)
-    dms = deployed_models_of(api, namespace, name)
-    verdicts, models = addon_verdicts(api, namespace, facts, dms)
+    dms = deployed_models_of(ctx.api, namespace, name)
+    verdicts, models = addon_verdicts(ctx, namespace, facts, dms)
     # Only addons some replica has really loaded go on the command line: a broken adapter
     # must not keep new replicas from starting.
-    loaded = {dm["metadata"]["name"] for dm in dms if _ready(dm)}
+    loaded = {dm["metadata"]["name"] for dm in dms if is_ready(dm)}
     out = []
     for dm, verdict in verdicts.items():
         model = models.get(dm)
         if verdict.admitted and dm in loaded and model is not None and model.path is not None:
             out.append(Addon(name=model.full_name, path=model.path, base_model_name=served_name))
     return tuple(sorted(set(out), key=lambda a: a.name))
-
-
-def _ready(obj: Obj) -> bool:
-    conditions = (obj.get("status") or {}).get("conditions") or []
-    return any(c.get("type") == "Ready" and c.get("status") == "True" for c in conditions)
 
 
 def served_addons(api: Api, namespace: str, name: str) -> list[str] | None:

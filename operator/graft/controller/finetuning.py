@@ -11,14 +11,17 @@ from __future__ import annotations
 import logging
 from urllib.parse import urlparse
 
-from graft.api.common import Condition
+from graft.api.kinds import Plural
 from graft.api.training import DatasetSpec, FineTuningJobSpec
-from graft.controller.dataset import config, owned_by, source_problem
-from graft.controller.kube import Api, Obj
-from graft.controller.status import write_status
-from graft.core.conditions import find, now_rfc3339
+from graft.controller.context import Context
+from graft.controller.dataset import source_problem
+from graft.controller.kube import Api
+from graft.controller.status import publish
+from graft.core.conditions import conditions_of, finished, now_rfc3339
 from graft.core.names import InvalidReference, Ref, full_name, parse_ref
-from graft.plan.deployment import Owner, resource_requirements
+from graft.core.objects import Obj, Owner, is_terminating, owned_by
+from graft.core.settings import Settings
+from graft.plan.deployment import resource_requirements
 from graft.plan.finetuning import (
     ReadyDataset,
     TrainingOutcome,
@@ -33,9 +36,7 @@ from graft.plan.finetuning import (
 )
 from graft.plan.jobs import (
     TRAINER_CONTAINER,
-    JobsConfig,
     Progress,
-    finished,
     job_name,
     observe_job,
     output_uri,
@@ -44,19 +45,19 @@ from graft.plan.jobs import (
 
 log = logging.getLogger(__name__)
 
-PLURAL = "finetuningjobs"
+PLURAL = Plural.FINE_TUNING_JOBS
 
 
-def reconcile(api: Api, namespace: str, name: str) -> None:
+def reconcile(ctx: Context, namespace: str, name: str) -> None:
+    api = ctx.api
     obj = api.get_graft(PLURAL, namespace, name)
-    if obj is None or obj["metadata"].get("deletionTimestamp"):
+    if obj is None or is_terminating(obj):
         return  # its trainer Job goes with it; the published Model stays
-    previous_status = obj.get("status") or {}
-    previous = [Condition.model_validate(c) for c in previous_status.get("conditions") or []]
+    previous = conditions_of(obj)
     if finished(previous):
         return
     spec = FineTuningJobSpec.model_validate(obj.get("spec") or {})
-    outcome = evaluate(api, obj, spec, config())
+    outcome = evaluate(api, obj, spec, ctx.settings)
     status = finetuning_status(
         generation=obj["metadata"].get("generation", 0),
         full_name=full_name(namespace, PLURAL, name),
@@ -64,20 +65,21 @@ def reconcile(api: Api, namespace: str, name: str) -> None:
         previous=previous,
         now=now_rfc3339(),
     )
-    write_status(api, obj, previous_status, status.wire(), PLURAL)
-    record_event(api, obj, previous, outcome.progress)
+    publish(api, obj, PLURAL, status, warning=outcome.progress.kind == "failed")
 
 
 def references(spec: FineTuningJobSpec, namespace: str) -> dict[str, Ref] | Progress:
     try:
         refs = {
-            "base": parse_ref(spec.base_model, "models", account=namespace),
-            "dataset": parse_ref(spec.dataset, "datasets", account=namespace),
+            "base": parse_ref(spec.base_model, Plural.MODELS, account=namespace),
+            "dataset": parse_ref(spec.dataset, Plural.DATASETS, account=namespace),
         }
         if spec.evaluation_dataset:
-            refs["evaluation"] = parse_ref(spec.evaluation_dataset, "datasets", account=namespace)
+            refs["evaluation"] = parse_ref(
+                spec.evaluation_dataset, Plural.DATASETS, account=namespace
+            )
         if spec.deployment:
-            refs["deployment"] = parse_ref(spec.deployment, "deployments", account=namespace)
+            refs["deployment"] = parse_ref(spec.deployment, Plural.DEPLOYMENTS, account=namespace)
     except InvalidReference as exc:
         return Progress.failed("InvalidReference", str(exc))
     for role in ("dataset", "evaluation"):
@@ -91,15 +93,15 @@ def references(spec: FineTuningJobSpec, namespace: str) -> dict[str, Ref] | Prog
     return refs
 
 
-def evaluate(api: Api, obj: Obj, spec: FineTuningJobSpec, cfg: JobsConfig) -> TrainingOutcome:
+def evaluate(api: Api, obj: Obj, spec: FineTuningJobSpec, settings: Settings) -> TrainingOutcome:
     meta = obj["metadata"]
     namespace, name, uid = meta["namespace"], meta["name"], meta["uid"]
     refs = references(spec, namespace)
     if isinstance(refs, Progress):
         return TrainingOutcome(refs)
     jname = job_name(name, "train")
-    out_uri = output_uri(cfg, namespace, spec.output_model)
-    out_full = full_name(namespace, "models", spec.output_model)
+    out_uri = output_uri(settings, namespace, spec.output_model)
+    out_full = full_name(namespace, Plural.MODELS, spec.output_model)
     job = api.get_job(namespace, jname)
     if job is not None and not owned_by(job, uid):
         return TrainingOutcome(
@@ -111,26 +113,20 @@ def evaluate(api: Api, obj: Obj, spec: FineTuningJobSpec, cfg: JobsConfig) -> Tr
             job_name=jname,
         )
     if job is None:
-        ready = inputs_ready(api, obj, spec, refs, cfg)
+        ready = inputs_ready(api, obj, spec, refs, settings)
         if isinstance(ready, Progress):
             return TrainingOutcome(ready, output_uri=out_uri)
         dataset, base_uri = ready
         res = spec.resources
         manifest = trainer_job(
-            owner=Owner(
-                name=name,
-                namespace=namespace,
-                uid=uid,
-                generation=meta.get("generation", 0),
-                kind="FineTuningJob",
-            ),
+            owner=Owner.of(obj),
             base_model_uri=base_uri,
             dataset=dataset.input,
             dataset_sha256=dataset.sha256,
             output=out_uri,
             hyperparameters=spec.hyperparameters,
             resources=resource_requirements(res.gpus, res.gpu_resource, res.cpu, res.memory),
-            config=cfg,
+            settings=settings,
         )
         job = api.create_job(manifest) or api.get_job(namespace, jname)
         if job is None:
@@ -155,9 +151,13 @@ def evaluate(api: Api, obj: Obj, spec: FineTuningJobSpec, cfg: JobsConfig) -> Tr
         job_uid=uid,
         dataset=refs["dataset"].full_name,
     )
-    if api.create_graft("models", model) is None:
+    if api.create_graft(Plural.MODELS, model) is None:
         taken = output_taken(
-            api.get_graft("models", namespace, spec.output_model), "Model", out_full, name, uid
+            api.get_graft(Plural.MODELS, namespace, spec.output_model),
+            "Model",
+            out_full,
+            name,
+            uid,
         )
         if taken is not None:
             return TrainingOutcome(
@@ -177,7 +177,7 @@ def evaluate(api: Api, obj: Obj, spec: FineTuningJobSpec, cfg: JobsConfig) -> Tr
         message += f" (final loss {result.final_loss:.4g})"
     dm_full: str | None = None
     if spec.deployment:
-        dm_full = full_name(namespace, "deployedmodels", spec.output_model)
+        dm_full = full_name(namespace, Plural.DEPLOYED_MODELS, spec.output_model)
         dm = deployed_model(
             name=spec.output_model,
             namespace=namespace,
@@ -185,8 +185,8 @@ def evaluate(api: Api, obj: Obj, spec: FineTuningJobSpec, cfg: JobsConfig) -> Tr
             job=name,
             job_uid=uid,
         )
-        if api.create_graft("deployedmodels", dm) is None:
-            existing = api.get_graft("deployedmodels", namespace, spec.output_model)
+        if api.create_graft(Plural.DEPLOYED_MODELS, dm) is None:
+            existing = api.get_graft(Plural.DEPLOYED_MODELS, namespace, spec.output_model)
             if existing is not None and not made_by(existing, name, uid):
                 # Training worked and the Model is published; only the loading was not done.
                 message += (
@@ -209,40 +209,40 @@ def evaluate(api: Api, obj: Obj, spec: FineTuningJobSpec, cfg: JobsConfig) -> Tr
 
 
 def inputs_ready(
-    api: Api, obj: Obj, spec: FineTuningJobSpec, refs: dict[str, Ref], cfg: JobsConfig
+    api: Api, obj: Obj, spec: FineTuningJobSpec, refs: dict[str, Ref], settings: Settings
 ) -> Progress | tuple[ReadyDataset, str]:
     """Everything the trainer Job needs exists and is Ready; or why it must wait or fail."""
     meta = obj["metadata"]
     namespace, name, uid = meta["namespace"], meta["name"], meta["uid"]
-    out_full = full_name(namespace, "models", spec.output_model)
+    out_full = full_name(namespace, Plural.MODELS, spec.output_model)
     taken = output_taken(
-        api.get_graft("models", namespace, spec.output_model), "Model", out_full, name, uid
+        api.get_graft(Plural.MODELS, namespace, spec.output_model), "Model", out_full, name, uid
     )
     if taken is not None:
         return taken
     if spec.deployment:
         taken = output_taken(
-            api.get_graft("deployedmodels", namespace, spec.output_model),
+            api.get_graft(Plural.DEPLOYED_MODELS, namespace, spec.output_model),
             "DeployedModel",
-            full_name(namespace, "deployedmodels", spec.output_model),
+            full_name(namespace, Plural.DEPLOYED_MODELS, spec.output_model),
             name,
             uid,
         )
         if taken is not None:
             return taken
-    dataset_obj = api.get_graft("datasets", namespace, refs["dataset"].id)
+    dataset_obj = api.get_graft(Plural.DATASETS, namespace, refs["dataset"].id)
     dataset = dataset_gate(dataset_obj, refs["dataset"])
     if isinstance(dataset, Progress):
         return dataset
     if "evaluation" in refs:
         ref = refs["evaluation"]
         evaluation = dataset_gate(
-            api.get_graft("datasets", namespace, ref.id), ref, "evaluation dataset"
+            api.get_graft(Plural.DATASETS, namespace, ref.id), ref, "evaluation dataset"
         )
         if isinstance(evaluation, Progress):
             return evaluation
     base = refs["base"]
-    base_uri = base_model_gate(api.get_graft("models", base.account, base.id), base, namespace)
+    base_uri = base_model_gate(api.get_graft(Plural.MODELS, base.account, base.id), base, namespace)
     if isinstance(base_uri, Progress):
         return base_uri
     # The data must still be where it was validated (the trainer checks its sha256 too).
@@ -250,7 +250,7 @@ def inputs_ready(
     problem = source_problem(api, namespace, DatasetSpec.model_validate(dataset_obj["spec"]))
     if problem is not None:
         return problem
-    out_uri = output_uri(cfg, namespace, spec.output_model)
+    out_uri = output_uri(settings, namespace, spec.output_model)
     claims = {urlparse(u).netloc for u in (base_uri, out_uri) if urlparse(u).scheme == "pvc"}
     for claim in sorted(claims):
         if api.get_pvc(namespace, claim) is None:
@@ -259,16 +259,8 @@ def inputs_ready(
                 f"PersistentVolumeClaim {claim} does not exist (yet) in namespace {namespace}"
                 + (
                     "; the operator writes trained adapters there (GRAFT_ARTIFACTS_URI)"
-                    if claim == cfg.artifacts_claim()
+                    if claim == settings.artifacts_claim()
                     else ""
                 ),
             )
     return dataset, base_uri
-
-
-def record_event(api: Api, obj: Obj, previous: list[Condition], progress: Progress) -> None:
-    old = find(previous, "Ready")
-    if old is not None and old.reason == progress.reason:
-        return
-    kind = "Warning" if progress.kind == "failed" else "Normal"
-    api.event(obj, kind, progress.reason, progress.message)

@@ -12,10 +12,9 @@ from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
 
 from graft.core import keys
+from graft.core.objects import Obj
 
 log = logging.getLogger(__name__)
-
-Obj = dict[str, Any]
 
 
 def load_config() -> None:

@@ -2,30 +2,23 @@
 
 from __future__ import annotations
 
-import functools
-import os
-
 from pydantic import ValidationError
 
+from graft.api.kinds import Plural
 from graft.api.models import ModelSpec
 from graft.api.serving import DeploymentSpec
-from graft.controller.kube import Api, Obj
+from graft.controller.context import Context
+from graft.controller.kube import Api
 from graft.core.names import InvalidReference, Ref, full_name, parse_ref
+from graft.core.objects import Obj, is_ready, is_terminating
 from graft.plan.deployedmodel import Candidate, DeploymentFacts, ModelFacts, Verdict, judge
 from graft.plan.deployment import selector_string
 from graft.plan.engines import PORT
-from graft.plan.jobs import JobsConfig
 from graft.plan.storage import addon_path
 
 
-@functools.cache
-def artifacts_claim() -> str | None:
-    """The claim FineTuningJobs write addons to (GRAFT_ARTIFACTS_URI), if it is one."""
-    return JobsConfig.from_env(os.environ).artifacts_claim()
-
-
-def model_facts(api: Api, ref: Ref) -> ModelFacts | None:
-    obj = api.get_graft("models", ref.account, ref.id)
+def model_facts(ctx: Context, ref: Ref) -> ModelFacts | None:
+    obj = ctx.api.get_graft(Plural.MODELS, ref.account, ref.id)
     if obj is None:
         return None
     try:
@@ -35,10 +28,10 @@ def model_facts(api: Api, ref: Ref) -> ModelFacts | None:
     base: str | None = None
     if spec.base_model:
         try:
-            base = parse_ref(spec.base_model, "models", account=ref.account).full_name
+            base = parse_ref(spec.base_model, Plural.MODELS, account=ref.account).full_name
         except InvalidReference:
             base = None
-    path = addon_path(spec.source.uri, artifacts_claim())
+    path = addon_path(spec.source.uri, ctx.settings.artifacts_claim())
     rank = (obj.get("status") or {}).get("loraRank")
     return ModelFacts(
         full_name=ref.full_name,
@@ -51,11 +44,11 @@ def model_facts(api: Api, ref: Ref) -> ModelFacts | None:
 
 def deployment_facts(namespace: str, name: str, spec: DeploymentSpec) -> DeploymentFacts:
     try:
-        base = parse_ref(spec.base_model, "models", account=namespace).full_name
+        base = parse_ref(spec.base_model, Plural.MODELS, account=namespace).full_name
     except InvalidReference:
         base = spec.base_model
     return DeploymentFacts(
-        full_name=full_name(namespace, "deployments", name),
+        full_name=full_name(namespace, Plural.DEPLOYMENTS, name),
         base_full_name=base,
         enable_addons=spec.enable_addons,
         max_addons=spec.max_addons,
@@ -66,12 +59,12 @@ def deployment_facts(namespace: str, name: str, spec: DeploymentSpec) -> Deploym
 def deployed_models_of(api: Api, namespace: str, deployment: str) -> list[Obj]:
     """The DeployedModels in the account that point at this Deployment (not being deleted)."""
     out = []
-    for dm in api.list_graft("deployedmodels", namespace):
-        if dm["metadata"].get("deletionTimestamp"):
+    for dm in api.list_graft(Plural.DEPLOYED_MODELS, namespace):
+        if is_terminating(dm):
             continue
         try:
             ref = parse_ref(
-                (dm.get("spec") or {}).get("deployment", ""), "deployments", account=namespace
+                (dm.get("spec") or {}).get("deployment", ""), Plural.DEPLOYMENTS, account=namespace
             )
         except InvalidReference:
             continue
@@ -81,15 +74,15 @@ def deployed_models_of(api: Api, namespace: str, deployment: str) -> list[Obj]:
 
 
 def addon_verdicts(
-    api: Api, namespace: str, deployment: DeploymentFacts, dms: list[Obj]
+    ctx: Context, namespace: str, deployment: DeploymentFacts, dms: list[Obj]
 ) -> tuple[dict[str, Verdict], dict[str, ModelFacts]]:
     """Judge every DeployedModel of a Deployment; also return the Models they name."""
     candidates, models = [], {}
     for dm in dms:
         ref_text = (dm.get("spec") or {}).get("model", "")
         try:
-            ref = parse_ref(ref_text, "models", account=namespace)
-            facts = model_facts(api, ref) if ref.account == namespace else None
+            ref = parse_ref(ref_text, Plural.MODELS, account=namespace)
+            facts = model_facts(ctx, ref) if ref.account == namespace else None
         except InvalidReference:
             facts = None
         name = dm["metadata"]["name"]
@@ -110,13 +103,7 @@ def ready_pod_urls(api: Api, namespace: str, deployment: str) -> list[tuple[str,
     """(pod name, base URL) of the Deployment's Ready pods that have an IP."""
     out = []
     for pod in api.list_pods(namespace, selector_string(deployment)):
-        meta, status = pod["metadata"], pod.get("status") or {}
-        if meta.get("deletionTimestamp") or not status.get("podIP"):
-            continue
-        ready = any(
-            c.get("type") == "Ready" and c.get("status") == "True"
-            for c in status.get("conditions") or []
-        )
-        if ready:
-            out.append((meta["name"], f"http://{status['podIP']}:{PORT}"))
+        ip = (pod.get("status") or {}).get("podIP")
+        if ip and is_ready(pod) and not is_terminating(pod):
+            out.append((pod["metadata"]["name"], f"http://{ip}:{PORT}"))
     return sorted(out)

@@ -4,7 +4,6 @@ model is used. Deletion of a used Model waits (see `deletion_blockers`)."""
 
 from __future__ import annotations
 
-import json
 import logging
 import urllib.request
 from typing import Any
@@ -12,23 +11,29 @@ from urllib.parse import urlparse
 
 from pydantic import ValidationError
 
-from graft.api.common import Condition
+from graft.api.kinds import Plural
 from graft.api.models import ModelKind, ModelSpec, ModelStatus
-from graft.controller.kube import Api, Obj
-from graft.controller.status import write_status
-from graft.core.conditions import now_rfc3339, set_condition
+from graft.controller.context import Context
+from graft.controller.kube import Api
+from graft.controller.status import publish
+from graft.core.conditions import conditions_of, now_rfc3339
 from graft.core.names import InvalidReference, full_name, parse_ref
+from graft.core.objects import Obj, is_terminating
+from graft.plan.model import (
+    ADAPTER_CONFIG,
+    ModelProblem,
+    check_base,
+    check_source,
+    in_use,
+    in_use_message,
+    model_status,
+    parse_adapter_config,
+    record_adapter,
+)
 
 log = logging.getLogger(__name__)
 
-PLURAL = "models"
-SUPPORTED_SCHEMES = ("hf", "s3", "pvc", "http", "https", "file")
-
-
-class ModelProblem(Exception):
-    def __init__(self, reason: str, message: str, waiting: bool = False) -> None:
-        super().__init__(message)
-        self.reason, self.message, self.waiting = reason, message, waiting
+PLURAL = Plural.MODELS
 
 
 def read_adapter_config(uri: str) -> dict[str, Any] | None:
@@ -37,67 +42,30 @@ def read_adapter_config(uri: str) -> dict[str, Any] | None:
     text: str | None = None
     try:
         if parsed.scheme == "file":
-            with open(f"{parsed.path.rstrip('/')}/adapter_config.json", encoding="utf-8") as f:
+            with open(f"{parsed.path.rstrip('/')}/{ADAPTER_CONFIG}", encoding="utf-8") as f:
                 text = f.read()
         elif parsed.scheme in ("http", "https"):
-            with urllib.request.urlopen(f"{uri.rstrip('/')}/adapter_config.json", timeout=5) as r:
+            with urllib.request.urlopen(f"{uri.rstrip('/')}/{ADAPTER_CONFIG}", timeout=5) as r:
                 text = r.read(1 << 20).decode()
     except OSError:
         return None
     if text is None:
         return None
-    try:
-        config = json.loads(text)
-    except ValueError as exc:
-        raise ModelProblem(
-            "InvalidAdapter", f"{uri}/adapter_config.json is not JSON: {exc}"
-        ) from exc
-    if not isinstance(config, dict):
-        raise ModelProblem("InvalidAdapter", f"{uri}/adapter_config.json is not a JSON object")
-    return config
+    return parse_adapter_config(uri, text)
 
 
 def validate(api: Api, namespace: str, spec: ModelSpec, status: ModelStatus) -> None:
-    scheme = urlparse(spec.source.uri).scheme
-    if scheme not in SUPPORTED_SCHEMES:
-        raise ModelProblem(
-            "UnsupportedSource",
-            f"{scheme}:// is not a supported source ({', '.join(SUPPORTED_SCHEMES)})",
-        )
+    check_source(spec)
     if spec.kind != ModelKind.PEFT_ADDON:
         return
     try:
-        ref = parse_ref(spec.base_model or "", "models", account=namespace)
+        ref = parse_ref(spec.base_model or "", Plural.MODELS, account=namespace)
     except InvalidReference as exc:
         raise ModelProblem("InvalidBaseModel", str(exc)) from exc
-    base = api.get_graft("models", ref.account, ref.id)
-    if base is None:
-        raise ModelProblem(
-            "BaseModelNotFound", f"base model {ref.full_name} does not exist (yet)", waiting=True
-        )
-    base_spec = ModelSpec.model_validate(base.get("spec") or {})
-    if base_spec.kind != ModelKind.BASE:
-        raise ModelProblem(
-            "BaseModelNotBase", f"{ref.full_name} is a {base_spec.kind} model, not a Base model"
-        )
-    if ref.account != namespace and not base_spec.public:
-        raise ModelProblem(
-            "BaseModelNotShared",
-            f"{ref.full_name} belongs to account {ref.account} and is not public",
-        )
+    check_base(ref, api.get_graft(Plural.MODELS, ref.account, ref.id), namespace)
     config = read_adapter_config(spec.source.uri)
     if config is not None:
-        rank = config.get("r")
-        modules = config.get("target_modules")
-        if not isinstance(rank, int) or rank < 1:
-            raise ModelProblem(
-                "InvalidAdapter", f"adapter_config.json has no valid LoRA rank r (got {rank!r})"
-            )
-        status.lora_rank = rank
-        if isinstance(modules, list):
-            status.target_modules = sorted(str(m) for m in modules)
-        elif isinstance(modules, str):
-            status.target_modules = [modules]
+        record_adapter(config, status)
 
 
 def used_by(api: Api, namespace: str, name: str, kind: str) -> tuple[list[str], list[str]]:
@@ -105,20 +73,24 @@ def used_by(api: Api, namespace: str, name: str, kind: str) -> tuple[list[str], 
     me = (namespace, name)
     deployments, deployed = [], []
     if kind == ModelKind.BASE:
-        for d in api.list_graft("deployments", namespace):
+        for d in api.list_graft(Plural.DEPLOYMENTS, namespace):
             if _refers(d, "baseModel", namespace) == me:
-                deployments.append(full_name(namespace, "deployments", d["metadata"]["name"]))
+                deployments.append(full_name(namespace, Plural.DEPLOYMENTS, d["metadata"]["name"]))
     else:
-        for dm in api.list_graft("deployedmodels", namespace):
+        for dm in api.list_graft(Plural.DEPLOYED_MODELS, namespace):
             if _refers(dm, "model", namespace) == me:
-                deployed.append(full_name(namespace, "deployedmodels", dm["metadata"]["name"]))
-                dep = _refers(dm, "deployment", namespace, "deployments")
+                deployed.append(
+                    full_name(namespace, Plural.DEPLOYED_MODELS, dm["metadata"]["name"])
+                )
+                dep = _refers(dm, "deployment", namespace, Plural.DEPLOYMENTS)
                 if dep is not None:
-                    deployments.append(full_name(dep[0], "deployments", dep[1]))
+                    deployments.append(full_name(dep[0], Plural.DEPLOYMENTS, dep[1]))
     return sorted(set(deployments)), sorted(deployed)
 
 
-def _refers(obj: Obj, field: str, namespace: str, plural: str = "models") -> tuple[str, str] | None:
+def _refers(
+    obj: Obj, field: str, namespace: str, plural: str = Plural.MODELS
+) -> tuple[str, str] | None:
     try:
         ref = parse_ref((obj.get("spec") or {}).get(field, ""), plural, account=namespace)
     except InvalidReference:
@@ -126,14 +98,12 @@ def _refers(obj: Obj, field: str, namespace: str, plural: str = "models") -> tup
     return ref.account, ref.id
 
 
-def reconcile(api: Api, namespace: str, name: str) -> None:
+def reconcile(ctx: Context, namespace: str, name: str) -> None:
+    api = ctx.api
     obj = api.get_graft(PLURAL, namespace, name)
     if obj is None:
         return
-    meta = obj["metadata"]
-    generation = meta.get("generation", 0)
-    previous_status = obj.get("status") or {}
-    previous = [Condition.model_validate(c) for c in previous_status.get("conditions") or []]
+    generation = obj["metadata"].get("generation", 0)
     status = ModelStatus(observed_generation=generation, name=full_name(namespace, PLURAL, name))
     try:
         spec = ModelSpec.model_validate(obj.get("spec") or {})
@@ -144,31 +114,18 @@ def reconcile(api: Api, namespace: str, name: str) -> None:
         problem = exc
     else:
         problem = None
-    now = now_rfc3339()
-    if meta.get("deletionTimestamp"):
+    if is_terminating(obj):
         return  # the deletion handler owns the status now
-    if problem is None:
-        deployments, _ = used_by(api, namespace, name, str(spec.kind))
-        status.deployments = deployments or None
-        status.conditions = set_condition(
-            previous, "Ready", True, "Validated", "", generation=generation, now=now
-        )
-        status.state = "Ready"
-    else:
-        status.conditions = set_condition(
-            previous,
-            "Ready",
-            False,
-            problem.reason,
-            problem.message,
-            generation=generation,
-            now=now,
-        )
-        status.state = "Waiting" if problem.waiting else "Failed"
-        old = next((c for c in previous if c.type == "Ready"), None)
-        if old is None or old.reason != problem.reason:
-            api.event(obj, "Warning", problem.reason, problem.message)
-    write_status(api, obj, previous_status, status.wire(), PLURAL)
+    deployments = used_by(api, namespace, name, str(spec.kind))[0] if problem is None else []
+    status = model_status(
+        status,
+        generation=generation,
+        problem=problem,
+        deployments=deployments,
+        previous=conditions_of(obj),
+        now=now_rfc3339(),
+    )
+    publish(api, obj, PLURAL, status, warning=problem is not None)
 
 
 def deletion_blockers(api: Api, namespace: str, name: str) -> str | None:
@@ -181,20 +138,8 @@ def deletion_blockers(api: Api, namespace: str, name: str) -> str | None:
     users = deployed if kind == ModelKind.PEFT_ADDON else deployments
     if not users:
         return None
-    message = f"deletion waits: still used by {', '.join(users)}"
-    previous_status = obj.get("status") or {}
-    previous = [Condition.model_validate(c) for c in previous_status.get("conditions") or []]
-    conditions = set_condition(
-        previous,
-        "Ready",
-        False,
-        "InUse",
-        message,
-        generation=obj["metadata"].get("generation"),
-        now=now_rfc3339(),
-    )
-    new = {**previous_status, "conditions": [c.wire() for c in conditions], "state": "Terminating"}
-    if new != previous_status:
-        api.event(obj, "Warning", "InUse", message)
-    write_status(api, obj, previous_status, new, PLURAL)
+    message = in_use_message(users)
+    generation = obj["metadata"].get("generation")
+    status = in_use(obj.get("status") or {}, message, generation, now_rfc3339())
+    publish(api, obj, PLURAL, status, warning=True)
     return message

@@ -10,50 +10,44 @@ from __future__ import annotations
 
 import logging
 
-from graft.api.common import Condition
+from graft.api.kinds import Plural
 from graft.api.tenancy import UserSpec
-from graft.controller.kube import Api, Obj
-from graft.core.conditions import find, now_rfc3339
-from graft.core.names import full_name
-from graft.plan.account import (
+from graft.controller.context import Context
+from graft.controller.kube import Api
+from graft.controller.status import publish
+from graft.core.conditions import conditions_of, now_rfc3339
+from graft.core.names import cluster_role_name, full_name
+from graft.core.objects import Obj, Owner, is_terminating, owned_by
+from graft.plan.user import (
     BindingAction,
-    Owner,
     UserProblem,
     account_problem,
     binding_action,
     binding_name,
-    cluster_role_name,
     conflict_problem,
     missing_role_problem,
-    owned_by,
     role_binding,
     user_status,
 )
 
 log = logging.getLogger(__name__)
 
-PLURAL = "users"
+PLURAL = Plural.USERS
 
 
-def reconcile(api: Api, namespace: str, name: str) -> None:
+def reconcile(ctx: Context, namespace: str, name: str) -> None:
+    api = ctx.api
     obj = api.get_graft(PLURAL, namespace, name)
-    if obj is None or obj["metadata"].get("deletionTimestamp"):
+    if obj is None or is_terminating(obj):
         return  # revoke() runs on deletion
-    meta = obj["metadata"]
-    owner = Owner(
-        kind="User",
-        name=name,
-        uid=meta["uid"],
-        generation=meta.get("generation", 0),
-        namespace=namespace,
-    )
+    owner = Owner.of(obj)
     spec = UserSpec.model_validate(obj.get("spec") or {})
     desired = role_binding(owner, spec.email, spec.role)
     existing = api.get_role_binding(namespace, binding_name(name))
     action = binding_action(existing, desired)
 
     problem = account_problem(
-        namespace, api.get_graft_cluster("accounts", namespace), api.get_namespace(namespace)
+        namespace, api.get_graft_cluster(Plural.ACCOUNTS, namespace), api.get_namespace(namespace)
     )
     if problem is not None:
         # No account, no access: drop a binding this User had (never someone else's).
@@ -68,7 +62,7 @@ def reconcile(api: Api, namespace: str, name: str) -> None:
     elif action != BindingAction.NONE:
         bind(api, obj, existing, desired, action)
 
-    publish(api, obj, owner, spec, problem)
+    report(api, obj, owner, spec, problem)
 
 
 def bind(api: Api, obj: Obj, existing: Obj | None, desired: Obj, action: BindingAction) -> None:
@@ -91,27 +85,17 @@ def bind(api: Api, obj: Obj, existing: Obj | None, desired: Obj, action: Binding
     )
 
 
-def publish(api: Api, obj: Obj, owner: Owner, spec: UserSpec, problem: UserProblem | None) -> None:
-    previous_status = obj.get("status") or {}
-    previous = [Condition.model_validate(c) for c in previous_status.get("conditions") or []]
+def report(api: Api, obj: Obj, owner: Owner, spec: UserSpec, problem: UserProblem | None) -> None:
     status = user_status(
         owner=owner,
         full_name=full_name(owner.namespace, PLURAL, owner.name),
         email=spec.email,
         role=spec.role,
         problem=problem,
-        previous=previous,
+        previous=conditions_of(obj),
         now=now_rfc3339(),
     )
-    new = status.wire()
-    if new != previous_status:
-        patch: Obj = {k: None for k in previous_status if k not in new}
-        patch.update(new)
-        api.patch_graft_status(PLURAL, owner.namespace, owner.name, patch)
-    old, ready = find(previous, "Ready"), find(status.conditions, "Ready")
-    assert ready is not None
-    if problem is not None and (old is None or old.reason != ready.reason):
-        api.event(obj, "Warning", problem.reason, problem.message)
+    publish(api, obj, PLURAL, status, warning=problem is not None)
 
 
 def revoke(api: Api, namespace: str, name: str, uid: str) -> None:

@@ -7,6 +7,7 @@ same state writes the same status and the object's resourceVersion stays put.
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from typing import Any
 
 from graft.api.common import Condition, ConditionStatus
 
@@ -50,3 +51,13 @@ def find(conditions: list[Condition], type_: str) -> Condition | None:
 def is_true(conditions: list[Condition], type_: str) -> bool:
     c = find(conditions, type_)
     return c is not None and c.status == ConditionStatus.TRUE
+
+
+def finished(conditions: list[Condition]) -> bool:
+    """Succeeded or Failed is True: the object has ended and is never worked on again."""
+    return any(c.type in ("Succeeded", "Failed") and c.status == "True" for c in conditions)
+
+
+def conditions_of(obj: dict[str, Any]) -> list[Condition]:
+    """The conditions in an object's status, typed: what a reconcile starts from."""
+    return [Condition.model_validate(c) for c in (obj.get("status") or {}).get("conditions") or []]

@@ -6,6 +6,8 @@ GROUP = "graft.dev"
 VERSION = "v1alpha1"
 API_VERSION = f"{GROUP}/{VERSION}"
 
+RBAC_GROUP = "rbac.authorization.k8s.io"
+
 # kopf bookkeeping (progress, last-handled configuration) lives in annotations with this
 # prefix, never in status, so the strict status schema stays ours.
 ANNOTATION_PREFIX = GROUP
@@ -15,6 +17,7 @@ FIELD_MANAGER = "graft"
 MANAGED_BY = "app.kubernetes.io/managed-by"
 MANAGED_BY_VALUE = "graft"
 NAME = "app.kubernetes.io/name"
+NAME_VALUE = "graft"
 COMPONENT = "app.kubernetes.io/component"
 INSTANCE = "app.kubernetes.io/instance"
 
@@ -67,3 +70,17 @@ not a valid label value (see graft.plan.dataset.filename_label)."""
 DATASET_VALIDATOR = "dataset-validator"
 TRAINER = "trainer"
 """app.kubernetes.io/component values of the Jobs Graft runs."""
+
+FINETUNING_OUTPUT = "finetuning-output"
+"""app.kubernetes.io/component of the Model and DeployedModel a FineTuningJob publishes."""
+
+# --- Owners -----------------------------------------------------------------------------------
+
+OWNER_LABELS = {
+    "Account": ACCOUNT,
+    "User": USER,
+    "Deployment": DEPLOYMENT,
+    "Dataset": DATASET,
+    "FineTuningJob": FINETUNING_JOB,
+}
+"""The label that names the owner, by the kind of Graft object that owns (or made) a child."""

@@ -11,6 +11,7 @@ import re
 from dataclasses import dataclass
 
 from graft.api.common import ID_RE, ID_RULE
+from graft.api.tenancy import Role
 
 _FULL = re.compile(r"^accounts/(?P<account>[^/]+)/(?P<plural>[^/]+)/(?P<id>[^/]+)$")
 _DNS1035 = re.compile(r"^[a-z]([-a-z0-9]{0,61}[a-z0-9])?$")
@@ -26,6 +27,16 @@ def is_id(value: str) -> bool:
 
 def full_name(account: str, plural: str, id_: str) -> str:
     return f"accounts/{account}/{plural}/{id_}"
+
+
+def account_full_name(account: str) -> str:
+    """An Account's full name: the root of its resources' names, accounts/<account>/..."""
+    return f"accounts/{account}"
+
+
+def cluster_role_name(role: Role | str) -> str:
+    """The ClusterRole Graft ships for a User's role (graft.gen.rbac defines them)."""
+    return f"graft-{Role(role).value}"
 
 
 @dataclass(frozen=True)

@@ -49,6 +49,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import NoReturn, Protocol
 
+from graft.core.settings import PVC_ROOT_ENV
 from graft.dataplane import termination
 
 EXIT_OK = 0
@@ -56,7 +57,6 @@ EXIT_PERMANENT = 1
 EXIT_USAGE = 2
 EXIT_TRANSIENT = 3
 
-PVC_ROOT_ENV = "GRAFT_PVC_ROOT"
 DEFAULT_PVC_ROOT = "/mnt/pvc"
 TIMEOUT_SECONDS = 60.0
 CHUNK = 1 << 20

@@ -33,6 +33,8 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any, cast
 
+from graft.core.settings import CACHE_DIR_ENV
+
 # ChatML, as SmolLM2 and Qwen use it, without a default system prompt.
 TINY_CHAT_TEMPLATE = (
     "{% for message in messages %}"
@@ -54,8 +56,8 @@ class ModelUnavailableError(RuntimeError):
 
 def cache_dir() -> Path:
     """Graft's cache: `$GRAFT_CACHE_DIR`, else `${XDG_CACHE_HOME:-~/.cache}/graft`."""
-    if os.environ.get("GRAFT_CACHE_DIR"):
-        return Path(os.environ["GRAFT_CACHE_DIR"])
+    if os.environ.get(CACHE_DIR_ENV):
+        return Path(os.environ[CACHE_DIR_ENV])
     xdg = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
     return Path(xdg) / "graft"
 

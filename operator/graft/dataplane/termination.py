@@ -9,7 +9,7 @@ compact JSON result on success, the reason on failure.
 The path is, in order: an explicit flag, `$GRAFT_TERMINATION_MESSAGE_PATH`, or the Kubernetes
 default when that file exists (outside a container nothing is written under /dev).
 
-Pure: standard library only.
+Standard library only (and Graft's own wire contracts and settings names).
 """
 
 from __future__ import annotations
@@ -17,10 +17,12 @@ from __future__ import annotations
 import os
 import sys
 
+from graft.api.reports import TERMINATION_MESSAGE_LIMIT
+from graft.core.settings import TERMINATION_MESSAGE_PATH_ENV
+
 DEFAULT_PATH = "/dev/termination-log"
-ENV = "GRAFT_TERMINATION_MESSAGE_PATH"
-LIMIT = 4096
-"""Kubernetes keeps at most this many bytes of a container's termination message."""
+ENV = TERMINATION_MESSAGE_PATH_ENV
+LIMIT = TERMINATION_MESSAGE_LIMIT
 
 
 def message_path(flag: str | None = None) -> str | None:

@@ -7,7 +7,7 @@ declared format. Limits: at least --min-examples examples, at most --max-example
 --max-bytes bytes (reading stops there).
 
 The result goes to stdout and to the container's termination message as one compact JSON object
-(graft.plan.dataset.ValidationResult): sha256, sizeBytes, exampleCount, filename, format and, when
+(graft.api.reports.ValidationResult): sha256, sizeBytes, exampleCount, filename, format and, when
 the data is not usable, up to 20 problems with their line numbers. Exit codes: 0 valid; 1 invalid,
 or the source cannot be read and retrying will not help; 2 invalid command line; 3 reading failed
 and a retry may help (network).
@@ -20,6 +20,7 @@ import sys
 from collections.abc import Iterator, Sequence
 from typing import NoReturn
 
+from graft.api.reports import ValidationResult
 from graft.dataplane import termination
 from graft.dataplane.argtypes import positive_int
 from graft.dataplane.dataformat import DEFAULT_MAX_ERRORS, LineError, parse_lines
@@ -31,7 +32,6 @@ from graft.dataplane.fetch import (
     Readable,
     open_source,
 )
-from graft.plan.dataset import ValidationResult
 
 EXIT_VALID = 0
 EXIT_INVALID = 1

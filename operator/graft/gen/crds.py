@@ -16,6 +16,7 @@ import yaml
 from graft.api.common import ID_PATTERN, ID_RULE
 from graft.api.kinds import ALL_KINDS, Kind
 from graft.core.keys import GROUP, VERSION
+from graft.core.objects import INSTALLED_LABELS
 
 Schema = dict[str, Any]
 
@@ -137,14 +138,14 @@ def crd(kind: Kind) -> Schema:
         "kind": "CustomResourceDefinition",
         "metadata": {
             "name": kind.crd_name,
-            "labels": {"app.kubernetes.io/part-of": "graft"},
+            "labels": dict(INSTALLED_LABELS),
         },
         "spec": {
             "group": GROUP,
             "names": {
                 "kind": kind.kind,
                 "listKind": f"{kind.kind}List",
-                "plural": kind.plural,
+                "plural": str(kind.plural),
                 "singular": kind.singular,
                 "shortNames": list(kind.short_names),
                 "categories": ["graft"],

@@ -11,17 +11,20 @@ from __future__ import annotations
 
 import json
 import re
+import sys
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import yaml
 
-from graft.api.kinds import ALL_KINDS
+from graft.api.kinds import ALL_KINDS, Plural
 from graft.api.tenancy import Role
 from graft.core import keys
+from graft.core.names import cluster_role_name
+from graft.core.objects import INSTALLED_LABELS
 
-RBAC_GROUP = "rbac.authorization.k8s.io"
-RBAC_API_VERSION = f"{RBAC_GROUP}/v1"
+RBAC_API_VERSION = f"{keys.RBAC_GROUP}/v1"
 CORE = ""
 
 OPERATOR_NAMESPACE = "graft-system"
@@ -31,8 +34,8 @@ SERVICE_ACCOUNT = f"system:serviceaccount:{OPERATOR_NAMESPACE}:{OPERATOR_NAME}"
 READ = ("get", "list", "watch")
 WRITE = ("create", "update", "patch", "delete", "deletecollection")
 
-GRAFT_KINDS = tuple(k.plural for k in ALL_KINDS)
-ACCOUNT_KINDS = tuple(k.plural for k in ALL_KINDS if k.namespaced)
+GRAFT_KINDS = tuple(str(k.plural) for k in ALL_KINDS)
+ACCOUNT_KINDS = tuple(str(k.plural) for k in ALL_KINDS if k.namespaced)
 """The kinds that live in an account's namespace (all but Account)."""
 OWNER_KINDS = ("accounts", "users", "deployments", "datasets", "finetuningjobs")
 """Graft kinds whose objects own children (namespace, RoleBinding, pods, Jobs, Models)."""
@@ -69,17 +72,12 @@ class ClusterRole:
         return {
             "apiVersion": RBAC_API_VERSION,
             "kind": "ClusterRole",
-            "metadata": {"name": self.name, "labels": {keys.PART_OF: keys.PART_OF_VALUE}},
+            "metadata": {"name": self.name, "labels": dict(INSTALLED_LABELS)},
             "rules": [r.manifest() for r in self.rules],
         }
 
 
-def user_cluster_role(role: Role | str) -> str:
-    """The ClusterRole a User with this role is bound to."""
-    return f"graft-{Role(role).value}"
-
-
-USER_CLUSTER_ROLES = tuple(user_cluster_role(r) for r in Role)
+USER_CLUSTER_ROLES = tuple(cluster_role_name(r) for r in Role)
 
 
 # --- The operator -------------------------------------------------------------------------------
@@ -150,13 +148,13 @@ OPERATOR_RULES: tuple[Rule, ...] = (
     ),
     Rule(
         "User: one RoleBinding per User, replaced (delete + create) when the role changes.",
-        (RBAC_GROUP,),
+        (keys.RBAC_GROUP,),
         ("rolebindings",),
         ("get", "create", "delete"),
     ),
     Rule(
         "User: bind only Graft's user roles (bind, instead of holding all their permissions).",
-        (RBAC_GROUP,),
+        (keys.RBAC_GROUP,),
         ("clusterroles",),
         ("get", "bind"),
         USER_CLUSTER_ROLES,
@@ -211,7 +209,7 @@ _CONFIGMAPS = Rule(
 )
 
 ADMIN_ROLE = ClusterRole(
-    user_cluster_role(Role.ADMIN),
+    cluster_role_name(Role.ADMIN),
     "An account's admin: every Graft kind including Users, plus reading pods, logs and events.",
     (
         Rule(
@@ -240,13 +238,13 @@ ADMIN_ROLE = ClusterRole(
 )
 
 MEMBER_ROLE = ClusterRole(
-    user_cluster_role(Role.MEMBER),
+    cluster_role_name(Role.MEMBER),
     "An account's member: every Graft kind but Users, which it can only read.",
     (
         Rule(
             "Every Graft kind of the account except Users.",
             (keys.GROUP,),
-            tuple(p for p in ACCOUNT_KINDS if p != "users"),
+            tuple(p for p in ACCOUNT_KINDS if p != Plural.USERS),
             (*READ, *WRITE),
         ),
         Rule(
@@ -262,7 +260,7 @@ MEMBER_ROLE = ClusterRole(
 )
 
 VIEWER_ROLE = ClusterRole(
-    user_cluster_role(Role.VIEWER),
+    cluster_role_name(Role.VIEWER),
     "An account's viewer: reads every Graft kind of the account, changes nothing.",
     (
         Rule("Read every Graft kind of the account.", (keys.GROUP,), ACCOUNT_KINDS, READ),
@@ -281,15 +279,15 @@ CLUSTER_ROLES = (OPERATOR_ROLE, ADMIN_ROLE, MEMBER_ROLE, VIEWER_ROLE)
 # --- Manifests ----------------------------------------------------------------------------------
 
 
-def _labels() -> dict[str, str]:
-    return {keys.PART_OF: keys.PART_OF_VALUE}
-
-
 def service_account() -> dict[str, Any]:
     return {
         "apiVersion": "v1",
         "kind": "ServiceAccount",
-        "metadata": {"name": OPERATOR_NAME, "namespace": OPERATOR_NAMESPACE, "labels": _labels()},
+        "metadata": {
+            "name": OPERATOR_NAME,
+            "namespace": OPERATOR_NAMESPACE,
+            "labels": dict(INSTALLED_LABELS),
+        },
     }
 
 
@@ -297,8 +295,8 @@ def cluster_role_binding() -> dict[str, Any]:
     return {
         "apiVersion": RBAC_API_VERSION,
         "kind": "ClusterRoleBinding",
-        "metadata": {"name": OPERATOR_NAME, "labels": _labels()},
-        "roleRef": {"apiGroup": RBAC_GROUP, "kind": "ClusterRole", "name": OPERATOR_NAME},
+        "metadata": {"name": OPERATOR_NAME, "labels": dict(INSTALLED_LABELS)},
+        "roleRef": {"apiGroup": keys.RBAC_GROUP, "kind": "ClusterRole", "name": OPERATOR_NAME},
         "subjects": [
             {"kind": "ServiceAccount", "name": OPERATOR_NAME, "namespace": OPERATOR_NAMESPACE}
         ],
@@ -366,3 +364,27 @@ def splice(text: str, block: str) -> str:
         )
     newline = text.find("\n", end)
     return text[:start] + block + (text[newline + 1 :] if newline >= 0 else "")
+
+
+def write_manifest(path: Path, *, check: bool) -> int:
+    """Rewrite the generated block of `path` (`graft manifests`); with `check`, only say
+    whether it is out of date. Returns the command's exit code."""
+    current = path.read_text()
+    try:
+        wanted = splice(current, render())
+    except MarkersMissing as exc:
+        print(f"{path}: {exc}", file=sys.stderr)
+        return 1
+    if check:
+        if wanted != current:
+            print(
+                f"{path} is out of date with operator/graft/gen/rbac.py: run 'make manifests' "
+                "and commit",
+                file=sys.stderr,
+            )
+            return 1
+        return 0
+    if wanted != current:
+        path.write_text(wanted)
+    print(path)
+    return 0

@@ -16,29 +16,8 @@ from graft.api.serving import DeploymentSpec, DeploymentStatus
 from graft.core import keys
 from graft.core.conditions import set_condition
 from graft.core.names import is_dns1035_label
+from graft.core.objects import Owner, labels
 from graft.plan.engines import PORT, PORT_NAME, ServerSpec, container_for
-
-
-@dataclass(frozen=True)
-class Owner:
-    """The Graft Deployment object the children belong to."""
-
-    name: str
-    namespace: str
-    uid: str
-    generation: int
-    api_version: str = keys.API_VERSION
-    kind: str = "Deployment"
-
-    def reference(self) -> dict[str, Any]:
-        return {
-            "apiVersion": self.api_version,
-            "kind": self.kind,
-            "name": self.name,
-            "uid": self.uid,
-            "controller": True,
-            "blockOwnerDeletion": True,
-        }
 
 
 def selector_labels(deployment: str) -> dict[str, str]:
@@ -106,13 +85,6 @@ def spec_hash(pod: dict[str, Any]) -> str:
 
 
 def model_server_pod(owner: Owner, pod: dict[str, Any], template_hash: str) -> dict[str, Any]:
-    labels = {
-        keys.MANAGED_BY: keys.MANAGED_BY_VALUE,
-        keys.NAME: "graft",
-        keys.INSTANCE: owner.name,
-        **selector_labels(owner.name),
-        keys.SPEC_HASH: template_hash,
-    }
     return {
         "apiVersion": "v1",
         "kind": "Pod",
@@ -120,7 +92,7 @@ def model_server_pod(owner: Owner, pod: dict[str, Any], template_hash: str) -> d
             # generateName never truncates: pod names may be 253 characters long.
             "generateName": f"{owner.name}-{template_hash[:5]}-",
             "namespace": owner.namespace,
-            "labels": labels,
+            "labels": labels(keys.MODEL_SERVER, owner, {keys.SPEC_HASH: template_hash}),
             "ownerReferences": [owner.reference()],
         },
         "spec": pod,
@@ -134,12 +106,7 @@ def service(owner: Owner) -> dict[str, Any]:
         "metadata": {
             "name": service_name(owner.name),
             "namespace": owner.namespace,
-            "labels": {
-                keys.MANAGED_BY: keys.MANAGED_BY_VALUE,
-                keys.NAME: "graft",
-                keys.INSTANCE: owner.name,
-                keys.DEPLOYMENT: owner.name,
-            },
+            "labels": labels(keys.MODEL_SERVER, owner),
             "ownerReferences": [owner.reference()],
         },
         "spec": {

@@ -7,7 +7,6 @@ with addons enabled, vLLM's multi-LoRA flags and run-time load/unload endpoints.
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -16,11 +15,6 @@ from graft.core.keys import MODEL_SERVER
 
 PORT = 8000
 PORT_NAME = "http"
-
-DEFAULT_IMAGES = {
-    Engine.VLLM: os.environ.get("GRAFT_VLLM_IMAGE", "vllm/vllm-openai:v0.11.0"),
-    Engine.REFERENCE: os.environ.get("GRAFT_REFERENCE_IMAGE", "ghcr.io/graft-dev/graft:0.1.0"),
-}
 
 
 @dataclass(frozen=True)
@@ -38,12 +32,12 @@ class ServerSpec:
 
     model_path: str
     served_name: str
+    image: str  # the Deployment's spec.image, else the operator's image for the engine
     enable_addons: bool = False
     max_addons: int = 4
     max_addon_rank: int = 16
     addons: tuple[Addon, ...] = ()
     extra_args: tuple[str, ...] = ()
-    image: str | None = None
     resources: dict[str, Any] = field(default_factory=dict)
     mounts: tuple[dict[str, Any], ...] = ()
     env: tuple[dict[str, str], ...] = ()
@@ -71,10 +65,10 @@ def _lora_args(spec: ServerSpec) -> list[str]:
     return args
 
 
-def _container(spec: ServerSpec, image: str, command: list[str], args: list[str]) -> dict[str, Any]:
+def _container(spec: ServerSpec, command: list[str], args: list[str]) -> dict[str, Any]:
     container: dict[str, Any] = {
         "name": MODEL_SERVER,
-        "image": spec.image or image,
+        "image": spec.image,
         "command": command,
         "args": [*args, *spec.extra_args],
         "ports": [{"name": PORT_NAME, "containerPort": PORT, "protocol": "TCP"}],
@@ -104,12 +98,7 @@ def vllm_container(spec: ServerSpec) -> dict[str, Any]:
         str(PORT),
         *_lora_args(spec),
     ]
-    container = _container(
-        spec,
-        DEFAULT_IMAGES[Engine.VLLM],
-        ["python3", "-m", "vllm.entrypoints.openai.api_server"],
-        args,
-    )
+    container = _container(spec, ["python3", "-m", "vllm.entrypoints.openai.api_server"], args)
     # Loading weights can take minutes; the startup probe keeps the kubelet from killing it early.
     container["startupProbe"] = {
         "httpGet": {"path": "/health", "port": PORT_NAME},
@@ -138,7 +127,7 @@ def reference_container(spec: ServerSpec) -> dict[str, Any]:
         str(PORT),
         *_lora_args(spec),
     ]
-    return _container(spec, DEFAULT_IMAGES[Engine.REFERENCE], ["graft"], args)
+    return _container(spec, ["graft"], args)
 
 
 BUILDERS = {Engine.VLLM: vllm_container, Engine.REFERENCE: reference_container}

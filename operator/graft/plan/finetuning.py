@@ -12,25 +12,19 @@ is set.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
-from typing import Any
 from urllib.parse import urlparse
 
 from pydantic import ValidationError
 
 from graft.api.common import Condition
 from graft.api.models import ModelKind, ModelSpec
+from graft.api.reports import TrainerSummary
 from graft.api.training import DatasetSpec, FineTuningJobStatus
 from graft.core import keys
 from graft.core.names import Ref
+from graft.core.objects import Obj, Owner, condition, is_ready, is_true, labels, labels_of
 from graft.plan.jobs import DatasetInput, JobState, Progress, lifecycle_conditions
-
-Obj = dict[str, Any]
-
-
-def _conditions(obj: Obj) -> dict[str, Obj]:
-    return {c.get("type", ""): c for c in (obj.get("status") or {}).get("conditions") or []}
 
 
 def _says(cond: Obj | None) -> str:
@@ -55,18 +49,17 @@ def dataset_gate(obj: Obj | None, ref: Ref, role: str = "dataset") -> Progress |
     """A Dataset the job can train on, or why it must wait or fail."""
     if obj is None:
         return Progress.waiting("WaitingForDataset", f"{role} {ref.full_name} does not exist (yet)")
-    conds = _conditions(obj)
-    if (conds.get("Failed") or {}).get("status") == "True":
+    if is_true(obj, "Failed"):
         return Progress.failed(
             "DatasetInvalid",
             f"{role} {ref.full_name} failed validation; fix the data and create a new Dataset. "
-            f"{_says(conds.get('Ready'))}",
+            f"{_says(condition(obj, 'Ready'))}",
         )
     status = obj.get("status") or {}
-    if (conds.get("Ready") or {}).get("status") != "True" or not status.get("sha256"):
+    if not is_ready(obj) or not status.get("sha256"):
         return Progress.waiting(
             "WaitingForDataset",
-            f"{role} {ref.full_name} is not validated yet ({_says(conds.get('Ready'))})",
+            f"{role} {ref.full_name} is not validated yet ({_says(condition(obj, 'Ready'))})",
         )
     spec = DatasetSpec.model_validate(obj.get("spec") or {})
     source = spec.source
@@ -107,20 +100,21 @@ def base_model_gate(obj: Obj | None, ref: Ref, namespace: str) -> Progress | str
                 f"{ref.full_name} is on a PersistentVolumeClaim of account {ref.account}, which "
                 f"a trainer in account {namespace} cannot mount",
             )
-    ready = _conditions(obj).get("Ready")
-    if (ready or {}).get("status") != "True":
+    if not is_ready(obj):
         return Progress.waiting(
-            "WaitingForBaseModel", f"base model {ref.full_name} is not Ready ({_says(ready)})"
+            "WaitingForBaseModel",
+            f"base model {ref.full_name} is not Ready ({_says(condition(obj, 'Ready'))})",
         )
     return spec.source.uri
 
 
 def made_by(obj: Obj, job_name: str, job_uid: str) -> bool:
     """Whether this FineTuningJob (this very object, by uid) created `obj`."""
-    meta = obj.get("metadata") or {}
-    return (meta.get("labels") or {}).get(keys.FINETUNING_JOB) == job_name and (
-        meta.get("annotations") or {}
-    ).get(keys.FINETUNING_JOB_UID) == job_uid
+    annotations = (obj.get("metadata") or {}).get("annotations") or {}
+    return (
+        labels_of(obj).get(keys.FINETUNING_JOB) == job_name
+        and annotations.get(keys.FINETUNING_JOB_UID) == job_uid
+    )
 
 
 def output_taken(existing: Obj | None, what: str, full: str, job: str, uid: str) -> Progress | None:
@@ -135,30 +129,6 @@ def output_taken(existing: Obj | None, what: str, full: str, job: str, uid: str)
 
 
 # --- What the trainer reported -------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class TrainerSummary:
-    """The parts of `graft train`'s JSON summary the status reports."""
-
-    final_loss: float | None
-    steps: int | None
-    output: str | None
-
-    @classmethod
-    def from_message(cls, text: str) -> TrainerSummary | None:
-        try:
-            body = json.loads(text)
-        except ValueError:
-            return None
-        if not isinstance(body, dict) or body.get("status") != "succeeded":
-            return None
-        loss, steps, output = body.get("final_loss"), body.get("steps"), body.get("output")
-        return cls(
-            final_loss=float(loss) if isinstance(loss, int | float) else None,
-            steps=steps if isinstance(steps, int) else None,
-            output=output if isinstance(output, str) else None,
-        )
 
 
 def training_progress(job_name: str, job: JobState, container: str) -> Progress | TrainerSummary:
@@ -189,10 +159,13 @@ def training_progress(job_name: str, job: JobState, container: str) -> Progress 
 
 
 def _published_meta(name: str, namespace: str, job: str, uid: str) -> Obj:
+    """Labelled with the job's name and annotated with its uid (see `made_by`), but not owned
+    by it: the published objects outlive the job."""
+    maker = Owner(kind="FineTuningJob", name=job, uid=uid, namespace=namespace)
     return {
         "name": name,
         "namespace": namespace,
-        "labels": {keys.MANAGED_BY: keys.MANAGED_BY_VALUE, keys.FINETUNING_JOB: job},
+        "labels": labels(keys.FINETUNING_OUTPUT, maker),
         "annotations": {keys.FINETUNING_JOB_UID: uid},
     }
 

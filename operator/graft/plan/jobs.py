@@ -15,28 +15,23 @@ backoffLimit times; a pod evicted or preempted (DisruptionTarget) does not count
 
 Where things are inside the pods: the scratch emptyDir at /mnt/graft, PVC `<claim>` at
 /mnt/pvc/<claim> (a pvc://<claim>/<path> URI becomes the path /mnt/pvc/<claim>/<path>), the
-ConfigMap `<name>` at /mnt/configmap/<name>. Operator settings come from its environment; see
-`JobsConfig.from_env`.
+ConfigMap `<name>` at /mnt/configmap/<name>. Images, annotations and limits come from the
+operator's `Settings` (graft.core.settings).
 """
 
 from __future__ import annotations
 
 import hashlib
-import json
-from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Literal
 from urllib.parse import unquote, urlparse
 
 from graft.api.common import Condition
-from graft.api.serving import Engine
 from graft.api.training import Hyperparameters
 from graft.core import keys
 from graft.core.conditions import set_condition
-from graft.plan.deployment import Owner
-from graft.plan.engines import DEFAULT_IMAGES
-
-Obj = dict[str, Any]
+from graft.core.objects import Obj, Owner, labels
+from graft.core.settings import Settings
 
 WORK_ROOT = "/mnt/graft"
 PVC_ROOT = "/mnt/pvc"
@@ -54,98 +49,6 @@ DATASET_FILE = "data.jsonl"
 BACKOFF_LIMIT = 2
 VALIDATION_DEADLINE_SECONDS = 3600
 PERMANENT_EXIT_CODES = (1, 2)  # graft's entrypoints: 1 = the input is wrong, 2 = usage
-
-# Operator environment.
-IMAGE_ENV = "GRAFT_IMAGE"
-TRAINER_IMAGE_ENV = "GRAFT_TRAINER_IMAGE"
-POD_ANNOTATIONS_ENV = "GRAFT_JOB_POD_ANNOTATIONS"
-ARTIFACTS_ENV = "GRAFT_ARTIFACTS_URI"
-STORAGE_SECRET_ENV = "GRAFT_STORAGE_SECRET"
-MAX_BYTES_ENV = "GRAFT_DATASET_MAX_BYTES"
-MAX_EXAMPLES_ENV = "GRAFT_DATASET_MAX_EXAMPLES"
-
-DEFAULT_ARTIFACTS_URI = "pvc://graft-artifacts"
-DEFAULT_STORAGE_SECRET = "graft-storage"
-DEFAULT_MAX_BYTES = 1 << 30  # 1 GiB
-DEFAULT_MAX_EXAMPLES = 3_000_000
-MIN_EXAMPLES = 3
-
-
-class ConfigError(ValueError):
-    """The operator's environment is wrong; the message names the variable."""
-
-
-@dataclass(frozen=True)
-class JobsConfig:
-    """How the operator builds Jobs; one per operator process, from its environment."""
-
-    image: str
-    trainer_image: str
-    pod_annotations: dict[str, str] = field(default_factory=dict)
-    artifacts_uri: str = DEFAULT_ARTIFACTS_URI
-    storage_secret: str = DEFAULT_STORAGE_SECRET
-    dataset_max_bytes: int = DEFAULT_MAX_BYTES
-    dataset_max_examples: int = DEFAULT_MAX_EXAMPLES
-    dataset_min_examples: int = MIN_EXAMPLES
-
-    @classmethod
-    def from_env(cls, env: Mapping[str, str]) -> JobsConfig:
-        """GRAFT_IMAGE: image of the validator, fetcher and trainer (default: the Reference
-        engine's image); GRAFT_TRAINER_IMAGE: the trainer's own (default GRAFT_IMAGE);
-        GRAFT_JOB_POD_ANNOTATIONS: JSON object of annotations for every Job pod (sidecar or
-        mesh settings); GRAFT_ARTIFACTS_URI: root of trained adapters, pvc://<claim>[/<path>]
-        or file:///<path> (default pvc://graft-artifacts); GRAFT_STORAGE_SECRET: Secret of the
-        account namespace whose keys become environment of fetchers and validators, if it
-        exists (default graft-storage); GRAFT_DATASET_MAX_BYTES, GRAFT_DATASET_MAX_EXAMPLES:
-        dataset limits (default 1 GiB, 3,000,000)."""
-        image = env.get(IMAGE_ENV) or DEFAULT_IMAGES[Engine.REFERENCE]
-        annotations_text = env.get(POD_ANNOTATIONS_ENV) or "{}"
-        try:
-            annotations = json.loads(annotations_text)
-        except ValueError as exc:
-            raise ConfigError(f"{POD_ANNOTATIONS_ENV} is not JSON: {exc}") from None
-        if not isinstance(annotations, dict) or not all(
-            isinstance(k, str) and isinstance(v, str) for k, v in annotations.items()
-        ):
-            raise ConfigError(
-                f'{POD_ANNOTATIONS_ENV} must be a JSON object of strings, e.g. {{"key": "value"}}'
-            )
-        artifacts = (env.get(ARTIFACTS_ENV) or DEFAULT_ARTIFACTS_URI).rstrip("/")
-        parsed = urlparse(artifacts)
-        if not (
-            (parsed.scheme == "pvc" and parsed.netloc)
-            or (parsed.scheme == "file" and parsed.path.startswith("/") and not parsed.netloc)
-        ):
-            raise ConfigError(
-                f"{ARTIFACTS_ENV}={artifacts!r}: trainers write adapters to "
-                "pvc://<claim>[/<path>] or file:///<path>"
-            )
-        return cls(
-            image=image,
-            trainer_image=env.get(TRAINER_IMAGE_ENV) or image,
-            pod_annotations=dict(sorted(annotations.items())),
-            artifacts_uri=artifacts,
-            storage_secret=env.get(STORAGE_SECRET_ENV) or DEFAULT_STORAGE_SECRET,
-            dataset_max_bytes=_positive(env, MAX_BYTES_ENV, DEFAULT_MAX_BYTES),
-            dataset_max_examples=_positive(env, MAX_EXAMPLES_ENV, DEFAULT_MAX_EXAMPLES),
-        )
-
-    def artifacts_claim(self) -> str | None:
-        parsed = urlparse(self.artifacts_uri)
-        return parsed.netloc if parsed.scheme == "pvc" else None
-
-
-def _positive(env: Mapping[str, str], name: str, default: int) -> int:
-    text = env.get(name)
-    if not text:
-        return default
-    try:
-        value = int(text)
-    except ValueError:
-        raise ConfigError(f"{name}={text!r} is not an integer") from None
-    if value <= 0:
-        raise ConfigError(f"{name}={text!r} must be positive")
-    return value
 
 
 def job_name(owner: str, suffix: str) -> str:
@@ -228,16 +131,6 @@ class Mounts:
 # --- Job manifests ----------------------------------------------------------------------------
 
 
-def _labels(component: str, owner: Owner, owner_label: str) -> dict[str, str]:
-    return {
-        keys.MANAGED_BY: keys.MANAGED_BY_VALUE,
-        keys.NAME: "graft",
-        keys.INSTANCE: owner.name,
-        keys.COMPONENT: component,
-        owner_label: owner.name,
-    }
-
-
 def _container(name: str, image: str, args: list[str], mounts: list[Obj]) -> Obj:
     container: Obj = {
         "name": name,
@@ -252,22 +145,22 @@ def _container(name: str, image: str, args: list[str], mounts: list[Obj]) -> Obj
     return container
 
 
-def _storage_env(config: JobsConfig) -> list[Obj]:
-    return [{"secretRef": {"name": config.storage_secret, "optional": True}}]
+def _storage_env(settings: Settings) -> list[Obj]:
+    return [{"secretRef": {"name": settings.storage_secret, "optional": True}}]
 
 
 def _job(
     *,
     name: str,
     owner: Owner,
-    labels: dict[str, str],
+    job_labels: dict[str, str],
     pod: Obj,
-    config: JobsConfig,
+    settings: Settings,
     deadline: int | None,
 ) -> Obj:
-    template_meta: Obj = {"labels": labels}
-    if config.pod_annotations:
-        template_meta["annotations"] = dict(config.pod_annotations)
+    template_meta: Obj = {"labels": job_labels}
+    if settings.pod_annotations:
+        template_meta["annotations"] = dict(settings.pod_annotations)
     spec: Obj = {
         "backoffLimit": BACKOFF_LIMIT,
         "podFailurePolicy": {
@@ -302,7 +195,7 @@ def _job(
         "metadata": {
             "name": name,
             "namespace": owner.namespace,
-            "labels": labels,
+            "labels": job_labels,
             "ownerReferences": [owner.reference()],
         },
         "spec": spec,
@@ -329,7 +222,7 @@ def validator_job(
     source: DatasetInput,
     format_: str,
     filename: str,
-    config: JobsConfig,
+    settings: Settings,
 ) -> Obj:
     """The Job that runs `graft dataset validate` on a Dataset's data."""
     mounts = Mounts()
@@ -343,14 +236,14 @@ def validator_job(
         "--filename",
         filename,
         "--min-examples",
-        str(config.dataset_min_examples),
+        str(settings.dataset_min_examples),
         "--max-examples",
-        str(config.dataset_max_examples),
+        str(settings.dataset_max_examples),
         "--max-bytes",
-        str(config.dataset_max_bytes),
+        str(settings.dataset_max_bytes),
     ]
-    container = _container(VALIDATOR_CONTAINER, config.image, args, mounts.mounts())
-    container["envFrom"] = _storage_env(config)
+    container = _container(VALIDATOR_CONTAINER, settings.image, args, mounts.mounts())
+    container["envFrom"] = _storage_env(settings)
     container["resources"] = {"requests": {"cpu": "100m", "memory": "256Mi"}}
     pod: Obj = {"containers": [container]}
     if volumes := mounts.volumes():
@@ -358,16 +251,16 @@ def validator_job(
     return _job(
         name=job_name(owner.name, "validate"),
         owner=owner,
-        labels=_labels(keys.DATASET_VALIDATOR, owner, keys.DATASET),
+        job_labels=labels(keys.DATASET_VALIDATOR, owner),
         pod=pod,
-        config=config,
+        settings=settings,
         deadline=VALIDATION_DEADLINE_SECONDS,
     )
 
 
-def output_uri(config: JobsConfig, account: str, output_model: str) -> str:
+def output_uri(settings: Settings, account: str, output_model: str) -> str:
     """Where a FineTuningJob's adapter goes: <artifacts root>/<account>/models/<output model>."""
-    return f"{config.artifacts_uri}/{account}/models/{output_model}"
+    return f"{settings.artifacts_uri}/{account}/models/{output_model}"
 
 
 def trainer_args(hp: Hyperparameters) -> list[str]:
@@ -403,7 +296,7 @@ def trainer_job(
     output: str,
     hyperparameters: Hyperparameters,
     resources: Obj,
-    config: JobsConfig,
+    settings: Settings,
 ) -> Obj:
     """The Job that fetches the inputs and runs `graft train` for a FineTuningJob."""
     mounts = Mounts(scratch=True)
@@ -412,19 +305,19 @@ def trainer_job(
     output_path = mounts.uri_path(output, writable=True)
     fetch_mounts = mounts.mounts(read_only=True)
     fetch_base = _container(
-        FETCH_BASE_MODEL, config.image, ["fetch", base_src, BASE_MODEL_DIR], fetch_mounts
+        FETCH_BASE_MODEL, settings.image, ["fetch", base_src, BASE_MODEL_DIR], fetch_mounts
     )
     fetch_data = _container(
         FETCH_DATASET,
-        config.image,
+        settings.image,
         ["fetch", dataset_src, DATASET_DIR, "--name", DATASET_FILE, "--sha256", dataset_sha256],
         fetch_mounts,
     )
     for init in (fetch_base, fetch_data):
-        init["envFrom"] = _storage_env(config)
+        init["envFrom"] = _storage_env(settings)
     train = _container(
         TRAINER_CONTAINER,
-        config.trainer_image,
+        settings.trainer_image,
         [
             "train",
             "--base-model",
@@ -448,9 +341,9 @@ def trainer_job(
     return _job(
         name=job_name(owner.name, "train"),
         owner=owner,
-        labels=_labels(keys.TRAINER, owner, keys.FINETUNING_JOB),
+        job_labels=labels(keys.TRAINER, owner),
         pod=pod,
-        config=config,
+        settings=settings,
         deadline=None,
     )
 
@@ -673,8 +566,3 @@ def lifecycle_conditions(
     if progress.kind == "failed":
         return cond(conditions, "Failed", True), "Failed"
     return conditions, "Waiting" if progress.kind == "waiting" else running_state
-
-
-def finished(conditions: list[Condition]) -> bool:
-    """Succeeded or Failed is True: the object has ended and is never worked on again."""
-    return any(c.type in ("Succeeded", "Failed") and c.status == "True" for c in conditions)

@@ -16,21 +16,21 @@ Training itself is in `graft.dataplane.train.trainer`, imported only once the in
 from __future__ import annotations
 
 import argparse
-import json
 import shutil
 import sys
 import tempfile
 import time
 import traceback
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import NoReturn
 from urllib.parse import unquote, urlparse
 
+from graft.api.reports import TrainerSummary
 from graft.dataplane import termination
 from graft.dataplane.argtypes import positive_float, positive_int
 from graft.dataplane.dataformat import DatasetError, DatasetReport, read_dataset
+from graft.dataplane.train.config import TrainConfig
 
 EXIT_OK = 0
 EXIT_INVALID_INPUT = 1
@@ -48,24 +48,6 @@ class InvalidInputError(Exception):
 
 class UsageError(Exception):
     pass
-
-
-@dataclass(frozen=True)
-class TrainConfig:
-    base_model: Path
-    dataset: Path
-    output: Path
-    output_location: str  # as given on the command line (a path or a file:// URI)
-    epochs: int
-    learning_rate: float
-    lora_rank: int
-    lora_alpha: int
-    lora_dropout: float
-    target_modules: str | list[str]
-    batch_size: int
-    max_context_length: int
-    seed: int
-    max_steps: int | None
 
 
 class _Parser(argparse.ArgumentParser):
@@ -149,8 +131,8 @@ def main(argv: Sequence[str]) -> int:
         traceback.print_exc()
         return _fail(EXIT_FAILED, f"training failed: {type(exc).__name__}: {exc}", termination_path)
 
-    summary["wall_time_seconds"] = round(time.monotonic() - started, 3)
-    line = json.dumps(summary, sort_keys=True)
+    details = {**summary.details, "wall_time_seconds": round(time.monotonic() - started, 3)}
+    line = TrainerSummary(summary.final_loss, summary.steps, summary.output, details).to_message()
     print(line, flush=True)
     _write_termination_message(termination_path, line)
     return EXIT_OK
@@ -279,16 +261,14 @@ class StagedOutput:
             shutil.rmtree(self.staging, ignore_errors=True)
 
 
-def _train(config: TrainConfig, report: DatasetReport, staging: Path) -> dict[str, object]:
+def _train(config: TrainConfig, report: DatasetReport, staging: Path) -> TrainerSummary:
     from graft.dataplane.train.trainer import TrainingInputError, train
 
     try:
         result = train(config, report, staging, log=_progress)
     except TrainingInputError as exc:
         raise InvalidInputError(str(exc)) from exc
-    return {
-        "status": "succeeded",
-        "output": config.output_location,
+    details = {
         "adapter_files": sorted(p.name for p in staging.iterdir()),
         "base_model": str(config.base_model),
         "dataset": str(config.dataset),
@@ -297,11 +277,9 @@ def _train(config: TrainConfig, report: DatasetReport, staging: Path) -> dict[st
         "examples": result.examples,
         "examples_skipped": result.examples_skipped,
         "epochs": result.epochs,
-        "steps": result.steps,
         "tokens": result.tokens,
         "trained_tokens": result.trained_tokens,
         "first_loss": round(result.first_loss, 6),
-        "final_loss": round(result.final_loss, 6),
         "train_seconds": round(result.train_seconds, 3),
         "lora_rank": config.lora_rank,
         "lora_alpha": config.lora_alpha,
@@ -310,6 +288,12 @@ def _train(config: TrainConfig, report: DatasetReport, staging: Path) -> dict[st
         "batch_size": config.batch_size,
         "seed": config.seed,
     }
+    return TrainerSummary(
+        final_loss=round(result.final_loss, 6),
+        steps=result.steps,
+        output=config.output_location,
+        details=details,
+    )
 
 
 def _progress(line: str) -> None:

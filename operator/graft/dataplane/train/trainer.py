@@ -12,15 +12,13 @@ import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, cast
+from typing import Any, cast
 
 import torch
 
 from graft.dataplane.dataformat import ChatExample, DatasetReport, Message
+from graft.dataplane.train.config import TrainConfig
 from graft.dataplane.train.encoding import EncodedExample, TemplateError, encode, truncate
-
-if TYPE_CHECKING:
-    from graft.dataplane.train.command import TrainConfig
 
 IGNORE_INDEX = -100  # label value the loss skips
 

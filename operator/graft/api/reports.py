@@ -1,0 +1,164 @@
+"""What the programs in Graft's Job pods report back to the operator (pure wire contracts).
+
+A Job's container writes one compact JSON object to its termination message
+(`terminationMessagePath`), which the kubelet copies into the pod's status, keeping at most
+`TERMINATION_MESSAGE_LIMIT` bytes; the operator reads it back from there. Both sides use the
+classes below, so what one writes the other reads:
+
+- `ValidationResult`: `graft dataset validate` -> the Dataset reconciler;
+- `TrainerSummary`: `graft train` -> the FineTuningJob reconciler.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+TERMINATION_MESSAGE_LIMIT = 4096
+"""Kubernetes keeps at most this many bytes of a container's termination message."""
+
+MAX_ERRORS = 20
+MAX_ERROR_LENGTH = 300
+
+Status = Literal["valid", "invalid", "error"]
+
+
+@dataclass(frozen=True)
+class ValidationResult:
+    """What `graft dataset validate` found.
+
+    valid: the figures; invalid: the figures known so far and the problems (line-numbered where
+    they belong to a line); error: the data could not be read at all (`message` says why).
+    """
+
+    status: Status
+    sha256: str | None = None
+    size_bytes: int | None = None
+    example_count: int | None = None
+    filename: str | None = None
+    format: str | None = None
+    errors: tuple[str, ...] = ()
+    error_count: int = 0
+    message: str = ""
+
+    def to_message(self, limit: int = TERMINATION_MESSAGE_LIMIT) -> str:
+        """Compact JSON that fits a termination message: errors are shortened, then dropped
+        from the end (error_count still counts them all)."""
+        body: dict[str, Any] = {"status": self.status}
+        for key, value in (
+            ("sha256", self.sha256),
+            ("sizeBytes", self.size_bytes),
+            ("exampleCount", self.example_count),
+            ("filename", self.filename),
+            ("format", self.format),
+        ):
+            if value is not None:
+                body[key] = value
+        if self.status == "error":
+            body["message"] = self.message
+        if self.errors or self.error_count:
+            body["errorCount"] = max(self.error_count, len(self.errors))
+            body["errors"] = [shorten(e, MAX_ERROR_LENGTH) for e in self.errors[:MAX_ERRORS]]
+        text = _compact(body)
+        while len(text.encode()) > limit and body.get("errors"):
+            body["errors"].pop()
+            text = _compact(body)
+        if len(text.encode()) > limit:  # only a huge message or file name can get here
+            body.pop("message", None)
+            body["filename"] = shorten(str(body.get("filename", "")), 200)
+            text = _compact(body)
+        return text
+
+    @classmethod
+    def from_message(cls, text: str) -> ValidationResult | None:
+        """The result in a termination message, or None when it holds something else (a
+        traceback the kubelet took from the log, nothing at all)."""
+        try:
+            body = json.loads(text)
+        except ValueError:
+            return None
+        if not isinstance(body, dict) or body.get("status") not in ("valid", "invalid", "error"):
+            return None
+        errors = body.get("errors") or []
+        return cls(
+            status=body["status"],
+            sha256=_opt(body, "sha256", str),
+            size_bytes=_opt(body, "sizeBytes", int),
+            example_count=_opt(body, "exampleCount", int),
+            filename=_opt(body, "filename", str),
+            format=_opt(body, "format", str),
+            errors=tuple(str(e) for e in errors if isinstance(e, str)),
+            error_count=int(body.get("errorCount") or len(errors)),
+            message=str(body.get("message") or ""),
+        )
+
+    def describe_errors(self) -> str:
+        """The problems as a message for a condition: a count, then one per line."""
+        more = self.error_count - len(self.errors)
+        head = f"{self.error_count} problem{'s' * (self.error_count != 1)} in {self.filename or 'the data'}"
+        lines = [f"{head}:", *self.errors]
+        if more > 0:
+            lines.append(f"... and {more} more")
+        return "\n".join(lines)
+
+
+def _compact(body: dict[str, Any]) -> str:
+    return json.dumps(body, separators=(",", ":"), ensure_ascii=False)
+
+
+def shorten(text: str, length: int) -> str:
+    """`text` cut to `length` characters, ending in "..." when it was cut."""
+    return text if len(text) <= length else text[: length - 3] + "..."
+
+
+def _opt(body: dict[str, Any], key: str, type_: type[Any]) -> Any:
+    value = body.get(key)
+    return value if isinstance(value, type_) and not isinstance(value, bool) else None
+
+
+@dataclass(frozen=True)
+class TrainerSummary:
+    """What `graft train` reports when the adapter is written: the figures the FineTuningJob's
+    status shows (`final_loss`, `steps`, `output`) and, in `details`, everything else it
+    measured (examples, tokens, first loss, hyperparameters, times), which the message carries
+    and logs show but equality ignores."""
+
+    final_loss: float | None
+    steps: int | None
+    output: str | None
+    details: Mapping[str, Any] = field(default_factory=dict, compare=False)
+
+    def to_message(self) -> str:
+        """One JSON line with sorted keys, as `graft train` prints it and writes it to its
+        termination message."""
+        body = {
+            **self.details,
+            "status": "succeeded",
+            "final_loss": self.final_loss,
+            "steps": self.steps,
+            "output": self.output,
+        }
+        return json.dumps(body, sort_keys=True)
+
+    @classmethod
+    def from_message(cls, text: str) -> TrainerSummary | None:
+        """The summary in a termination message, or None when it holds something else (the
+        trainer's one-line failure reason, a log tail)."""
+        try:
+            body = json.loads(text)
+        except ValueError:
+            return None
+        if not isinstance(body, dict) or body.get("status") != "succeeded":
+            return None
+        loss, steps, output = body.get("final_loss"), body.get("steps"), body.get("output")
+        details = {
+            k: v for k, v in body.items() if k not in ("status", "final_loss", "steps", "output")
+        }
+        return cls(
+            final_loss=float(loss) if isinstance(loss, int | float) else None,
+            steps=steps if isinstance(steps, int) else None,
+            output=output if isinstance(output, str) else None,
+            details=details,
+        )

@@ -1,0 +1,161 @@
+"""Every GRAFT_* environment variable, in one place (pure; standard library only, so that the
+programs in pods can import the names of theirs).
+
+The operator reads its environment once, at start-up (`Settings.from_env`, called by `graft run`),
+and passes the one `Settings` object down to whatever needs it; nothing reads the environment
+at import time or in the middle of a reconcile. A wrong value stops the operator at start,
+with a message that names the variable.
+
+Operator settings (`Settings`):
+
+| variable | default | what |
+|---|---|---|
+| GRAFT_IMAGE | the Reference engine's image | image of the dataset validator, fetcher and trainer |
+| GRAFT_TRAINER_IMAGE | GRAFT_IMAGE | the trainer's own image |
+| GRAFT_REFERENCE_IMAGE | ghcr.io/graft-dev/graft:<version> | model servers with `engine: Reference` |
+| GRAFT_VLLM_IMAGE | vllm/vllm-openai:v0.11.0 | model servers with `engine: VLLM` |
+| GRAFT_JOB_POD_ANNOTATIONS | {} | JSON object of annotations for every Job pod |
+| GRAFT_ARTIFACTS_URI | pvc://graft-artifacts | root of trained adapters: pvc://<claim>[/<path>] or file:///<path> |
+| GRAFT_STORAGE_SECRET | graft-storage | Secret of the account namespace whose keys fetchers and validators get |
+| GRAFT_DATASET_MAX_BYTES | 1 GiB | dataset size limit |
+| GRAFT_DATASET_MAX_EXAMPLES | 3,000,000 | dataset example limit |
+| GRAFT_RESYNC_SECONDS | 60 | how often every object is reconciled without an event |
+| GRAFT_WORKERS | 8 | reconciles that run at once |
+
+Variables of the programs that run in pods (graft.dataplane), read by that program when it runs:
+GRAFT_TERMINATION_MESSAGE_PATH (`TERMINATION_MESSAGE_PATH_ENV`), GRAFT_PVC_ROOT (`PVC_ROOT_ENV`)
+and GRAFT_CACHE_DIR (`CACHE_DIR_ENV`, where small models are converted and cached).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from urllib.parse import urlparse
+
+from graft import __version__
+
+IMAGE_ENV = "GRAFT_IMAGE"
+TRAINER_IMAGE_ENV = "GRAFT_TRAINER_IMAGE"
+REFERENCE_IMAGE_ENV = "GRAFT_REFERENCE_IMAGE"
+VLLM_IMAGE_ENV = "GRAFT_VLLM_IMAGE"
+POD_ANNOTATIONS_ENV = "GRAFT_JOB_POD_ANNOTATIONS"
+ARTIFACTS_ENV = "GRAFT_ARTIFACTS_URI"
+STORAGE_SECRET_ENV = "GRAFT_STORAGE_SECRET"
+MAX_BYTES_ENV = "GRAFT_DATASET_MAX_BYTES"
+MAX_EXAMPLES_ENV = "GRAFT_DATASET_MAX_EXAMPLES"
+RESYNC_ENV = "GRAFT_RESYNC_SECONDS"
+WORKERS_ENV = "GRAFT_WORKERS"
+
+TERMINATION_MESSAGE_PATH_ENV = "GRAFT_TERMINATION_MESSAGE_PATH"
+PVC_ROOT_ENV = "GRAFT_PVC_ROOT"
+CACHE_DIR_ENV = "GRAFT_CACHE_DIR"
+
+DEFAULT_REFERENCE_IMAGE = f"ghcr.io/graft-dev/graft:{__version__}"
+DEFAULT_VLLM_IMAGE = "vllm/vllm-openai:v0.11.0"
+DEFAULT_ARTIFACTS_URI = "pvc://graft-artifacts"
+DEFAULT_STORAGE_SECRET = "graft-storage"
+DEFAULT_MAX_BYTES = 1 << 30  # 1 GiB
+DEFAULT_MAX_EXAMPLES = 3_000_000
+MIN_EXAMPLES = 3
+DEFAULT_RESYNC_SECONDS = 60.0
+DEFAULT_WORKERS = 8
+
+
+class ConfigError(ValueError):
+    """The operator's environment is wrong; the message names the variable."""
+
+
+@dataclass(frozen=True)
+class Settings:
+    """How this operator process builds what it creates; one per process."""
+
+    image: str = DEFAULT_REFERENCE_IMAGE
+    trainer_image: str = DEFAULT_REFERENCE_IMAGE
+    reference_image: str = DEFAULT_REFERENCE_IMAGE
+    vllm_image: str = DEFAULT_VLLM_IMAGE
+    pod_annotations: dict[str, str] = field(default_factory=dict)
+    artifacts_uri: str = DEFAULT_ARTIFACTS_URI
+    storage_secret: str = DEFAULT_STORAGE_SECRET
+    dataset_max_bytes: int = DEFAULT_MAX_BYTES
+    dataset_max_examples: int = DEFAULT_MAX_EXAMPLES
+    dataset_min_examples: int = MIN_EXAMPLES
+    resync_seconds: float = DEFAULT_RESYNC_SECONDS
+    workers: int = DEFAULT_WORKERS
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str]) -> Settings:
+        """The settings from the variables in the table above; ConfigError names a bad one."""
+        reference = env.get(REFERENCE_IMAGE_ENV) or DEFAULT_REFERENCE_IMAGE
+        image = env.get(IMAGE_ENV) or reference
+        annotations_text = env.get(POD_ANNOTATIONS_ENV) or "{}"
+        try:
+            annotations = json.loads(annotations_text)
+        except ValueError as exc:
+            raise ConfigError(f"{POD_ANNOTATIONS_ENV} is not JSON: {exc}") from None
+        if not isinstance(annotations, dict) or not all(
+            isinstance(k, str) and isinstance(v, str) for k, v in annotations.items()
+        ):
+            raise ConfigError(
+                f'{POD_ANNOTATIONS_ENV} must be a JSON object of strings, e.g. {{"key": "value"}}'
+            )
+        artifacts = (env.get(ARTIFACTS_ENV) or DEFAULT_ARTIFACTS_URI).rstrip("/")
+        parsed = urlparse(artifacts)
+        if not (
+            (parsed.scheme == "pvc" and parsed.netloc)
+            or (parsed.scheme == "file" and parsed.path.startswith("/") and not parsed.netloc)
+        ):
+            raise ConfigError(
+                f"{ARTIFACTS_ENV}={artifacts!r}: trainers write adapters to "
+                "pvc://<claim>[/<path>] or file:///<path>"
+            )
+        return cls(
+            image=image,
+            trainer_image=env.get(TRAINER_IMAGE_ENV) or image,
+            reference_image=reference,
+            vllm_image=env.get(VLLM_IMAGE_ENV) or DEFAULT_VLLM_IMAGE,
+            pod_annotations=dict(sorted(annotations.items())),
+            artifacts_uri=artifacts,
+            storage_secret=env.get(STORAGE_SECRET_ENV) or DEFAULT_STORAGE_SECRET,
+            dataset_max_bytes=_positive_int(env, MAX_BYTES_ENV, DEFAULT_MAX_BYTES),
+            dataset_max_examples=_positive_int(env, MAX_EXAMPLES_ENV, DEFAULT_MAX_EXAMPLES),
+            resync_seconds=_positive_float(env, RESYNC_ENV, DEFAULT_RESYNC_SECONDS),
+            workers=_positive_int(env, WORKERS_ENV, DEFAULT_WORKERS),
+        )
+
+    def artifacts_claim(self) -> str | None:
+        """The claim trained adapters go to, when GRAFT_ARTIFACTS_URI is a pvc:// URI."""
+        parsed = urlparse(self.artifacts_uri)
+        return parsed.netloc if parsed.scheme == "pvc" else None
+
+    def engine_image(self, engine: str) -> str:
+        """The model-server image of an engine (graft.api.serving.Engine, a StrEnum), when the
+        Deployment does not name one."""
+        return self.vllm_image if engine == "VLLM" else self.reference_image
+
+
+def _positive_int(env: Mapping[str, str], name: str, default: int) -> int:
+    text = env.get(name)
+    if not text:
+        return default
+    try:
+        value = int(text)
+    except ValueError:
+        raise ConfigError(f"{name}={text!r} is not an integer") from None
+    if value <= 0:
+        raise ConfigError(f"{name}={text!r} must be positive")
+    return value
+
+
+def _positive_float(env: Mapping[str, str], name: str, default: float) -> float:
+    text = env.get(name)
+    if not text:
+        return default
+    try:
+        value = float(text)
+    except ValueError:
+        raise ConfigError(f"{name}={text!r} is not a number") from None
+    if not value > 0:
+        raise ConfigError(f"{name}={text!r} must be positive")
+    return value

@@ -1,0 +1,85 @@
+"""The operator's settings: every GRAFT_* variable, read once, with errors that name it."""
+
+from __future__ import annotations
+
+import pytest
+
+from graft.core.settings import ConfigError, Settings
+
+
+def test_config_defaults() -> None:
+    cfg = Settings.from_env({})
+    assert cfg.image == cfg.trainer_image == "ghcr.io/graft-dev/graft:0.1.0"
+    assert cfg.artifacts_uri == "pvc://graft-artifacts"
+    assert cfg.artifacts_claim() == "graft-artifacts"
+    assert cfg.pod_annotations == {}
+    assert (cfg.dataset_min_examples, cfg.dataset_max_examples, cfg.dataset_max_bytes) == (
+        3,
+        3_000_000,
+        1 << 30,
+    )
+
+
+def test_config_from_env() -> None:
+    cfg = Settings.from_env(
+        {
+            "GRAFT_IMAGE": "img:1",
+            "GRAFT_JOB_POD_ANNOTATIONS": '{"sidecar.istio.io/inject": "false"}',
+            "GRAFT_ARTIFACTS_URI": "file:///srv/artifacts/",
+            "GRAFT_DATASET_MAX_BYTES": "1000",
+            "GRAFT_DATASET_MAX_EXAMPLES": "10",
+        }
+    )
+    assert (cfg.image, cfg.trainer_image) == ("img:1", "img:1")
+    assert cfg.pod_annotations == {"sidecar.istio.io/inject": "false"}
+    assert cfg.artifacts_uri == "file:///srv/artifacts"
+    assert cfg.artifacts_claim() is None
+    assert (cfg.dataset_max_bytes, cfg.dataset_max_examples) == (1000, 10)
+
+
+@pytest.mark.parametrize(
+    ("env", "message"),
+    [
+        ({"GRAFT_JOB_POD_ANNOTATIONS": "{nope"}, "GRAFT_JOB_POD_ANNOTATIONS is not JSON"),
+        ({"GRAFT_JOB_POD_ANNOTATIONS": '{"a": 1}'}, "must be a JSON object of strings"),
+        ({"GRAFT_ARTIFACTS_URI": "s3://bucket/x"}, "pvc://<claim>[/<path>] or file:///<path>"),
+        ({"GRAFT_ARTIFACTS_URI": "file://relative"}, "GRAFT_ARTIFACTS_URI='file://relative'"),
+        ({"GRAFT_DATASET_MAX_BYTES": "1G"}, "GRAFT_DATASET_MAX_BYTES='1G' is not an integer"),
+        ({"GRAFT_DATASET_MAX_EXAMPLES": "0"}, "must be positive"),
+    ],
+)
+def test_config_errors_name_the_variable(env: dict[str, str], message: str) -> None:
+    with pytest.raises(ConfigError, match=message.replace("[", r"\[").replace("(", r"\(")):
+        Settings.from_env(env)
+
+
+def test_images_resync_and_workers_from_env() -> None:
+    cfg = Settings.from_env(
+        {
+            "GRAFT_REFERENCE_IMAGE": "registry.local/graft:dev",
+            "GRAFT_VLLM_IMAGE": "registry.local/vllm:1",
+            "GRAFT_RESYNC_SECONDS": "2.5",
+            "GRAFT_WORKERS": "3",
+        }
+    )
+    # Jobs run the Reference image unless GRAFT_IMAGE says otherwise.
+    assert (cfg.image, cfg.trainer_image) == ("registry.local/graft:dev",) * 2
+    assert cfg.engine_image("Reference") == "registry.local/graft:dev"
+    assert cfg.engine_image("VLLM") == "registry.local/vllm:1"
+    assert (cfg.resync_seconds, cfg.workers) == (2.5, 3)
+    defaults = Settings.from_env({})
+    assert defaults.engine_image("VLLM") == "vllm/vllm-openai:v0.11.0"
+    assert (defaults.resync_seconds, defaults.workers) == (60.0, 8)
+
+
+@pytest.mark.parametrize(
+    ("env", "message"),
+    [
+        ({"GRAFT_RESYNC_SECONDS": "soon"}, "GRAFT_RESYNC_SECONDS='soon' is not a number"),
+        ({"GRAFT_RESYNC_SECONDS": "0"}, "GRAFT_RESYNC_SECONDS='0' must be positive"),
+        ({"GRAFT_WORKERS": "-1"}, "GRAFT_WORKERS='-1' must be positive"),
+    ],
+)
+def test_operator_loop_settings_are_checked(env: dict[str, str], message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        Settings.from_env(env)
