@@ -33,7 +33,7 @@ crds: $(STAMP) ## regenerate crds/ from the pydantic API
 	$(BIN)/graft crds --output crds
 
 .PHONY: manifests
-manifests: $(STAMP) ## regenerate the RBAC in deploy/operator.yaml from operator/graft/gen/rbac.py
+manifests: $(STAMP) ## regenerate the RBAC in deploy/operator.yaml from graft.gen.rbac
 	$(BIN)/graft manifests --output deploy/operator.yaml
 
 .PHONY: lint
@@ -75,7 +75,7 @@ kubeconfig: ## print the path of the local control plane's kubeconfig
 	@$(PYTHON) hack/localcluster kubeconfig
 
 .PHONY: test
-test: $(STAMP) ## run every test: unit, data plane, and integration on a real API server
+test: verify ## verify, then run every test: unit, data plane, and integration on a real API server
 	$(BIN)/pytest $(PYTEST_ARGS)
 
 .PHONY: unit
