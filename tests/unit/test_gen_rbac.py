@@ -160,3 +160,9 @@ def test_roles_nest() -> None:
                 for resource in rule.resources:
                     for verb in rule.verbs:
                         assert allows(upper, group, resource, verb), (upper.name, resource, verb)
+
+
+def test_manifests_are_plain_yaml_data() -> None:
+    """What `kubectl apply` gets must dump as YAML (no enum values left in it)."""
+    text = yaml.safe_dump_all(rbac.manifests())
+    assert list(yaml.safe_load_all(text)) == rbac.manifests()

@@ -37,7 +37,16 @@ WRITE = ("create", "update", "patch", "delete", "deletecollection")
 GRAFT_KINDS = tuple(str(k.plural) for k in ALL_KINDS)
 ACCOUNT_KINDS = tuple(str(k.plural) for k in ALL_KINDS if k.namespaced)
 """The kinds that live in an account's namespace (all but Account)."""
-OWNER_KINDS = ("accounts", "users", "deployments", "datasets", "finetuningjobs")
+OWNER_KINDS = tuple(
+    str(p)
+    for p in (
+        Plural.ACCOUNTS,
+        Plural.USERS,
+        Plural.DEPLOYMENTS,
+        Plural.DATASETS,
+        Plural.FINE_TUNING_JOBS,
+    )
+)
 """Graft kinds whose objects own children (namespace, RoleBinding, pods, Jobs, Models)."""
 
 
@@ -54,7 +63,7 @@ class Rule:
     def manifest(self) -> dict[str, Any]:
         rule: dict[str, Any] = {
             "apiGroups": list(self.api_groups),
-            "resources": list(self.resources),
+            "resources": [str(r) for r in self.resources],  # plain strings, for YAML
             "verbs": list(self.verbs),
         }
         if self.resource_names:
@@ -111,7 +120,7 @@ OPERATOR_RULES: tuple[Rule, ...] = (
     Rule(
         "FineTuningJob: publish the trained addon as a Model, and a DeployedModel when asked.",
         (keys.GROUP,),
-        ("models", "deployedmodels"),
+        (Plural.MODELS, Plural.DEPLOYED_MODELS),
         ("create",),
     ),
     # Deployment.
@@ -250,7 +259,7 @@ MEMBER_ROLE = ClusterRole(
         Rule(
             "See who else is in the account (as the hosted platform shows its members).",
             (keys.GROUP,),
-            ("users",),
+            (Plural.USERS,),
             READ,
         ),
         _SCALE,
