@@ -71,6 +71,20 @@ def kubectl(
     return proc
 
 
+def apply(config: str, source: str, input: str | None = None) -> None:
+    """kubectl apply, server-side, as Graft's field manager (`source` "-" reads `input`)."""
+    kubectl(
+        config,
+        "apply",
+        "--server-side",
+        "--force-conflicts",
+        "--field-manager=graft",
+        "-f",
+        source,
+        input=input,
+    )
+
+
 def operator_pid() -> int | None:
     try:
         pid = int(PID_FILE.read_text())
@@ -93,16 +107,7 @@ def operator_identity(config: str) -> str:
         "metadata": {"name": rbac.OPERATOR_NAMESPACE},
     }
     manifests = yaml.safe_dump_all([namespace, *rbac.manifests()])
-    kubectl(
-        config,
-        "apply",
-        "--server-side",
-        "--force-conflicts",
-        "--field-manager=graft",
-        "-f",
-        "-",
-        input=manifests,
-    )
+    apply(config, "-", input=manifests)
     token = kubectl(
         config,
         "create",
@@ -163,15 +168,7 @@ def start_operator(config: str) -> None:
 def up() -> int:
     config = kubeconfig()
     say("installing the CRDs")
-    kubectl(
-        config,
-        "apply",
-        "--server-side",
-        "--force-conflicts",
-        "--field-manager=graft",
-        "-f",
-        str(ROOT / "crds"),
-    )
+    apply(config, str(ROOT / "crds"))
     kubectl(
         config, "wait", "--for=condition=Established", "--timeout=60s", "-f", str(ROOT / "crds")
     )

@@ -46,6 +46,9 @@ def test_config_from_env() -> None:
         ({"GRAFT_ARTIFACTS_URI": "file://relative"}, "GRAFT_ARTIFACTS_URI='file://relative'"),
         ({"GRAFT_DATASET_MAX_BYTES": "1G"}, "GRAFT_DATASET_MAX_BYTES='1G' is not an integer"),
         ({"GRAFT_DATASET_MAX_EXAMPLES": "0"}, "must be positive"),
+        ({"GRAFT_RESYNC_SECONDS": "soon"}, "GRAFT_RESYNC_SECONDS='soon' is not a number"),
+        ({"GRAFT_RESYNC_SECONDS": "0"}, "GRAFT_RESYNC_SECONDS='0' must be positive"),
+        ({"GRAFT_WORKERS": "-1"}, "GRAFT_WORKERS='-1' must be positive"),
     ],
 )
 def test_config_errors_name_the_variable(env: dict[str, str], message: str) -> None:
@@ -53,33 +56,25 @@ def test_config_errors_name_the_variable(env: dict[str, str], message: str) -> N
         Settings.from_env(env)
 
 
-def test_images_resync_and_workers_from_env() -> None:
-    cfg = Settings.from_env(
-        {
-            "GRAFT_REFERENCE_IMAGE": "registry.local/graft:dev",
-            "GRAFT_VLLM_IMAGE": "registry.local/vllm:1",
-            "GRAFT_RESYNC_SECONDS": "2.5",
-            "GRAFT_WORKERS": "3",
-        }
-    )
-    # Jobs run the Reference image unless GRAFT_IMAGE says otherwise.
-    assert (cfg.image, cfg.trainer_image) == ("registry.local/graft:dev",) * 2
-    assert cfg.engine_image("Reference") == "registry.local/graft:dev"
-    assert cfg.engine_image("VLLM") == "registry.local/vllm:1"
-    assert (cfg.resync_seconds, cfg.workers) == (2.5, 3)
-    defaults = Settings.from_env({})
-    assert defaults.engine_image("VLLM") == "vllm/vllm-openai:v0.11.0"
-    assert (defaults.resync_seconds, defaults.workers) == (60.0, 8)
-
-
 @pytest.mark.parametrize(
-    ("env", "message"),
+    ("env", "setting", "value"),
     [
-        ({"GRAFT_RESYNC_SECONDS": "soon"}, "GRAFT_RESYNC_SECONDS='soon' is not a number"),
-        ({"GRAFT_RESYNC_SECONDS": "0"}, "GRAFT_RESYNC_SECONDS='0' must be positive"),
-        ({"GRAFT_WORKERS": "-1"}, "GRAFT_WORKERS='-1' must be positive"),
+        ({}, "vllm_image", "vllm/vllm-openai:v0.11.0"),
+        ({"GRAFT_VLLM_IMAGE": "r/vllm:1"}, "vllm_image", "r/vllm:1"),
+        ({"GRAFT_REFERENCE_IMAGE": "r/graft:dev"}, "reference_image", "r/graft:dev"),
+        # Jobs run the Reference image unless GRAFT_IMAGE says otherwise.
+        ({"GRAFT_REFERENCE_IMAGE": "r/graft:dev"}, "image", "r/graft:dev"),
+        ({"GRAFT_REFERENCE_IMAGE": "r/graft:dev"}, "trainer_image", "r/graft:dev"),
+        ({}, "resync_seconds", 60.0),
+        ({"GRAFT_RESYNC_SECONDS": "2.5"}, "resync_seconds", 2.5),
+        ({}, "workers", 8),
+        ({"GRAFT_WORKERS": "3"}, "workers", 3),
     ],
 )
-def test_operator_loop_settings_are_checked(env: dict[str, str], message: str) -> None:
-    with pytest.raises(ConfigError, match=message):
-        Settings.from_env(env)
+def test_operator_settings_from_env(env: dict[str, str], setting: str, value: object) -> None:
+    assert getattr(Settings.from_env(env), setting) == value
+
+
+def test_engine_images() -> None:
+    cfg = Settings(reference_image="r/graft:dev", vllm_image="r/vllm:1")
+    assert (cfg.engine_image("Reference"), cfg.engine_image("VLLM")) == ("r/graft:dev", "r/vllm:1")

@@ -81,7 +81,7 @@ def sync_quota(api: Api, obj: Obj, owner: Owner, hard: dict[str, str]) -> Obj | 
     desired = resource_quota(owner, hard)
     if quota_in_sync(existing, desired):
         return existing
-    applied = api.apply_resource_quota(desired)
+    applied = api.apply(desired)
     verb = "set" if existing is None else "updated"
     api.event(
         obj, "Normal", "QuotaApplied", f"{verb} ResourceQuota {QUOTA_NAME}: {describe_hard(hard)}"

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import secrets
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -47,18 +48,45 @@ class Api:
         self.core = client.CoreV1Api(self.client)
         self.custom = client.CustomObjectsApi(self.client)
 
-    # --- Graft custom objects -------------------------------------------------------------
+    def _plain(self, obj: Any) -> Obj:
+        """A client model object as the plain dict the API server sent."""
+        out: Obj = self.client.sanitize_for_serialization(obj)
+        return out
 
-    def get_graft(self, plural: str, namespace: str, name: str) -> Obj | None:
+    def _read(self, read: Callable[..., Any], *args: Any) -> Obj | None:
+        """`read(*args)` as a plain dict; None when the object does not exist."""
         try:
-            obj: Obj = self.custom.get_namespaced_custom_object(
-                keys.GROUP, keys.VERSION, namespace, plural, name
-            )
+            return self._plain(read(*args))
         except ApiException as exc:
             if is_not_found(exc):
                 return None
             raise
-        return obj
+
+    def _delete(self, delete: Callable[..., Any], name: str, *scope: str, uid: str | None) -> bool:
+        """`delete(name, *scope)` of the object with this uid only (when given); False when it
+        is gone already, or is another object of the same name (the precondition failed)."""
+        body = client.V1DeleteOptions(
+            preconditions=client.V1Preconditions(uid=uid) if uid else None
+        )
+        try:
+            delete(name, *scope, body=body)
+        except ApiException as exc:
+            if exc.status in (404, 409):
+                return False
+            raise
+        return True
+
+    # --- Graft custom objects -------------------------------------------------------------
+
+    def get_graft(self, plural: str, namespace: str, name: str) -> Obj | None:
+        return self._read(
+            self.custom.get_namespaced_custom_object,
+            keys.GROUP,
+            keys.VERSION,
+            namespace,
+            plural,
+            name,
+        )
 
     def list_graft(self, plural: str, namespace: str) -> list[Obj]:
         result = self.custom.list_namespaced_custom_object(
@@ -89,51 +117,39 @@ class Api:
 
     def list_pods(self, namespace: str, selector: str) -> list[Obj]:
         pods = self.core.list_namespaced_pod(namespace, label_selector=selector)
-        return [self.client.sanitize_for_serialization(p) for p in pods.items]
+        return [self._plain(p) for p in pods.items]
 
     def create_pod(self, pod: Obj) -> Obj:
-        created = self.core.create_namespaced_pod(
-            pod["metadata"]["namespace"], pod, field_manager=keys.FIELD_MANAGER
+        return self._plain(
+            self.core.create_namespaced_pod(
+                pod["metadata"]["namespace"], pod, field_manager=keys.FIELD_MANAGER
+            )
         )
-        out: Obj = self.client.sanitize_for_serialization(created)
-        return out
 
     def delete_pod(self, namespace: str, name: str, uid: str | None = None) -> bool:
         """Delete a pod (only the one with this uid, when given); False when already gone."""
-        body = client.V1DeleteOptions(
-            preconditions=client.V1Preconditions(uid=uid) if uid else None
-        )
-        try:
-            self.core.delete_namespaced_pod(name, namespace, body=body)
-        except ApiException as exc:
-            if exc.status in (404, 409):
-                return False
-            raise
-        return True
+        return self._delete(self.core.delete_namespaced_pod, name, namespace, uid=uid)
 
     def get_service(self, namespace: str, name: str) -> Obj | None:
-        try:
-            svc = self.core.read_namespaced_service(name, namespace)
-        except ApiException as exc:
-            if is_not_found(exc):
-                return None
-            raise
-        out: Obj = self.client.sanitize_for_serialization(svc)
-        return out
+        return self._read(self.core.read_namespaced_service, name, namespace)
 
-    def apply(self, obj: Obj) -> None:
-        """Server-side apply of a core/v1 object under Graft's field manager."""
+    def apply(self, obj: Obj) -> Obj:
+        """Server-side apply of a namespaced core/v1 object (a Service, a ResourceQuota) under
+        Graft's field manager: fields Graft set before and leaves out now are removed."""
         kind, meta = obj["kind"], obj["metadata"]
         patch = {
             "Service": self.core.patch_namespaced_service,
+            "ResourceQuota": self.core.patch_namespaced_resource_quota,
         }[kind]
-        patch(
-            meta["name"],
-            meta["namespace"],
-            obj,
-            field_manager=keys.FIELD_MANAGER,
-            force=True,
-            _content_type="application/apply-patch+yaml",
+        return self._plain(
+            patch(
+                meta["name"],
+                meta["namespace"],
+                obj,
+                field_manager=keys.FIELD_MANAGER,
+                force=True,
+                _content_type="application/apply-patch+yaml",
+            )
         )
 
     # --- Events -------------------------------------------------------------------------------
@@ -179,27 +195,14 @@ class Api:
     def rbac(self) -> Any:
         return client.RbacAuthorizationV1Api(self.client)
 
-    def _plain(self, obj: Any) -> Obj:
-        out: Obj = self.client.sanitize_for_serialization(obj)
-        return out
-
     def get_graft_cluster(self, plural: str, name: str) -> Obj | None:
         """A cluster-scoped Graft object (an Account), or None."""
-        try:
-            obj: Obj = self.custom.get_cluster_custom_object(keys.GROUP, keys.VERSION, plural, name)
-        except ApiException as exc:
-            if is_not_found(exc):
-                return None
-            raise
-        return obj
+        return self._read(
+            self.custom.get_cluster_custom_object, keys.GROUP, keys.VERSION, plural, name
+        )
 
     def get_namespace(self, name: str) -> Obj | None:
-        try:
-            return self._plain(self.core.read_namespace(name))
-        except ApiException as exc:
-            if is_not_found(exc):
-                return None
-            raise
+        return self._read(self.core.read_namespace, name)
 
     def create_namespace(self, namespace: Obj) -> Obj:
         """Create (never apply: an existing namespace must not be adopted); 409 if it exists."""
@@ -207,46 +210,13 @@ class Api:
 
     def delete_namespace(self, name: str, uid: str) -> bool:
         """Delete the namespace with this uid; False when it is gone or is another one."""
-        body = client.V1DeleteOptions(preconditions=client.V1Preconditions(uid=uid))
-        try:
-            self.core.delete_namespace(name, body=body)
-        except ApiException as exc:
-            if exc.status in (404, 409):
-                return False
-            raise
-        return True
+        return self._delete(self.core.delete_namespace, name, uid=uid)
 
     def get_resource_quota(self, namespace: str, name: str) -> Obj | None:
-        try:
-            return self._plain(self.core.read_namespaced_resource_quota(name, namespace))
-        except ApiException as exc:
-            if is_not_found(exc):
-                return None
-            raise
-
-    def apply_resource_quota(self, quota: Obj) -> Obj:
-        """Server-side apply under Graft's field manager: limits left out are removed."""
-        meta = quota["metadata"]
-        return self._plain(
-            self.core.patch_namespaced_resource_quota(
-                meta["name"],
-                meta["namespace"],
-                quota,
-                field_manager=keys.FIELD_MANAGER,
-                force=True,
-                _content_type="application/apply-patch+yaml",
-            )
-        )
+        return self._read(self.core.read_namespaced_resource_quota, name, namespace)
 
     def delete_resource_quota(self, namespace: str, name: str, uid: str) -> bool:
-        body = client.V1DeleteOptions(preconditions=client.V1Preconditions(uid=uid))
-        try:
-            self.core.delete_namespaced_resource_quota(name, namespace, body=body)
-        except ApiException as exc:
-            if exc.status in (404, 409):
-                return False
-            raise
-        return True
+        return self._delete(self.core.delete_namespaced_resource_quota, name, namespace, uid=uid)
 
     def list_graft_names(self, plural: str, namespace: str) -> list[str]:
         """Names of the Graft objects of one kind in a namespace (one page is plenty to show)."""
@@ -256,12 +226,7 @@ class Api:
         return [item["metadata"]["name"] for item in result.get("items", [])]
 
     def get_role_binding(self, namespace: str, name: str) -> Obj | None:
-        try:
-            return self._plain(self.rbac.read_namespaced_role_binding(name, namespace))
-        except ApiException as exc:
-            if is_not_found(exc):
-                return None
-            raise
+        return self._read(self.rbac.read_namespaced_role_binding, name, namespace)
 
     def create_role_binding(self, binding: Obj) -> Obj:
         return self._plain(
@@ -272,23 +237,10 @@ class Api:
 
     def delete_role_binding(self, namespace: str, name: str, uid: str) -> bool:
         """Delete the RoleBinding with this uid; False when it is gone or is another one."""
-        body = client.V1DeleteOptions(preconditions=client.V1Preconditions(uid=uid))
-        try:
-            self.rbac.delete_namespaced_role_binding(name, namespace, body=body)
-        except ApiException as exc:
-            if exc.status in (404, 409):
-                return False
-            raise
-        return True
+        return self._delete(self.rbac.delete_namespaced_role_binding, name, namespace, uid=uid)
 
     def cluster_role_exists(self, name: str) -> bool:
-        try:
-            self.rbac.read_cluster_role(name)
-        except ApiException as exc:
-            if is_not_found(exc):
-                return False
-            raise
-        return True
+        return self._read(self.rbac.read_cluster_role, name) is not None
 
     # --- Datasets and FineTuningJobs: Jobs, their inputs, their outputs ------------------------
 
@@ -297,12 +249,7 @@ class Api:
         return client.BatchV1Api(self.client)
 
     def get_job(self, namespace: str, name: str) -> Obj | None:
-        try:
-            return self._plain(self.batch.read_namespaced_job(name, namespace))
-        except ApiException as exc:
-            if is_not_found(exc):
-                return None
-            raise
+        return self._read(self.batch.read_namespaced_job, name, namespace)
 
     def create_job(self, job: Obj) -> Obj | None:
         """Create a batch/v1 Job; None when one of that name exists already (a reconcile whose
@@ -323,20 +270,10 @@ class Api:
         return self.list_pods(namespace, f"batch.kubernetes.io/controller-uid={job_uid}")
 
     def get_config_map(self, namespace: str, name: str) -> Obj | None:
-        try:
-            return self._plain(self.core.read_namespaced_config_map(name, namespace))
-        except ApiException as exc:
-            if is_not_found(exc):
-                return None
-            raise
+        return self._read(self.core.read_namespaced_config_map, name, namespace)
 
     def get_pvc(self, namespace: str, name: str) -> Obj | None:
-        try:
-            return self._plain(self.core.read_namespaced_persistent_volume_claim(name, namespace))
-        except ApiException as exc:
-            if is_not_found(exc):
-                return None
-            raise
+        return self._read(self.core.read_namespaced_persistent_volume_claim, name, namespace)
 
     def create_graft(self, plural: str, obj: Obj) -> Obj | None:
         """Create a namespaced Graft object; None when one of that name exists already."""

@@ -102,6 +102,20 @@ class Operator:
         kopf.on.resume(*resource, registry=registry)(handler)
         kopf.timer(*resource, interval=resync, initial_delay=resync, registry=registry)(handler)
 
+    @staticmethod
+    def on_children(
+        registry: kopf.OperatorRegistry,
+        resource: tuple[str, ...],
+        fn: Callable[..., None],
+        component: str | None = None,
+    ) -> None:
+        """Register `fn` on the events of what Graft created (managed-by: graft), only of this
+        component when one is given; the API server filters by label."""
+        labels = {keys.MANAGED_BY: keys.MANAGED_BY_VALUE}
+        if component:
+            labels[keys.COMPONENT] = component
+        kopf.on.event(*resource, labels=labels, registry=registry)(fn)
+
     def configure(self, settings: kopf.OperatorSettings, **_: Any) -> None:
         settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(
             prefix=keys.ANNOTATION_PREFIX
@@ -132,12 +146,7 @@ class Operator:
 
     def _register_deployments(self, registry: kopf.OperatorRegistry) -> None:
         self.level_triggered(registry, Plural.DEPLOYMENTS, deployment.reconcile)
-        kopf.on.event(
-            "v1",
-            "pods",
-            labels={keys.COMPONENT: keys.MODEL_SERVER, keys.MANAGED_BY: keys.MANAGED_BY_VALUE},
-            registry=registry,
-        )(self.model_server_pod_event)
+        self.on_children(registry, ("v1", "pods"), self.model_server_pod_event, keys.MODEL_SERVER)
         kopf.on.event(keys.GROUP, keys.VERSION, Plural.MODELS, registry=registry)(self.model_event)
 
     def model_server_pod_event(
@@ -224,12 +233,9 @@ class Operator:
             self.account_deleted
         )
         kopf.on.delete(keys.GROUP, keys.VERSION, Plural.USERS, registry=registry)(self.user_deleted)
-        kopf.on.event(
-            "v1",
-            "resourcequotas",
-            labels={keys.MANAGED_BY: keys.MANAGED_BY_VALUE, keys.COMPONENT: keys.ACCOUNT_QUOTA},
-            registry=registry,
-        )(self.account_quota_event)
+        self.on_children(
+            registry, ("v1", "resourcequotas"), self.account_quota_event, keys.ACCOUNT_QUOTA
+        )
 
     def account_deleted(self, name: str | None, **_: Any) -> None:
         """Hold Graft's finalizer while the account's namespace holds what must not go with it."""
@@ -261,13 +267,7 @@ class Operator:
     def _register_training(self, registry: kopf.OperatorRegistry) -> None:
         self.level_triggered(registry, Plural.DATASETS, dataset.reconcile)
         self.level_triggered(registry, Plural.FINE_TUNING_JOBS, finetuning.reconcile)
-        kopf.on.event(
-            "batch",
-            "v1",
-            "jobs",
-            labels={keys.MANAGED_BY: keys.MANAGED_BY_VALUE},
-            registry=registry,
-        )(self.graft_job_event)
+        self.on_children(registry, ("batch", "v1", "jobs"), self.graft_job_event)
         kopf.on.event(keys.GROUP, keys.VERSION, Plural.DATASETS, registry=registry)(
             self.dataset_event
         )

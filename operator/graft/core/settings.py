@@ -30,8 +30,9 @@ and GRAFT_CACHE_DIR (`CACHE_DIR_ENV`, where small models are converted and cache
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from typing import TypeVar
 from urllib.parse import urlparse
 
 from graft import __version__
@@ -61,6 +62,9 @@ DEFAULT_MAX_EXAMPLES = 3_000_000
 MIN_EXAMPLES = 3
 DEFAULT_RESYNC_SECONDS = 60.0
 DEFAULT_WORKERS = 8
+
+
+N = TypeVar("N", int, float)
 
 
 class ConfigError(ValueError):
@@ -118,10 +122,10 @@ class Settings:
             pod_annotations=dict(sorted(annotations.items())),
             artifacts_uri=artifacts,
             storage_secret=env.get(STORAGE_SECRET_ENV) or DEFAULT_STORAGE_SECRET,
-            dataset_max_bytes=_positive_int(env, MAX_BYTES_ENV, DEFAULT_MAX_BYTES),
-            dataset_max_examples=_positive_int(env, MAX_EXAMPLES_ENV, DEFAULT_MAX_EXAMPLES),
-            resync_seconds=_positive_float(env, RESYNC_ENV, DEFAULT_RESYNC_SECONDS),
-            workers=_positive_int(env, WORKERS_ENV, DEFAULT_WORKERS),
+            dataset_max_bytes=_positive(env, MAX_BYTES_ENV, DEFAULT_MAX_BYTES, int),
+            dataset_max_examples=_positive(env, MAX_EXAMPLES_ENV, DEFAULT_MAX_EXAMPLES, int),
+            resync_seconds=_positive(env, RESYNC_ENV, DEFAULT_RESYNC_SECONDS, float),
+            workers=_positive(env, WORKERS_ENV, DEFAULT_WORKERS, int),
         )
 
     def artifacts_claim(self) -> str | None:
@@ -135,27 +139,16 @@ class Settings:
         return self.vllm_image if engine == "VLLM" else self.reference_image
 
 
-def _positive_int(env: Mapping[str, str], name: str, default: int) -> int:
+def _positive(env: Mapping[str, str], name: str, default: N, kind: Callable[[str], N]) -> N:
+    """A positive number from the environment, or the default when the variable is unset."""
     text = env.get(name)
     if not text:
         return default
     try:
-        value = int(text)
+        value = kind(text)
     except ValueError:
-        raise ConfigError(f"{name}={text!r} is not an integer") from None
-    if value <= 0:
-        raise ConfigError(f"{name}={text!r} must be positive")
-    return value
-
-
-def _positive_float(env: Mapping[str, str], name: str, default: float) -> float:
-    text = env.get(name)
-    if not text:
-        return default
-    try:
-        value = float(text)
-    except ValueError:
-        raise ConfigError(f"{name}={text!r} is not a number") from None
+        what = "an integer" if kind is int else "a number"
+        raise ConfigError(f"{name}={text!r} is not {what}") from None
     if not value > 0:
         raise ConfigError(f"{name}={text!r} must be positive")
     return value

@@ -86,8 +86,10 @@ def _container(spec: ServerSpec, command: list[str], args: list[str]) -> dict[st
     return container
 
 
-def vllm_container(spec: ServerSpec) -> dict[str, Any]:
-    args = [
+def _server_args(spec: ServerSpec) -> list[str]:
+    """The flags every engine shares (graft serve speaks vLLM's): what to serve, under which
+    name, where to listen, and the LoRA flags."""
+    return [
         "--model",
         spec.model_path,
         "--served-model-name",
@@ -98,7 +100,11 @@ def vllm_container(spec: ServerSpec) -> dict[str, Any]:
         str(PORT),
         *_lora_args(spec),
     ]
-    container = _container(spec, ["python3", "-m", "vllm.entrypoints.openai.api_server"], args)
+
+
+def vllm_container(spec: ServerSpec) -> dict[str, Any]:
+    command = ["python3", "-m", "vllm.entrypoints.openai.api_server"]
+    container = _container(spec, command, _server_args(spec))
     # Loading weights can take minutes; the startup probe keeps the kubelet from killing it early.
     container["startupProbe"] = {
         "httpGet": {"path": "/health", "port": PORT_NAME},
@@ -115,19 +121,7 @@ def vllm_container(spec: ServerSpec) -> dict[str, Any]:
 
 
 def reference_container(spec: ServerSpec) -> dict[str, Any]:
-    args = [
-        "serve",
-        "--model",
-        spec.model_path,
-        "--served-model-name",
-        spec.served_name,
-        "--host",
-        "0.0.0.0",
-        "--port",
-        str(PORT),
-        *_lora_args(spec),
-    ]
-    return _container(spec, ["graft"], args)
+    return _container(spec, ["graft"], ["serve", *_server_args(spec)])
 
 
 BUILDERS = {Engine.VLLM: vllm_container, Engine.REFERENCE: reference_container}

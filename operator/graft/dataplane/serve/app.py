@@ -222,53 +222,68 @@ def create_app(models: Models) -> FastAPI:
             f"Success: LoRA adapter '{request.lora_name}' removed successfully."
         )
 
+    async def generate(
+        request: protocol.ChatCompletionRequest | protocol.CompletionRequest,
+        adapter: Adapter | None,
+        prompt_ids: list[int],
+        *,
+        id_prefix: str,
+        stream: Callable[[str, str, AsyncIterator[Delta | Finished]], AsyncIterator[str]],
+        body: Callable[[str, str, str, Finished], dict[str, Any]],
+    ) -> Response:
+        """What both completion endpoints do once the prompt is known: generate, then stream
+        the chunks or answer with `body(request_id, model, text, finished)`."""
+        params = _sampling(request, len(prompt_ids), request.requested_max_tokens(), engine)
+        name = adapter.name if adapter else models.base_name
+        request_id = protocol.new_id(id_prefix)
+        events = engine.generate(prompt_ids, adapter, params, stream=request.stream)
+        if request.stream:
+            return _stream(stream(request_id, name, events))
+        text, done = await _collect(events)
+        metrics.count_tokens(name, done)
+        return JSONResponse(body(request_id, name, text, done))
+
     @app.post("/v1/chat/completions")
     async def chat_completions(request: protocol.ChatCompletionRequest) -> Response:
         adapter = models.resolve(request.model)
         _refuse_unsupported(request)
         messages = [{"role": m.role, "content": m.text()} for m in request.messages]
-        prompt_ids = engine.chat_prompt(messages, request.add_generation_prompt)
-        params = _sampling(request, len(prompt_ids), request.requested_max_tokens(), engine)
-        name = adapter.name if adapter else models.base_name
-        request_id = protocol.new_id("chatcmpl")
-        events = engine.generate(prompt_ids, adapter, params, stream=request.stream)
-        if request.stream:
-            return _stream(_chat_stream(request, request_id, name, events, metrics))
-        text, done = await _collect(events)
-        metrics.count_tokens(name, done)
-        return JSONResponse(
-            protocol.chat_completion(
-                request_id,
+        return await generate(
+            request,
+            adapter,
+            engine.chat_prompt(messages, request.add_generation_prompt),
+            id_prefix="chatcmpl",
+            stream=lambda rid, name, events: _chat_stream(request, rid, name, events, metrics),
+            body=lambda rid, name, text, done: protocol.chat_completion(
+                rid,
                 name,
                 text,
                 finish=done.finish_reason,
                 prompt=done.prompt_tokens,
                 completion=done.completion_tokens,
-            )
+            ),
         )
 
     @app.post("/v1/completions")
     async def completions(request: protocol.CompletionRequest) -> Response:
         adapter = models.resolve(request.model)
         _refuse_unsupported(request)
-        prompt_ids = engine.text_prompt(request.prompt)
-        params = _sampling(request, len(prompt_ids), request.requested_max_tokens(), engine)
-        name = adapter.name if adapter else models.base_name
-        request_id = protocol.new_id("cmpl")
-        events = engine.generate(prompt_ids, adapter, params, stream=request.stream)
-        if request.stream:
-            return _stream(_completion_stream(request, request_id, name, events, metrics))
-        text, done = await _collect(events)
-        metrics.count_tokens(name, done)
-        return JSONResponse(
-            protocol.completion(
-                request_id,
+        return await generate(
+            request,
+            adapter,
+            engine.text_prompt(request.prompt),
+            id_prefix="cmpl",
+            stream=lambda rid, name, events: _completion_stream(
+                request, rid, name, events, metrics
+            ),
+            body=lambda rid, name, text, done: protocol.completion(
+                rid,
                 name,
                 text,
                 finish=done.finish_reason,
                 prompt=done.prompt_tokens,
                 completion_tokens=done.completion_tokens,
-            )
+            ),
         )
 
     return app
