@@ -29,6 +29,7 @@ from graft.plan.model import (
     model_status,
     parse_adapter_config,
     record_adapter,
+    validated,
 )
 
 log = logging.getLogger(__name__)
@@ -116,11 +117,15 @@ def reconcile(ctx: Context, namespace: str, name: str) -> None:
         problem = None
     if is_terminating(obj):
         return  # the deletion handler owns the status now
-    deployments = used_by(api, namespace, name, str(spec.kind))[0] if problem is None else []
+    deployments, message = [], ""
+    if problem is None:
+        deployments = used_by(api, namespace, name, str(spec.kind))[0]
+        message = validated(spec, status)
     status = model_status(
         status,
         generation=generation,
         problem=problem,
+        message=message,
         deployments=deployments,
         previous=conditions_of(obj),
         now=now_rfc3339(),

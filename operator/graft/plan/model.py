@@ -83,20 +83,32 @@ def record_adapter(config: dict[str, Any], status: ModelStatus) -> None:
         status.target_modules = [modules]
 
 
+def validated(spec: ModelSpec, status: ModelStatus) -> str:
+    """What a Ready model is, in words (the Ready condition's message)."""
+    what = f"{spec.kind} model from {spec.source.uri}"
+    if spec.kind == ModelKind.PEFT_ADDON:
+        what += f" on {spec.base_model}"
+        if status.lora_rank is not None:
+            what += f", LoRA rank {status.lora_rank}"
+    return what
+
+
 def model_status(
     status: ModelStatus,
     *,
     generation: int,
     problem: ModelProblem | None,
+    message: str,
     deployments: list[str],
     previous: list[Condition],
     now: str,
 ) -> ModelStatus:
-    """Complete `status` (name and adapter facts already set) with Ready and the users."""
+    """Complete `status` (name and adapter facts already set) with Ready and the users;
+    `message` says what the model is when it is Ready."""
     if problem is None:
         status.deployments = deployments or None
         status.conditions = set_condition(
-            previous, "Ready", True, "Validated", "", generation=generation, now=now
+            previous, "Ready", True, "Validated", message, generation=generation, now=now
         )
         status.state = "Ready"
     else:
