@@ -135,6 +135,10 @@ def test_imports_follow_the_layers(layer: str, path: Path) -> None:
         ("dataplane", "graft.dataplane.fetch", "from graft.controller.kube import Api\n"),
         ("dataplane", "graft.dataplane.train.trainer", "from ...plan import jobs\n"),
         ("gen", "graft.gen.rbac", "import kubernetes.client\n"),
+        ("gen", "graft.gen.crds", "from graft.controller.kube import Api\n"),
+        ("dataplane", "graft.dataplane.fetch", "import kopf\n"),
+        ("core", "graft.core.names", "if TYPE_CHECKING:\n    from graft.plan import jobs\n"),
+        ("api", "graft.api.reports", "from transformers import AutoTokenizer\n"),
     ],
 )
 def test_a_planted_violation_is_caught(layer: str, module: str, source: str) -> None:

@@ -177,3 +177,6 @@ ALL_KINDS: tuple[Kind, ...] = (
     DATASET,
     FINE_TUNING_JOB,
 )
+
+ACCOUNT_PLURALS: tuple[Plural, ...] = tuple(k.plural for k in ALL_KINDS if k.namespaced)
+"""The kinds that live in an account's namespace (all but Account)."""

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 
-from graft.api.kinds import Plural
+from graft.api.kinds import ACCOUNT_PLURALS, Plural
 from graft.api.tenancy import AccountSpec, DeletionPolicy
 from graft.controller.context import Context
 from graft.controller.kube import Api
@@ -19,7 +19,6 @@ from graft.controller.status import publish
 from graft.core.conditions import conditions_of, now_rfc3339
 from graft.core.objects import Obj, Owner, is_terminating
 from graft.plan.account import (
-    ACCOUNT_KINDS,
     QUOTA_NAME,
     AccountProblem,
     NamespaceState,
@@ -130,7 +129,7 @@ def finalize(api: Api, name: str) -> str | None:
     assert namespace is not None
     if spec.deletion_policy == DeletionPolicy.REFUSE:
         found: dict[str, list[str]] = {
-            plural: api.list_graft_names(plural, name) for plural in ACCOUNT_KINDS
+            plural: api.list_graft_names(plural, name) for plural in ACCOUNT_PLURALS
         }
         blocked = deletion_blocked(name, found)
         if blocked is not None:

@@ -99,15 +99,17 @@ def condition(obj: Obj | None, type_: str) -> Obj | None:
     return next((c for c in conditions if c.get("type") == type_), None)
 
 
-def is_true(obj: Obj | None, type_: str) -> bool:
+def condition_true(obj: Obj | None, type_: str) -> bool:
+    """The object's condition of this type is True (core.conditions.is_true is the same for
+    typed conditions)."""
     return (condition(obj, type_) or {}).get("status") == "True"
 
 
 def is_ready(obj: Obj | None) -> bool:
     """Ready=True: a Pod that passes its readiness probe, a Node, or a Graft object."""
-    return is_true(obj, "Ready")
+    return condition_true(obj, "Ready")
 
 
 def is_finished(obj: Obj | None) -> bool:
     """A Dataset or FineTuningJob that has ended (Succeeded or Failed), for good."""
-    return is_true(obj, "Succeeded") or is_true(obj, "Failed")
+    return condition_true(obj, "Succeeded") or condition_true(obj, "Failed")

@@ -18,7 +18,7 @@ from typing import Any
 
 import yaml
 
-from graft.api.kinds import ALL_KINDS, Plural
+from graft.api.kinds import ACCOUNT_PLURALS, ALL_KINDS, Plural
 from graft.api.tenancy import Role
 from graft.core import keys
 from graft.core.names import cluster_role_name
@@ -35,7 +35,7 @@ READ = ("get", "list", "watch")
 WRITE = ("create", "update", "patch", "delete", "deletecollection")
 
 GRAFT_KINDS = tuple(str(k.plural) for k in ALL_KINDS)
-ACCOUNT_KINDS = tuple(str(k.plural) for k in ALL_KINDS if k.namespaced)
+ACCOUNT_KINDS = tuple(str(p) for p in ACCOUNT_PLURALS)
 """The kinds that live in an account's namespace (all but Account)."""
 OWNER_KINDS = tuple(
     str(p)

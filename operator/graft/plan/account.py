@@ -32,17 +32,6 @@ COUNTED_KINDS: tuple[tuple[str, Plural], ...] = (
     ("models", Plural.MODELS),
 )
 
-ACCOUNT_KINDS: tuple[Plural, ...] = (
-    Plural.DEPLOYMENTS,
-    Plural.DEPLOYED_MODELS,
-    Plural.FINE_TUNING_JOBS,
-    Plural.DATASETS,
-    Plural.MODELS,
-    Plural.USERS,
-)
-"""The Graft kinds an account's namespace can hold; they guard Account deletion."""
-
-
 # --- The account's Namespace --------------------------------------------------------------------
 
 

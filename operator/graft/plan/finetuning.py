@@ -23,7 +23,15 @@ from graft.api.reports import TrainerSummary
 from graft.api.training import DatasetSpec, FineTuningJobStatus
 from graft.core import keys
 from graft.core.names import Ref
-from graft.core.objects import Obj, Owner, condition, is_ready, is_true, labels, labels_of
+from graft.core.objects import (
+    Obj,
+    Owner,
+    condition,
+    condition_true,
+    is_ready,
+    labels,
+    labels_of,
+)
 from graft.plan.jobs import DatasetInput, JobState, Progress, lifecycle_conditions
 
 
@@ -49,7 +57,7 @@ def dataset_gate(obj: Obj | None, ref: Ref, role: str = "dataset") -> Progress |
     """A Dataset the job can train on, or why it must wait or fail."""
     if obj is None:
         return Progress.waiting("WaitingForDataset", f"{role} {ref.full_name} does not exist (yet)")
-    if is_true(obj, "Failed"):
+    if condition_true(obj, "Failed"):
         return Progress.failed(
             "DatasetInvalid",
             f"{role} {ref.full_name} failed validation; fix the data and create a new Dataset. "

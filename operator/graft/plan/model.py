@@ -14,7 +14,7 @@ from urllib.parse import urlparse
 
 from graft.api.common import Condition
 from graft.api.models import ModelKind, ModelSpec, ModelStatus
-from graft.core.conditions import set_condition
+from graft.core.conditions import conditions_of, set_condition
 from graft.core.names import Ref
 from graft.core.objects import Obj
 
@@ -133,7 +133,7 @@ def in_use_message(users: list[str]) -> str:
 def in_use(previous: Obj, message: str, generation: int | None, now: str) -> Obj:
     """The status of a Model whose deletion waits (`in_use_message`)."""
     conditions = set_condition(
-        [Condition.model_validate(c) for c in previous.get("conditions") or []],
+        conditions_of({"status": previous}),
         "Ready",
         False,
         "InUse",
