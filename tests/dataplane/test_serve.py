@@ -388,3 +388,30 @@ def test_startup_fails_clearly_on_a_bad_lora_module(tiny_model: Path, tmp_path: 
         f"graft serve: error: cannot load LoRA module a: Loading lora a failed: No adapter found "
         f"for {tmp_path / 'missing'}" in server.output()
     )
+
+
+def test_api_key_guards_every_v1_path_but_not_health(
+    tiny_model: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # As in a model-server pod: the key comes from VLLM_API_KEY (a Secret), not the command line.
+    monkeypatch.setenv("VLLM_API_KEY", "k-123")
+    server = Server(
+        ["--model", str(tiny_model), "--served-model-name", "plain", "--enable-lora"],
+        tmp_path / "serve.log",
+    ).wait_ready()
+    try:
+        assert "k-123" not in " ".join(server.command)
+        assert httpx.get(f"{server.url}/health").status_code == 200
+        for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": "k-123"}):
+            refused = httpx.get(f"{server.url}/v1/models", headers=headers)
+            assert refused.status_code == 401, headers
+            assert refused.json()["error"]["message"] == "missing or wrong API key"
+        load = httpx.post(
+            f"{server.url}/v1/load_lora_adapter",
+            json={"lora_name": "a", "lora_path": str(tmp_path)},
+        )
+        assert load.status_code == 401
+        good = httpx.get(f"{server.url}/v1/models", headers={"Authorization": "Bearer k-123"})
+        assert [m["id"] for m in good.json()["data"]] == ["plain"]
+    finally:
+        server.stop()

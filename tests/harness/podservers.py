@@ -12,6 +12,8 @@ finds pods through the API and talks to `http://<podIP>:8000`.
 
 from __future__ import annotations
 
+import base64
+import os
 import subprocess
 import sys
 import threading
@@ -100,10 +102,29 @@ class PodServers:
         ip = pod["status"]["podIP"]
         args[args.index("--host") + 1] = ip
         argv = [sys.executable, "-m", "graft.cli", *args, "--uvicorn-log-level", "warning"]
+        env = {**os.environ, **self._container_env(container)}
         log = (self.log_dir / f"{pod['metadata']['name']}.log").open("wb")
-        proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT)
+        proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, env=env)
         self.processes[pod["metadata"]["uid"]] = (pod["metadata"]["name"], proc)
         self.started.append(pod["metadata"]["name"])
+
+    def _container_env(self, container: dict[str, Any]) -> dict[str, str]:
+        """The container's env, values and Secret keys resolved as the kubelet would (the
+        model server's API key comes from a Secret); a missing Secret fails like the kubelet's
+        CreateContainerConfigError, by not starting."""
+        env = {}
+        for var in container.get("env") or []:
+            if "value" in var:
+                env[var["name"]] = var["value"]
+                continue
+            ref = (var.get("valueFrom") or {}).get("secretKeyRef")
+            if ref is None:
+                raise AssertionError(f"env {var['name']}: only values and secretKeyRef here")
+            secret = self.cluster.get("secret", ref["name"], self.namespace)
+            if secret is None:
+                raise AssertionError(f"secret {ref['name']} of env {var['name']} is missing")
+            env[var["name"]] = base64.b64decode(secret["data"][ref["key"]]).decode()
+        return env
 
 
 def _terminate(proc: subprocess.Popen[bytes]) -> None:

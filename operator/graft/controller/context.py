@@ -1,18 +1,29 @@
-"""What every reconciler is given: the one API facade and the operator's settings.
+"""What every reconciler is given: the one API facade, the client of the model servers and the
+operator's settings.
 
-Both are made once, when `graft run` starts (graft.controller.main), and passed down; no
+All are made once, when `graft run` starts (graft.controller.main), and passed down; no
 reconciler reads the environment or builds its own client.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 
 from graft.controller.kube import Api
+from graft.controller.modelclient import ModelServers
 from graft.core.settings import Settings
+
+
+def _nobody(plural: str, namespace: str, name: str) -> None:
+    """The default of `Context.kick`: nobody to tell (tests that call a reconciler directly)."""
 
 
 @dataclass(frozen=True)
 class Context:
     api: Api
     settings: Settings
+    servers: ModelServers = field(default_factory=ModelServers)
+    kick: Callable[[str, str, str], None] = _nobody
+    """kick(plural, namespace, name): reconcile this object again soon, off the caller's thread
+    (a background load that ended calls it)."""

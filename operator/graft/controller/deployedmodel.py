@@ -4,6 +4,7 @@ and report what the replicas really serve (GET /v1/models), not what a call once
 from __future__ import annotations
 
 import logging
+from concurrent.futures import Future
 
 from pydantic import ValidationError
 
@@ -16,14 +17,9 @@ from graft.controller.lookup import (
     deployed_models_of,
     deployment_facts,
     ready_pod_urls,
+    server_api_key,
 )
-from graft.controller.modelclient import (
-    ModelServerError,
-    ModelServerUnreachable,
-    load_adapter,
-    served_models,
-    unload_adapter,
-)
+from graft.controller.modelclient import ModelServerError, ModelServerUnreachable
 from graft.controller.status import publish
 from graft.core.conditions import conditions_of, now_rfc3339
 from graft.core.names import InvalidReference, full_name, parse_ref
@@ -100,7 +96,9 @@ def reconcile(ctx: Context, namespace: str, name: str) -> None:
     if model is not None:
         served_name = model.full_name
     if verdict.admitted and dep_name and model is not None and model.path is not None:
-        pods = load_everywhere(api, namespace, dep_name, model.full_name, model.path)
+        pods = load_everywhere(
+            ctx, namespace, dep_name, name, served_name=model.full_name, path=model.path
+        )
 
     status = deployed_model_status(
         generation=meta.get("generation", 0),
@@ -123,25 +121,55 @@ def reconcile(ctx: Context, namespace: str, name: str) -> None:
 
 
 def load_everywhere(
-    api: Api, namespace: str, deployment: str, served_name: str, path: str
+    ctx: Context, namespace: str, deployment: str, dm: str, *, served_name: str, path: str
 ) -> list[PodLoad]:
-    """Make every ready replica serve the addon; report what each one really serves after."""
+    """Make every ready replica serve the addon; report what each one really serves after.
+
+    All replicas are asked at once; a load that takes longer than the model-server timeout goes
+    on in the background and, when it succeeds, kicks this DeployedModel's next reconcile."""
+    servers = ctx.servers
+    pods = ready_pod_urls(ctx.api, namespace, deployment)
+    key = server_api_key(ctx.api, namespace, deployment)
+
+    def again() -> None:
+        ctx.kick(PLURAL, namespace, dm)
+
+    before = servers.served([url for _, url in pods], key, then=again)
+
+    loads: dict[str, Future[None]] = {}
+    for pod, url in pods:
+        answer = before[url]
+        if isinstance(answer, list) and served_name not in {m.id for m in answer}:
+            log.info("loading %s into %s/%s", served_name, namespace, pod)
+            loads[url] = servers.ensure_loaded(url, served_name, path, key, then=again)
+    servers.wait(loads.values())
+    done = [url for url, f in loads.items() if f.done() and f.exception() is None]
+    after = servers.served(done, key, then=again) if done else {}
+
     out = []
-    for pod, url in ready_pod_urls(api, namespace, deployment):
-        try:
-            if served_name not in {m.id for m in served_models(url)}:
-                log.info("loading %s into %s/%s", served_name, namespace, pod)
-                load_adapter(url, served_name, path)
-            out.append(PodLoad(pod=pod, serves=served_name in {m.id for m in served_models(url)}))
-        except ModelServerUnreachable as exc:
-            out.append(PodLoad(pod=pod, serves=False, waiting=str(exc)))  # not up yet: no failure
-        except ModelServerError as exc:
-            out.append(PodLoad(pod=pod, serves=False, error=str(exc)))
+    for pod, url in pods:
+        answer = after.get(url, before[url])
+        load = loads.get(url)
+        if load is not None and not load.done():
+            out.append(PodLoad(pod=pod, serves=False, waiting=f"{pod} is loading it"))
+        elif load is not None and isinstance(load.exception(), ModelServerError):
+            out.append(_failed(pod, load.exception()))  # type: ignore[arg-type]
+        elif isinstance(answer, ModelServerError):
+            out.append(_failed(pod, answer))
+        else:
+            out.append(PodLoad(pod=pod, serves=served_name in {m.id for m in answer}))
     return out
 
 
-def unload_everywhere(api: Api, namespace: str, name: str) -> None:
-    """Deletion: unload the addon from every ready replica (best effort per pod)."""
+def _failed(pod: str, exc: ModelServerError) -> PodLoad:
+    if isinstance(exc, ModelServerUnreachable):
+        return PodLoad(pod=pod, serves=False, waiting=str(exc))  # not up yet, or stuck: no failure
+    return PodLoad(pod=pod, serves=False, error=str(exc))
+
+
+def unload_everywhere(ctx: Context, namespace: str, name: str) -> None:
+    """Deletion: unload the addon from every ready replica (best effort per pod, all at once)."""
+    api = ctx.api
     obj = api.get_graft(PLURAL, namespace, name)
     if obj is None:
         return
@@ -153,14 +181,18 @@ def unload_everywhere(api: Api, namespace: str, name: str) -> None:
         return
     if dep.account != namespace:
         return
-    failures = []
-    for pod, url in ready_pod_urls(api, namespace, dep.id):
-        try:
-            unload_adapter(url, served_name)
+    pods = {url: pod for pod, url in ready_pod_urls(api, namespace, dep.id)}
+    key = server_api_key(api, namespace, dep.id)
+    failures = ctx.servers.unload(pods, served_name, key)
+    for url, pod in pods.items():
+        if url not in failures:
             log.info("unloaded %s from %s/%s", served_name, namespace, pod)
-        except ModelServerError as exc:
-            failures.append(f"{pod}: {exc}")
     if failures:
         # The pod answered and refused, or is unreachable; it will not get the addon again on
         # restart (it is off the command line of new pods), so say so and carry on.
-        api.event(obj, "Warning", "UnloadFailed", "; ".join(failures))
+        api.event(
+            obj,
+            "Warning",
+            "UnloadFailed",
+            "; ".join(f"{pods[url]}: {err}" for url, err in sorted(failures.items())),
+        )

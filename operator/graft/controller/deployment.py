@@ -8,6 +8,7 @@ which event arrived or whether one was missed.
 from __future__ import annotations
 
 import logging
+import secrets
 from typing import Any
 
 from kubernetes.client.exceptions import ApiException
@@ -23,8 +24,9 @@ from graft.controller.lookup import (
     deployed_models_of,
     deployment_facts,
     ready_pod_urls,
+    server_api_key,
 )
-from graft.controller.modelclient import ModelServerError, served_models
+from graft.controller.modelclient import ModelServerError
 from graft.controller.status import publish
 from graft.core import keys
 from graft.core.conditions import conditions_of, now_rfc3339
@@ -40,6 +42,8 @@ from graft.plan.deployment import (
     pod_spec,
     resource_requirements,
     selector_string,
+    server_key_secret,
+    server_key_secret_name,
     service,
     spec_hash,
 )
@@ -111,6 +115,7 @@ def desired_pod_spec(
     *,
     addons: tuple[Addon, ...] = (),
     addons_claim: str | None = None,
+    key_secret: str | None = None,
 ) -> dict[str, Any]:
     if addons_claim:
         extra = addons_claim_mount(addons_claim)
@@ -132,6 +137,7 @@ def desired_pod_spec(
         resources=resource_requirements(res.gpus, res.gpu_resource, res.cpu, res.memory),
         mounts=tuple(location.mounts),
         env=tuple(e.wire() for e in spec.env or ()),
+        api_key_secret=key_secret,
     )
     return pod_spec(spec, server, location.volumes)
 
@@ -161,14 +167,24 @@ def reconcile(ctx: Context, namespace: str, name: str) -> None:
         addons = admitted_addons(ctx, namespace, name, spec, served_name)
         claim = addons_claim(ctx, namespace, spec)
         image = spec.image or ctx.settings.engine_image(spec.engine)
+        key_secret = server_key_secret_name(name)
         current_hash = spec_hash(
-            desired_pod_spec(spec, location, served_name, image, addons_claim=claim)
+            desired_pod_spec(
+                spec, location, served_name, image, addons_claim=claim, key_secret=key_secret
+            )
         )
         ensure_service(api, owner)
+        ensure_server_key(api, owner)
         plan = pod_plan(spec.replicas, current_hash, pods)
         if not plan.empty:
             template = desired_pod_spec(
-                spec, location, served_name, image, addons=addons, addons_claim=claim
+                spec,
+                location,
+                served_name,
+                image,
+                addons=addons,
+                addons_claim=claim,
+                key_secret=key_secret,
             )
             pod = model_server_pod(owner, template, current_hash)
             uids = {p["metadata"]["name"]: p["metadata"]["uid"] for p in raw_pods}
@@ -190,7 +206,7 @@ def reconcile(ctx: Context, namespace: str, name: str) -> None:
         now=now_rfc3339(),
     )
     if spec.enable_addons and blocked is None:
-        status.addons = served_addons(api, namespace, name)
+        status.addons = served_addons(ctx, namespace, name)
     # Ready=False while replicas come up is routine (the plan's own Events say what it did).
     publish(api, obj, PLURAL, status, warning=blocked is not None, quiet={"ReplicasNotReady"})
 
@@ -223,15 +239,21 @@ def admitted_addons(
     return tuple(sorted(set(out), key=lambda a: a.name))
 
 
-def served_addons(api: Api, namespace: str, name: str) -> list[str] | None:
-    """The addons every ready replica really serves (GET /v1/models); None if none answered."""
+def served_addons(ctx: Context, namespace: str, name: str) -> list[str] | None:
+    """The addons every ready replica really serves (GET /v1/models, all replicas at once);
+    None if none answered."""
     common: set[str] | None = None
-    for pod, url in ready_pod_urls(api, namespace, name):
-        try:
-            served = {m.id for m in served_models(url) if m.parent is not None}
-        except ModelServerError as exc:
-            log.debug("pod %s/%s did not say what it serves: %s", namespace, pod, exc)
+    pods = {url: pod for pod, url in ready_pod_urls(ctx.api, namespace, name)}
+    key = server_api_key(ctx.api, namespace, name)
+
+    def again() -> None:
+        ctx.kick(PLURAL, namespace, name)
+
+    for url, answer in ctx.servers.served(pods, key, then=again).items():
+        if isinstance(answer, ModelServerError):
+            log.debug("pod %s/%s did not say what it serves: %s", namespace, pods[url], answer)
             continue
+        served = {m.id for m in answer if m.parent is not None}
         common = served if common is None else common & served
     return None if common is None else sorted(common)
 
@@ -256,6 +278,19 @@ def execute_plan(
         if api.delete_pod(owner.namespace, name, uids.get(name)):
             log.info("deleted pod %s/%s", owner.namespace, name)
     return created, blocked
+
+
+def ensure_server_key(api: Api, owner: Owner) -> None:
+    """The Secret with the API key of the Deployment's model servers; made once, never rotated
+    by the operator (delete the Secret and the pods to rotate it)."""
+    if api.get_secret(owner.namespace, server_key_secret_name(owner.name)) is not None:
+        return
+    try:
+        api.create_secret(server_key_secret(owner, secrets.token_urlsafe(32)))
+    except ApiException as exc:
+        if exc.status == 403 and "is being terminated" in error_message(exc):
+            return
+        raise
 
 
 def ensure_service(api: Api, owner: Owner) -> None:

@@ -40,6 +40,30 @@ def is_not_found(exc: ApiException) -> bool:
     return bool(exc.status == 404)
 
 
+CONNECT_TIMEOUT_SECONDS = 5.0
+
+
+class TimedApiClient(client.ApiClient):  # type: ignore[misc]
+    """An API client whose every request has a deadline: connecting, and each read of the
+    answer, may take `timeout` seconds at most (the client's default is to wait forever)."""
+
+    def __init__(self, timeout: float, configuration: client.Configuration | None = None) -> None:
+        super().__init__(configuration)
+        self.request_timeout = (min(CONNECT_TIMEOUT_SECONDS, timeout), timeout)
+
+    def call_api(  # type: ignore[no-untyped-def]
+        self, method, url, header_params=None, body=None, post_params=None, _request_timeout=None
+    ):
+        return super().call_api(
+            method,
+            url,
+            header_params=header_params,
+            body=body,
+            post_params=post_params,
+            _request_timeout=_request_timeout or self.request_timeout,
+        )
+
+
 class Api:
     """A small facade over the generated clients, returning plain dicts."""
 
@@ -271,6 +295,22 @@ class Api:
 
     def get_config_map(self, namespace: str, name: str) -> Obj | None:
         return self._read(self.core.read_namespaced_config_map, name, namespace)
+
+    def get_secret(self, namespace: str, name: str) -> Obj | None:
+        return self._read(self.core.read_namespaced_secret, name, namespace)
+
+    def create_secret(self, secret: Obj) -> Obj | None:
+        """Create a Secret; None when one of that name exists already."""
+        try:
+            return self._plain(
+                self.core.create_namespaced_secret(
+                    secret["metadata"]["namespace"], secret, field_manager=keys.FIELD_MANAGER
+                )
+            )
+        except ApiException as exc:
+            if exc.status == 409:
+                return None
+            raise
 
     def get_pvc(self, namespace: str, name: str) -> Obj | None:
         return self._read(self.core.read_namespaced_persistent_volume_claim, name, namespace)

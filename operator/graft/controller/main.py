@@ -18,8 +18,11 @@ from __future__ import annotations
 import logging
 import os
 import threading
+import time
 from collections.abc import Callable, Iterator, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
+from dataclasses import replace
 from typing import Any
 
 import kopf
@@ -37,7 +40,8 @@ from graft.controller import (
     user,
 )
 from graft.controller.context import Context
-from graft.controller.kube import Api, load_config
+from graft.controller.kube import Api, TimedApiClient, load_config
+from graft.controller.modelclient import Limits, ModelServers
 from graft.core import keys
 from graft.core.names import InvalidReference, full_name, parse_ref
 from graft.core.objects import is_finished
@@ -53,14 +57,49 @@ ACCOUNT_DELETION_RETRY_SECONDS = 10.0
 (or sooner, with a faster resync)."""
 
 
+class Running:
+    """The reconciles running now and since when, for the liveness probe."""
+
+    def __init__(self) -> None:
+        self._since: dict[int, tuple[str, float]] = {}
+        self._guard = threading.Lock()
+
+    @contextmanager
+    def track(self, what: str) -> Iterator[None]:
+        ident = threading.get_ident()
+        with self._guard:
+            self._since[ident] = (what, time.monotonic())
+        try:
+            yield
+        finally:
+            with self._guard:
+                self._since.pop(ident, None)
+
+    def count(self) -> int:
+        with self._guard:
+            return len(self._since)
+
+    def stuck(self, now: float, after: float) -> list[str]:
+        """What the reconciles running for longer than `after` seconds are busy with."""
+        with self._guard:
+            return sorted(what for what, since in self._since.values() if now - since > after)
+
+
 class Operator:
     """The handlers of one operator process, bound to its context."""
 
     def __init__(self, ctx: Context) -> None:
-        self.ctx = ctx
+        self.ctx = replace(ctx, kick=self.kick)
         self._locks: dict[tuple[str, str, str], threading.Lock] = {}
         self._locks_guard = threading.Lock()
         self._reconcilers: dict[str, Reconcile] = {}
+        self._followups = ThreadPoolExecutor(max_workers=2, thread_name_prefix="followup")
+        self.running = Running()
+
+    def kick(self, plural: str, namespace: str, name: str) -> None:
+        """Reconcile an object again soon, off the caller's thread (a background load that
+        ended asks for it)."""
+        self._followups.submit(self.reconcile_soft, plural, namespace, name)
 
     @contextmanager
     def exclusive(self, plural: str, namespace: str, name: str) -> Iterator[None]:
@@ -71,7 +110,10 @@ class Operator:
             yield
 
     def reconcile(self, plural: str, namespace: str, name: str) -> None:
-        with self.exclusive(plural, namespace, name):
+        with (
+            self.running.track(f"{plural} {namespace}/{name}"),
+            self.exclusive(plural, namespace, name),
+        ):
             self._reconcilers[plural](self.ctx, namespace, name)
 
     def reconcile_soft(self, plural: str, namespace: str, name: str) -> None:
@@ -127,8 +169,25 @@ class Operator:
         # Graft records its own, deliberate Events; kopf would post one per log line.
         settings.posting.enabled = False
         settings.execution.max_workers = self.ctx.settings.workers
-        settings.networking.request_timeout = 60
+        # No API call waits forever: kopf's own requests and watches have deadlines too.
+        api_timeout = self.ctx.settings.api_timeout
+        settings.networking.request_timeout = api_timeout
+        settings.networking.connect_timeout = min(10.0, api_timeout)
         settings.watching.server_timeout = 300
+        settings.watching.client_timeout = 330
+        settings.watching.connect_timeout = min(10.0, api_timeout)
+
+    def workers_alive(self, **_: Any) -> str:
+        """Liveness: fails (HTTP 500 from kopf's liveness endpoint) when every reconcile worker
+        has been stuck in one reconcile for longer than GRAFT_STUCK_SECONDS."""
+        settings = self.ctx.settings
+        stuck = self.running.stuck(time.monotonic(), settings.stuck_seconds)
+        if len(stuck) >= settings.workers:
+            raise kopf.PermanentError(
+                f"all {settings.workers} reconcile workers stuck for over "
+                f"{settings.stuck_seconds:g} s: {', '.join(stuck[:5])}"
+            )
+        return f"{self.running.count()} reconciles running, {len(stuck)} stuck"
 
     def register(self, registry: kopf.OperatorRegistry) -> None:
         """Every handler of the operator, on `registry`."""
@@ -136,6 +195,9 @@ class Operator:
         # default registry would add this by itself, a registry of our own does not.
         kopf.on.login(registry=registry)(kopf.login_via_client)
         kopf.on.startup(registry=registry)(self.configure)
+        kopf.on.probe(id="workers", errors=kopf.ErrorsMode.PERMANENT, registry=registry)(
+            self.workers_alive
+        )
         self._register_deployments(registry)
         self._register_models(registry)
         self._register_deployed_models(registry)
@@ -222,7 +284,7 @@ class Operator:
         assert namespace is not None
         assert name is not None
         with self.exclusive(Plural.DEPLOYED_MODELS, namespace, name):
-            deployedmodel.unload_everywhere(self.ctx.api, namespace, name)
+            deployedmodel.unload_everywhere(self.ctx, namespace, name)
 
     # --- Account and User ------------------------------------------------------------------
 
@@ -328,7 +390,11 @@ def run(
         return 2
     load_config()
     registry = kopf.OperatorRegistry()
-    Operator(Context(api=Api(), settings=settings)).register(registry)
+    servers = ModelServers(
+        Limits(timeout=settings.server_timeout, load_timeout=settings.server_load_timeout)
+    )
+    api = Api(TimedApiClient(settings.api_timeout))
+    Operator(Context(api=api, settings=settings, servers=servers)).register(registry)
     kopf.run(
         registry=registry,
         standalone=True,

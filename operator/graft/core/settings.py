@@ -21,10 +21,15 @@ Operator settings (`Settings`):
 | GRAFT_DATASET_MAX_EXAMPLES | 3,000,000 | dataset example limit |
 | GRAFT_RESYNC_SECONDS | 60 | how often every object is reconciled without an event |
 | GRAFT_WORKERS | 8 | reconciles that run at once |
+| GRAFT_SERVER_TIMEOUT_SECONDS | 5 | total deadline of a call to a model server, and the longest a reconcile waits for one |
+| GRAFT_SERVER_LOAD_TIMEOUT_SECONDS | 120 | total deadline of loading one addon into one replica (in the background) |
+| GRAFT_API_TIMEOUT_SECONDS | 30 | deadline of one Kubernetes API request |
+| GRAFT_STUCK_SECONDS | 300 | liveness fails when every worker has been in one reconcile this long |
 
 Variables of the programs that run in pods (graft.dataplane), read by that program when it runs:
 GRAFT_TERMINATION_MESSAGE_PATH (`TERMINATION_MESSAGE_PATH_ENV`), GRAFT_PVC_ROOT (`PVC_ROOT_ENV`)
-and GRAFT_CACHE_DIR (`CACHE_DIR_ENV`, where small models are converted and cached).
+GRAFT_CACHE_DIR (`CACHE_DIR_ENV`, where small models are converted and cached), and
+VLLM_API_KEY (`SERVER_API_KEY_ENV`, the key a model server requires, as vLLM names it).
 """
 
 from __future__ import annotations
@@ -48,10 +53,16 @@ MAX_BYTES_ENV = "GRAFT_DATASET_MAX_BYTES"
 MAX_EXAMPLES_ENV = "GRAFT_DATASET_MAX_EXAMPLES"
 RESYNC_ENV = "GRAFT_RESYNC_SECONDS"
 WORKERS_ENV = "GRAFT_WORKERS"
+SERVER_TIMEOUT_ENV = "GRAFT_SERVER_TIMEOUT_SECONDS"
+SERVER_LOAD_TIMEOUT_ENV = "GRAFT_SERVER_LOAD_TIMEOUT_SECONDS"
+API_TIMEOUT_ENV = "GRAFT_API_TIMEOUT_SECONDS"
+STUCK_ENV = "GRAFT_STUCK_SECONDS"
 
 TERMINATION_MESSAGE_PATH_ENV = "GRAFT_TERMINATION_MESSAGE_PATH"
 PVC_ROOT_ENV = "GRAFT_PVC_ROOT"
 CACHE_DIR_ENV = "GRAFT_CACHE_DIR"
+SERVER_API_KEY_ENV = "VLLM_API_KEY"
+"""The key model servers require on /v1/ (vLLM reads this variable too); from a Secret."""
 
 DEFAULT_REFERENCE_IMAGE = f"ghcr.io/graft-dev/graft:{__version__}"
 DEFAULT_VLLM_IMAGE = "vllm/vllm-openai:v0.11.0"
@@ -62,6 +73,10 @@ DEFAULT_MAX_EXAMPLES = 3_000_000
 MIN_EXAMPLES = 3
 DEFAULT_RESYNC_SECONDS = 60.0
 DEFAULT_WORKERS = 8
+DEFAULT_SERVER_TIMEOUT_SECONDS = 5.0
+DEFAULT_SERVER_LOAD_TIMEOUT_SECONDS = 120.0
+DEFAULT_API_TIMEOUT_SECONDS = 30.0
+DEFAULT_STUCK_SECONDS = 300.0
 
 
 N = TypeVar("N", int, float)
@@ -87,6 +102,10 @@ class Settings:
     dataset_min_examples: int = MIN_EXAMPLES
     resync_seconds: float = DEFAULT_RESYNC_SECONDS
     workers: int = DEFAULT_WORKERS
+    server_timeout: float = DEFAULT_SERVER_TIMEOUT_SECONDS
+    server_load_timeout: float = DEFAULT_SERVER_LOAD_TIMEOUT_SECONDS
+    api_timeout: float = DEFAULT_API_TIMEOUT_SECONDS
+    stuck_seconds: float = DEFAULT_STUCK_SECONDS
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> Settings:
@@ -126,6 +145,14 @@ class Settings:
             dataset_max_examples=_positive(env, MAX_EXAMPLES_ENV, DEFAULT_MAX_EXAMPLES, int),
             resync_seconds=_positive(env, RESYNC_ENV, DEFAULT_RESYNC_SECONDS, float),
             workers=_positive(env, WORKERS_ENV, DEFAULT_WORKERS, int),
+            server_timeout=_positive(
+                env, SERVER_TIMEOUT_ENV, DEFAULT_SERVER_TIMEOUT_SECONDS, float
+            ),
+            server_load_timeout=_positive(
+                env, SERVER_LOAD_TIMEOUT_ENV, DEFAULT_SERVER_LOAD_TIMEOUT_SECONDS, float
+            ),
+            api_timeout=_positive(env, API_TIMEOUT_ENV, DEFAULT_API_TIMEOUT_SECONDS, float),
+            stuck_seconds=_positive(env, STUCK_ENV, DEFAULT_STUCK_SECONDS, float),
         )
 
     def artifacts_claim(self) -> str | None:

@@ -137,6 +137,12 @@ OPERATOR_RULES: tuple[Rule, ...] = (
         ("get", "create", "patch"),
     ),
     Rule(
+        "Deployment: the Secret with the API key its model servers require, read to call them.",
+        (CORE,),
+        ("secrets",),
+        ("get", "create"),
+    ),
+    Rule(
         "All reconcilers: Events for the transitions a person wants to see.",
         (CORE,),
         ("events",),

@@ -145,6 +145,7 @@ def deployed_model_status(
         )
     loaded = sum(1 for p in pods if p.serves)
     errors = [f"{p.pod}: {p.error}" for p in pods if p.error]
+    pending = "; ".join(f"{p.pod}: {p.waiting}" for p in pods if p.waiting)
     if not pods:
         conditions = cond(
             previous, False, "NoReadyReplicas", "the deployment has no ready replica to load into"
@@ -160,11 +161,12 @@ def deployed_model_status(
             previous,
             False,
             "LoadFailed",
-            f"served by {loaded}/{len(pods)} ready replicas; " + "; ".join(errors),
+            f"served by {loaded}/{len(pods)} ready replicas; "
+            + "; ".join(errors)
+            + (f"; waiting for {pending}" if pending else ""),
         )
         state = "Failed"
     else:
-        pending = "; ".join(f"{p.pod}: {p.waiting}" for p in pods if p.waiting)
         detail = f"served by {loaded}/{len(pods)} ready replicas"
         if pending:
             detail += f"; waiting for {pending}"

@@ -17,7 +17,7 @@ from graft.core import keys
 from graft.core.conditions import set_condition
 from graft.core.names import is_dns1035_label
 from graft.core.objects import Owner, labels
-from graft.plan.engines import PORT, PORT_NAME, ServerSpec, container_for
+from graft.plan.engines import API_KEY_FIELD, PORT, PORT_NAME, ServerSpec, container_for
 
 
 def selector_labels(deployment: str) -> dict[str, str]:
@@ -96,6 +96,29 @@ def model_server_pod(owner: Owner, pod: dict[str, Any], template_hash: str) -> d
             "ownerReferences": [owner.reference()],
         },
         "spec": pod,
+    }
+
+
+def server_key_secret_name(deployment: str) -> str:
+    """The Secret with the API key the Deployment's model servers require (a Graft ID plus this
+    suffix is a valid Secret name)."""
+    return f"{deployment}-server-key"
+
+
+def server_key_secret(owner: Owner, key: str) -> dict[str, Any]:
+    """The Deployment's server-key Secret: made once with a random key, owned by the
+    Deployment (it goes with it), read by the operator and, later, the gateway."""
+    return {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "type": "Opaque",
+        "metadata": {
+            "name": server_key_secret_name(owner.name),
+            "namespace": owner.namespace,
+            "labels": labels(keys.MODEL_SERVER, owner),
+            "ownerReferences": [owner.reference()],
+        },
+        "stringData": {API_KEY_FIELD: key},
     }
 
 

@@ -12,6 +12,10 @@ from typing import Any
 
 from graft.api.serving import Engine
 from graft.core.keys import MODEL_SERVER
+from graft.core.settings import SERVER_API_KEY_ENV
+
+API_KEY_FIELD = "api-key"
+"""The key of the Deployment's server-key Secret that holds the API key its servers require."""
 
 PORT = 8000
 PORT_NAME = "http"
@@ -41,6 +45,9 @@ class ServerSpec:
     resources: dict[str, Any] = field(default_factory=dict)
     mounts: tuple[dict[str, Any], ...] = ()
     env: tuple[dict[str, str], ...] = ()
+    api_key_secret: str | None = None
+    """The Secret whose API key the server requires on /v1/ (VLLM_API_KEY, from the Secret, so
+    the key is never on the command line or in the pod spec)."""
 
 
 def _lora_args(spec: ServerSpec) -> list[str]:
@@ -81,8 +88,16 @@ def _container(spec: ServerSpec, command: list[str], args: list[str]) -> dict[st
     }
     if spec.mounts:
         container["volumeMounts"] = list(spec.mounts)
-    if spec.env:
-        container["env"] = list(spec.env)
+    env: list[dict[str, Any]] = list(spec.env)
+    if spec.api_key_secret:
+        env.append(
+            {
+                "name": SERVER_API_KEY_ENV,
+                "valueFrom": {"secretKeyRef": {"name": spec.api_key_secret, "key": API_KEY_FIELD}},
+            }
+        )
+    if env:
+        container["env"] = env
     return container
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import hmac
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -36,6 +37,9 @@ class ServerSettings:
     enable_lora: bool = False
     max_loras: int = 1
     max_lora_rank: int = 16
+    api_key: str | None = None
+    """When set, every /v1/ request must carry `Authorization: Bearer <key>` (as vLLM's
+    --api-key): the operator and the gateway hold it, other tenants do not."""
 
 
 @dataclass
@@ -174,6 +178,20 @@ def create_app(models: Models) -> FastAPI:
             problems or "invalid request", "BadRequestError", HTTPStatus(400)
         )
         return JSONResponse(body, status_code=400)
+
+    @app.middleware("http")
+    async def require_api_key(
+        request: Request, call_next: Callable[[Request], Awaitable[Response]]
+    ) -> Response:
+        key = models.settings.api_key
+        if key and request.url.path.startswith("/v1/"):
+            given = request.headers.get("authorization", "")
+            if not hmac.compare_digest(given.encode(), f"Bearer {key}".encode()):
+                body = protocol.error_body(
+                    "missing or wrong API key", "AuthenticationError", HTTPStatus(401)
+                )
+                return JSONResponse(body, status_code=401)
+        return await call_next(request)
 
     @app.middleware("http")
     async def count_requests(

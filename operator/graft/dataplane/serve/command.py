@@ -15,6 +15,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from graft.core.settings import SERVER_API_KEY_ENV as API_KEY_ENV
 from graft.dataplane.argtypes import positive_int
 from graft.dataplane.serve import protocol
 
@@ -74,6 +75,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="weights dtype (auto = float32, the safe choice on a CPU)",
     )
     parser.add_argument(
+        "--api-key",
+        default=os.environ.get(API_KEY_ENV) or None,
+        help=f"require 'Authorization: Bearer <key>' on /v1/ (default: ${API_KEY_ENV}, "
+        "which is how Graft's pods pass it, so it is not on the command line)",
+    )
+    parser.add_argument(
         "--uvicorn-log-level",
         default="info",
         choices=["critical", "error", "warning", "info", "debug", "trace"],
@@ -108,6 +115,7 @@ def main(argv: Sequence[str]) -> int:
         enable_lora=args.enable_lora,
         max_loras=args.max_loras,
         max_lora_rank=args.max_lora_rank,
+        api_key=args.api_key,
     )
     print(f"graft serve: loading {model_dir}", file=sys.stderr, flush=True)
     try:
