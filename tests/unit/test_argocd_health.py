@@ -24,6 +24,7 @@ from lupa import lua51
 from graft.api.kinds import ALL_KINDS
 from graft.api.serving import DeploymentSpec
 from graft.gen import argocd
+from harness import dump
 
 ROOT = Path(__file__).resolve().parents[2]
 ARGOCD = ROOT / "deploy" / "argocd"
@@ -382,3 +383,51 @@ def test_terminal_reasons_match_what_the_code_publishes(kind: str) -> None:
     # No listed reason is gone from the code (InvalidSpec is for every kind, coming or not).
     gone = terminal - string_literals(SOURCES[kind]) - {argocd.INVALID_SPEC}
     assert not gone, f"{kind}: no longer published: {gone}"
+
+
+# --- Fixtures dumped from the integration tests -------------------------------------------------
+
+
+def test_dumping_is_off_without_the_variable(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv(dump.ENV, raising=False)
+    obj = load(kind_dir("Deployment") / "testdata" / "ready.yaml")
+    assert dump.dump(obj, "ready") is None
+    # Not even the cluster is touched.
+    assert dump.dump_current(None, "deployments.graft.dev", "chat", "acme", "ready") is None  # type: ignore[arg-type]
+
+
+def test_a_dump_is_a_fixture_without_what_changes_between_runs(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setenv(dump.ENV, str(tmp_path))
+    obj = load(kind_dir("Dataset") / "testdata" / "validated.yaml")
+    live = {
+        **obj,
+        "metadata": {
+            **obj["metadata"],
+            "uid": "6f1c0d9e-1b2a-4c3d-9e8f-7a6b5c4d3e2f",
+            "resourceVersion": "4711",
+            "creationTimestamp": "2026-03-02T09:14:05Z",
+            "managedFields": [{"manager": "graft", "operation": "Apply"}],
+            "annotations": {
+                "kubectl.kubernetes.io/last-applied-configuration": "{}",
+                "graft.dev/last-handled-configuration": "{}",
+                "example.com/owner": "team-a",
+            },
+        },
+    }
+    path = dump.dump(live, "validated")
+    assert path == tmp_path / "graft.dev" / "Dataset" / "testdata" / "validated.yaml"
+    written = load(path)
+    assert written == {
+        **obj,
+        "metadata": {**obj["metadata"], "annotations": {"example.com/owner": "team-a"}},
+    }
+    assert path.read_text().startswith("# Dumped from a real object")
+    script = (kind_dir("Dataset") / "health.lua").read_text()
+    assert evaluate(script, written) == evaluate(script, obj)
+
+
+def test_fixture_names_from_reasons() -> None:
+    assert dump.kebab("TooManyAddons") == "too-many-addons"
+    assert dump.kebab("RankTooHigh") == "rank-too-high"
