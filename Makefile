@@ -38,6 +38,10 @@ crds: $(STAMP) ## regenerate crds/ from the pydantic API
 manifests: $(STAMP) ## regenerate the RBAC in deploy/operator.yaml from graft.gen.rbac
 	$(BIN)/graft manifests --output deploy/operator.yaml
 
+.PHONY: argocd
+argocd: $(STAMP) ## regenerate the Argo CD health checks and argocd-cm patch in deploy/argocd/
+	$(BIN)/graft argocd --output deploy/argocd
+
 .PHONY: lint
 lint: $(STAMP) ## ruff lint and format check
 	$(BIN)/ruff check operator tests bench hack
@@ -53,11 +57,12 @@ typecheck: $(STAMP) ## mypy --strict
 	$(BIN)/mypy
 
 .PHONY: verify
-verify: $(STAMP) ## fail when generated CRDs or RBAC drift from the code, or lint/types fail
+verify: $(STAMP) ## fail when generated CRDs, RBAC or Argo CD checks drift from the code, or lint/types fail
 	@tmp=$$(mktemp -d) && $(BIN)/graft crds --output $$tmp >/dev/null && \
 	  if ! diff -ru crds $$tmp; then echo "crds/ is out of date: run 'make crds' and commit" >&2; rm -rf $$tmp; exit 1; fi; \
 	  rm -rf $$tmp
 	@$(BIN)/graft manifests --check --output deploy/operator.yaml
+	@$(BIN)/graft argocd --check --output deploy/argocd
 	@$(MAKE) --no-print-directory lint typecheck
 
 .PHONY: controlplane

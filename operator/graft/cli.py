@@ -1,8 +1,9 @@
 """The `graft` command line: parse and dispatch, nothing else.
 
-The operator (`run`), the generators (`crds`, `manifests`) and the Job entrypoints (`dataset
-validate`, `fetch`) are parsed here and run by their own modules; `train` and `serve` have their
-own argument parsers and are imported only when called, so the operator never imports torch.
+The operator (`run`), the generators (`crds`, `manifests`, `argocd`) and the Job entrypoints
+(`dataset validate`, `fetch`) are parsed here and run by their own modules; `train` and `serve`
+have their own argument parsers and are imported only when called, so the operator never imports
+torch.
 """
 
 from __future__ import annotations
@@ -50,6 +51,12 @@ def _manifests(ns: argparse.Namespace) -> int:
     from graft.gen import rbac
 
     return rbac.write_manifest(Path(ns.output), check=ns.check)
+
+
+def _argocd(ns: argparse.Namespace) -> int:
+    from graft.gen import argocd
+
+    return argocd.write_all(Path(ns.output), check=ns.check)
 
 
 def _run(ns: argparse.Namespace) -> int:
@@ -100,6 +107,18 @@ def _parser() -> argparse.ArgumentParser:
         "--check", action="store_true", help="only check: exit 1 if the file is out of date"
     )
     manifests.set_defaults(func=_manifests)
+
+    argocd = sub.add_parser(
+        "argocd",
+        help="write the Argo CD health checks (health.lua per kind) and the argocd-cm patch",
+    )
+    argocd.add_argument(
+        "--output", "-o", default="deploy/argocd", help="directory (default: %(default)s)"
+    )
+    argocd.add_argument(
+        "--check", action="store_true", help="only check: exit 1 if a file is out of date"
+    )
+    argocd.set_defaults(func=_argocd)
 
     for name, (_, help_text) in DATA_PLANE.items():
         sub.add_parser(name, help=help_text, add_help=False)

@@ -4,5 +4,6 @@ container runtime:
 - kube: kubectl, waiting, and the operator as a `graft run` process;
 - kubelet: a stand-in for the kubelet that runs Job pods' containers as local processes;
 - podservers: each model-server pod's own command line, bound to its (loopback) pod IP;
-- tinyadapters: LoRA adapters made in code, without training.
+- tinyadapters: LoRA adapters made in code, without training;
+- dump: real objects written as Argo CD health-check fixtures (GRAFT_DUMP_FIXTURES=<dir>).
 """

@@ -20,6 +20,7 @@ from typing import Any
 
 import pytest
 
+from harness.dump import dump
 from harness.kube import RBAC_DENIAL, Cluster, OperatorProcess, condition, wait_for
 
 GROUP = "graft.dev/v1alpha1"
@@ -181,6 +182,7 @@ def quota_spec(cluster: Cluster, ns: str) -> dict[str, Any] | None:
 def test_account_owns_its_namespace_and_quota(admin: Cluster, new_account: Any) -> None:
     name = new_account(quota={"gpus": 2, "deployments": 3, "memory": "64Gi"})
     acct = account_ready(admin, name)
+    dump(acct, "ready")
     status = acct["status"]
     assert status["name"] == f"accounts/{name}"
     assert status["namespace"] == name
@@ -253,6 +255,7 @@ def test_existing_namespace_is_never_adopted(admin: Cluster, new_account: Any) -
             "NamespaceConflict",
             lambda: with_reason(admin, "accounts.graft.dev", name, "NamespaceConflict"),
         )
+        dump(acct, "namespace-conflict")
         assert acct["status"]["state"] == "Failed"
         assert f"namespace {name} already exists" in (condition(acct, "Ready") or {})["message"]
         assert "namespace" not in acct["status"]
@@ -299,6 +302,7 @@ def test_gpu_quota_blocks_pods_with_a_reason_until_raised(admin: Cluster, new_ac
         lambda: with_reason(admin, "deployments.graft.dev", "big", "PodCreationForbidden", name),
         timeout=60,
     )
+    dump(dep, "pod-creation-forbidden")
     message = (condition(dep, "Ready") or {})["message"]
     assert "exceeded quota: graft-quota" in message, message
     assert "requests.nvidia.com/gpu=2" in message
@@ -335,6 +339,7 @@ def test_users_get_exactly_their_role_in_their_account(admin: Cluster, new_accou
         wait_for(f"User {who} Ready", partial(ready, admin, "users.graft.dev", who, a))
     alice = admin.get("users.graft.dev", "alice", a)
     assert alice is not None
+    dump(alice, "bound")
     assert alice["status"]["name"] == f"accounts/{a}/users/alice"
     assert alice["status"]["clusterRole"] == "graft-member"
     binding = admin.get("rolebinding", "graft-user-alice", a)
@@ -450,6 +455,7 @@ def test_user_validation_and_user_outside_an_account(admin: Cluster, namespace: 
         "AccountNotFound",
         lambda: with_reason(admin, "users.graft.dev", "eve", "AccountNotFound", namespace),
     )
+    dump(eve, "account-not-found")
     assert eve["status"]["state"] == "Waiting"
     assert admin.get("rolebinding", "graft-user-eve", namespace) is None
     assert not can_i(admin, "eve@example.com", "get", "models.graft.dev", namespace)
@@ -470,6 +476,7 @@ def test_account_deletion_is_refused_while_graft_resources_remain(
         lambda: with_reason(admin, "accounts.graft.dev", name, "DeletionBlocked"),
         timeout=30,
     )
+    dump(acct, "deletion-blocked")
     message = (condition(acct, "Ready") or {})["message"]
     assert "models: base" in message
     assert "spec.deletionPolicy: Delete" in message

@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 
+from harness.dump import dump, dump_current, kebab
 from harness.kube import Cluster, OperatorProcess, condition, wait_for
 from harness.podservers import PodServers
 
@@ -159,6 +160,7 @@ def test_model_status_records_the_adapter(
             lambda m: (condition(m, "Ready") or {}).get("status") == "True",
         ),
     )
+    dump(big, "ready-addon")
     assert big["status"]["loraRank"] == 32
     assert big["status"]["targetModules"] == ["q_proj", "v_proj"]
     assert big["status"]["name"] == f"accounts/{ns}/models/big"
@@ -169,6 +171,7 @@ def test_model_status_records_the_adapter(
             lambda m: (condition(m, "Ready") or {}).get("reason") == "BaseModelNotFound",
         ),
     )
+    dump(orphan, "base-model-not-found")
     assert orphan["status"]["state"] == "Waiting"
 
 
@@ -188,6 +191,7 @@ def test_addon_loaded_at_run_time_on_every_replica(
         "wait", "deployments.graft.dev/chat", "-n", ns, "--for=condition=Ready", "--timeout=90s"
     )
     first = {p["metadata"]["uid"] for p in live_pods(cluster, ns, "chat")}
+    dump_current(cluster, "models.graft.dev", "base", ns, "ready-base")
 
     # Loaded over HTTP into the running replica: no pod is restarted.
     cluster.apply(deployed("sql", ns, "sql"))
@@ -200,8 +204,13 @@ def test_addon_loaded_at_run_time_on_every_replica(
 
     # Scale 1 -> 3: the new replicas start with the addon on their command line.
     cluster.kubectl("scale", "deployments.graft.dev/chat", "-n", ns, "--replicas=3")
-    wait_for(
-        "DeployedModel Ready on 3 replicas", lambda: ready_with(cluster, ns, "sql", 3), timeout=180
+    dump(
+        wait_for(
+            "DeployedModel Ready on 3 replicas",
+            lambda: ready_with(cluster, ns, "sql", 3),
+            timeout=180,
+        ),
+        "loaded",
     )
     assert all_pods_serve(servers, cluster, ns, "chat", sql, 3)
     for pod in live_pods(cluster, ns, "chat"):
@@ -313,6 +322,7 @@ def test_rejections_are_conditions_not_retries(
             f"{name} rejected with {reason}",
             lambda name=name, reason=reason: reason_of(cluster, ns, name, reason),
         )
+        dump(dm, kebab(reason))
         assert dm["status"]["state"] == "Failed"
         assert condition(dm, "Ready")["status"] == "False"  # type: ignore[index]
     assert "rank 32" in condition(dm_state(cluster, ns, "too-big"), "Ready")["message"]  # type: ignore[index]
@@ -320,6 +330,7 @@ def test_rejections_are_conditions_not_retries(
         f"accounts/{ns}/models/other"
         in condition(dm_state(cluster, ns, "mismatch"), "Ready")["message"]
     )  # type: ignore[index]
+    dump_current(cluster, "deployments.graft.dev", "chat", ns, "scaled-to-zero")
     # No retry loop: a rejected object is not rewritten while nothing changes.
     versions = {n: dm_state(cluster, ns, n)["metadata"]["resourceVersion"] for n in expected}  # type: ignore[index]
     time.sleep(3 * operator.resync_seconds)
@@ -328,7 +339,10 @@ def test_rejections_are_conditions_not_retries(
     } == versions  # type: ignore[index]
     # The slot frees up when the first one goes.
     cluster.kubectl("delete", "deployedmodels.graft.dev/first", "-n", ns, "--timeout=60s")
-    wait_for("second admitted", lambda: reason_of(cluster, ns, "second", "NoReadyReplicas"))
+    dump(
+        wait_for("second admitted", lambda: reason_of(cluster, ns, "second", "NoReadyReplicas")),
+        "no-ready-replicas",
+    )
 
 
 def test_model_in_use_is_not_deleted(
@@ -351,6 +365,7 @@ def test_model_in_use_is_not_deleted(
             lambda m: (condition(m, "Ready") or {}).get("reason") == "InUse",
         ),
     )
+    dump(model, "in-use")
     assert f"accounts/{ns}/deployments/chat" in condition(model, "Ready")["message"]  # type: ignore[index]
     time.sleep(2 * operator.resync_seconds)
     assert cluster.get("models.graft.dev", "base", ns) is not None
@@ -375,6 +390,7 @@ def test_server_that_fails_the_load_leaves_it_not_ready(
     )
     cluster.apply(deployed("broken", ns, "broken"))
     dm = wait_for("LoadFailed", lambda: reason_of(cluster, ns, "broken", "LoadFailed"), timeout=120)
+    dump(dm, "load-failed")
     message = condition(dm, "Ready")["message"]  # type: ignore[index]
     assert "HTTP 4" in message or "HTTP 5" in message, message
     assert dm["status"]["loadedReplicas"] == 0

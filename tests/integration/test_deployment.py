@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 
+from harness.dump import dump
 from harness.kube import Cluster, OperatorProcess, condition, wait_for
 
 GROUP = "graft.dev/v1alpha1"
@@ -207,6 +208,7 @@ def test_deployment_lifecycle(operator: OperatorProcess, namespace: str) -> None
         "wait", "deployments.graft.dev/chat", "-n", ns, "--for=condition=Ready", "--timeout=90s"
     )
     dep = wait_for("2 ready replicas", lambda: converged(cluster, ns, "chat", 2), timeout=60)
+    dump(dep, "ready")
     for pod in pods(cluster, ns, "chat"):
         assert pod["spec"]["nodeName"].startswith("kwok-node-")
         assert pod["status"]["phase"] == "Running"
@@ -317,6 +319,7 @@ def test_base_model_must_exist_and_be_a_base_model(
     dep = wait_for(
         "BaseModelNotFound", lambda: with_ready_reason(cluster, ns, "waiting", "BaseModelNotFound")
     )
+    dump(dep, "base-model-not-found")
     ready = condition(dep, "Ready")
     assert ready is not None
     assert ready["status"] == "False"
@@ -336,6 +339,7 @@ def test_base_model_must_exist_and_be_a_base_model(
     dep = wait_for(
         "BaseModelNotBase", lambda: with_ready_reason(cluster, ns, "wrong", "BaseModelNotBase")
     )
+    dump(dep, "base-model-not-base")
     assert "PeftAddon" in condition(dep, "Ready")["message"]  # type: ignore[index]
     assert dep["status"]["state"] == "Failed"
     time.sleep(2 * operator.resync_seconds)

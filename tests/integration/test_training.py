@@ -20,6 +20,7 @@ from typing import Any, TypeVar
 
 import pytest
 
+from harness.dump import dump
 from harness.kube import Cluster, OperatorProcess, condition, wait_for
 from harness.kubelet import KubeletStandIn
 
@@ -213,6 +214,7 @@ def test_valid_datasets_report_their_signature_once(env: Env) -> None:
 
     ds = env.get("datasets.graft.dev", "chat")
     assert ds is not None
+    dump(ds, "validated")
     st = ds["status"]
     assert (st["sha256"], st["sizeBytes"], st["exampleCount"], st["filename"]) == (
         chat_sha,
@@ -299,6 +301,7 @@ def test_invalid_datasets_fail_with_line_numbered_errors(env: Env) -> None:
         ]
     )
     bad = env.wait("bad to fail", lambda: env.finished("datasets.graft.dev", "bad", "Failed"))
+    dump(bad, "invalid-dataset")
     ready = condition(bad, "Ready")
     assert ready is not None
     assert (ready["status"], ready["reason"]) == ("False", "InvalidDataset")
@@ -326,6 +329,7 @@ def test_invalid_datasets_fail_with_line_numbered_errors(env: Env) -> None:
     missing = env.wait(
         "missing to fail", lambda: env.finished("datasets.graft.dev", "missing", "Failed")
     )
+    dump(missing, "source-unreadable")
     assert condition(missing, "Ready")["reason"] == "SourceUnreadable"  # type: ignore[index]
     assert f"{env.data}/nowhere.jsonl: no such file" in condition(missing, "Ready")["message"]  # type: ignore[index]
 
@@ -342,6 +346,7 @@ def test_datasets_wait_for_their_configmap_or_claim(env: Env) -> None:
         "WaitingForConfigMap",
         lambda: env.with_reason("datasets.graft.dev", "later", "Ready", "WaitingForConfigMap"),
     )
+    dump(waiting, "waiting-for-configmap")
     assert waiting["status"]["state"] == "Waiting"
     assert "ConfigMap later does not exist (yet)" in condition(waiting, "Ready")["message"]  # type: ignore[index]
     on_claim = env.wait(
@@ -450,6 +455,7 @@ def test_finetuning_job_waits_then_trains_and_publishes_the_addon(
         "WaitingForDataset",
         lambda: env.with_reason("finetuningjobs.graft.dev", "tune", "Ready", "WaitingForDataset"),
     )
+    dump(waiting, "waiting-for-dataset")
     assert waiting["status"]["state"] == "Waiting"
     assert (
         f"dataset accounts/{ns}/datasets/train does not exist (yet)"
@@ -458,9 +464,14 @@ def test_finetuning_job_waits_then_trains_and_publishes_the_addon(
 
     write(env.data / "train.jsonl", chat_lines(8))
     cluster.apply(dataset("train", ns, {"uri": f"file://{env.data}/train.jsonl"}))
-    env.wait(
-        "WaitingForBaseModel",
-        lambda: env.with_reason("finetuningjobs.graft.dev", "tune", "Ready", "WaitingForBaseModel"),
+    dump(
+        env.wait(
+            "WaitingForBaseModel",
+            lambda: env.with_reason(
+                "finetuningjobs.graft.dev", "tune", "Ready", "WaitingForBaseModel"
+            ),
+        ),
+        "waiting-for-base-model",
     )
     assert [j["metadata"]["name"] for j in env.jobs()] == ["train-validate"]
 
@@ -472,6 +483,7 @@ def test_finetuning_job_waits_then_trains_and_publishes_the_addon(
         lambda: env.finished("finetuningjobs.graft.dev", "tune", "Succeeded"),
         timeout=240,
     )
+    dump(done, "succeeded")
     st = done["status"]
     output = artifacts_root / ns / "models" / "tiny-alpha"
     assert st["state"] == "Succeeded"
@@ -564,6 +576,7 @@ def test_trainer_failure_is_reported_with_the_trainers_own_message(
         lambda: env.finished("finetuningjobs.graft.dev", "broken", "Failed"),
         timeout=180,
     )
+    dump(failed, "training-failed")
     ready = condition(failed, "Ready")
     assert ready is not None
     assert (ready["status"], ready["reason"]) == ("False", "TrainingFailed")
@@ -603,6 +616,7 @@ def test_jobs_fail_without_training_when_the_output_is_taken_or_the_dataset_inva
     taken = env.wait(
         "OutputModelExists", lambda: env.finished("finetuningjobs.graft.dev", "taken", "Failed")
     )
+    dump(taken, "output-model-exists")
     ready = condition(taken, "Ready")
     assert ready is not None
     assert ready["reason"] == "OutputModelExists"
@@ -610,6 +624,7 @@ def test_jobs_fail_without_training_when_the_output_is_taken_or_the_dataset_inva
     bad = env.wait(
         "DatasetInvalid", lambda: env.finished("finetuningjobs.graft.dev", "on-bad-data", "Failed")
     )
+    dump(bad, "dataset-invalid")
     ready = condition(bad, "Ready")
     assert ready is not None
     assert ready["reason"] == "DatasetInvalid"

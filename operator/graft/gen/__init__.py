@@ -1,2 +1,3 @@
-"""Build-time generators: the CRDs (from graft.api) and the RBAC (`graft crds`, `graft
-manifests`); `make verify` fails when their committed output drifts."""
+"""Build-time generators: the CRDs (from graft.api), the RBAC and the Argo CD health checks
+(`graft crds`, `graft manifests`, `graft argocd`); `make verify` fails when their committed
+output drifts."""
