@@ -85,7 +85,8 @@ def artifacts_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="session")
 def shipped_rbac(crds: Cluster) -> Cluster:
-    """Graft's RBAC exactly as deploy/operator.yaml ships it (generated from graft.gen.rbac)."""
+    """Graft's RBAC exactly as the chart and deploy/graft.yaml ship it (generated from
+    graft.gen.rbac)."""
     from graft.gen import rbac
 
     namespace = {

@@ -1,2 +1,3 @@
-"""Build-time generators: the CRDs (from graft.api) and the RBAC (`graft crds`, `graft
-manifests`); `make verify` fails when their committed output drifts."""
+"""Build-time generators: the CRDs (from graft.api, `graft crds`), the Helm chart's generated
+files (CRD and RBAC templates, Chart.yaml: `graft chart`) and the plain manifests rendered from
+the chart (`graft manifests`); `make verify` fails when their committed output drifts."""
