@@ -201,6 +201,13 @@ def namespace(crds: Cluster, request: pytest.FixtureRequest) -> Iterator[str]:
     crds.kubectl("delete", "namespace", name, "--wait=false")
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """test_helm.py first: it installs and uninstalls Graft's cluster-wide objects (CRDs,
+    ClusterRoles) with Helm, which must happen before the session's fixtures apply them and
+    start the shared operator under them."""
+    items.sort(key=lambda item: item.path.name != "test_helm.py")
+
+
 @pytest.hookimpl(hookwrapper=True)
 def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[None]:
     outcome = yield

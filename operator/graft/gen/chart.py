@@ -110,7 +110,8 @@ def _quoted(value: str) -> str:
 
 def rbac_template() -> str:
     """The ServiceAccount, the four ClusterRoles and the binding, from graft.gen.rbac; the
-    ServiceAccount's name and namespace come from the release. The ClusterRoles keep their fixed
+    names of the ServiceAccount and the binding, and the namespace, come from the release
+    (graft.gen.rbac's for release graft in graft-system). The ClusterRoles keep their fixed
     names: the operator binds Users to graft-admin/-member/-viewer by name."""
     sa = '{{ include "graft.serviceAccountName" . }}'
     docs = [
@@ -155,7 +156,8 @@ def rbac_template() -> str:
                 f"apiVersion: {binding['apiVersion']}",
                 f"kind: {binding['kind']}",
                 "metadata:",
-                f"  name: {binding['metadata']['name']}",
+                "  # graft-operator for release graft, as the ServiceAccount: one binding each.",
+                '  name: {{ include "graft.operatorName" . }}',
                 "  labels:",
                 '    {{- include "graft.labels" . | nindent 4 }}',
                 "roleRef:",
