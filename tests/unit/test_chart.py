@@ -264,6 +264,7 @@ def test_values_reach_the_operator(helm: str, tmp_path: Path) -> None:
     assert (sa["metadata"]["name"], sa["metadata"]["namespace"]) == ("graft-sa", "platform")
     assert sa["metadata"]["annotations"] == {"example.com/role": "graft"}
     binding = one(docs, "ClusterRoleBinding")
+    assert binding["metadata"]["name"] == "acme-graft-operator"
     assert binding["subjects"] == [
         {"kind": "ServiceAccount", "name": "graft-sa", "namespace": "platform"}
     ]
