@@ -34,9 +34,13 @@ install: $(STAMP) ## create the virtualenv (.venv, or VENV=...) with the package
 crds: $(STAMP) ## regenerate crds/ from the pydantic API
 	$(BIN)/graft crds --output crds
 
+.PHONY: chart
+chart: $(STAMP) ## regenerate the Helm chart's CRD and RBAC templates and Chart.yaml from the code
+	$(BIN)/graft chart --chart deploy/charts/graft
+
 .PHONY: manifests
-manifests: $(STAMP) ## regenerate the RBAC in deploy/operator.yaml from graft.gen.rbac
-	$(BIN)/graft manifests --output deploy/operator.yaml
+manifests: chart ## render deploy/graft.yaml from the chart (helm template; needs `make controlplane`)
+	$(BIN)/graft manifests --chart deploy/charts/graft --output deploy/graft.yaml
 
 .PHONY: argocd
 argocd: $(STAMP) ## regenerate the Argo CD health checks and argocd-cm patch in deploy/argocd/
@@ -57,11 +61,12 @@ typecheck: $(STAMP) ## mypy --strict
 	$(BIN)/mypy
 
 .PHONY: verify
-verify: $(STAMP) ## fail when generated CRDs, RBAC or Argo CD checks drift from the code, or lint/types fail
+verify: $(STAMP) ## fail when crds/, the chart, deploy/graft.yaml or the Argo CD checks drift from the code, or lint/types fail
 	@tmp=$$(mktemp -d) && $(BIN)/graft crds --output $$tmp >/dev/null && \
 	  if ! diff -ru crds $$tmp; then echo "crds/ is out of date: run 'make crds' and commit" >&2; rm -rf $$tmp; exit 1; fi; \
 	  rm -rf $$tmp
-	@$(BIN)/graft manifests --check --output deploy/operator.yaml
+	@$(BIN)/graft chart --check --chart deploy/charts/graft
+	@$(BIN)/graft manifests --check --chart deploy/charts/graft --output deploy/graft.yaml
 	@$(BIN)/graft argocd --check --output deploy/argocd
 	@$(MAKE) --no-print-directory lint typecheck
 

@@ -1,9 +1,9 @@
 """The `graft` command line: parse and dispatch, nothing else.
 
-The operator (`run`), the generators (`crds`, `manifests`, `argocd`) and the Job entrypoints
-(`dataset validate`, `fetch`) are parsed here and run by their own modules; `train` and `serve`
-have their own argument parsers and are imported only when called, so the operator never imports
-torch.
+The operator (`run`), the generators (`crds`, `chart`, `manifests`, `argocd`) and the Job
+entrypoints (`dataset validate`, `fetch`) are parsed here and run by their own modules; `train`
+and `serve` have their own argument parsers and are imported only when called, so the operator
+never imports torch.
 """
 
 from __future__ import annotations
@@ -47,10 +47,16 @@ def _crds(ns: argparse.Namespace) -> int:
     return 0
 
 
-def _manifests(ns: argparse.Namespace) -> int:
-    from graft.gen import rbac
+def _chart(ns: argparse.Namespace) -> int:
+    from graft.gen import chart
 
-    return rbac.write_manifest(Path(ns.output), check=ns.check)
+    return chart.write_chart(Path(ns.chart), check=ns.check)
+
+
+def _manifests(ns: argparse.Namespace) -> int:
+    from graft.gen import chart
+
+    return chart.write_manifests(Path(ns.output), Path(ns.chart), check=ns.check, helm=ns.helm)
 
 
 def _argocd(ns: argparse.Namespace) -> int:
@@ -93,15 +99,30 @@ def _parser() -> argparse.ArgumentParser:
     validate.register(sub)
     fetch.register(sub)
 
+    chart = sub.add_parser(
+        "chart",
+        help="write the Helm chart's generated files: CRD and RBAC templates, Chart.yaml",
+    )
+    chart.add_argument(
+        "--chart", default="deploy/charts/graft", help="chart directory (default: %(default)s)"
+    )
+    chart.add_argument(
+        "--check", action="store_true", help="only check: exit 1 if a file is out of date"
+    )
+    chart.set_defaults(func=_chart)
+
     manifests = sub.add_parser(
         "manifests",
-        help="write the RBAC generated from graft.gen.rbac into the operator manifest",
+        help="render the plain manifests (Namespace + `helm template` of the chart)",
     )
     manifests.add_argument(
-        "--output",
-        "-o",
-        default="deploy/operator.yaml",
-        help="manifest with a generated RBAC block to rewrite (default: %(default)s)",
+        "--output", "-o", default="deploy/graft.yaml", help="file (default: %(default)s)"
+    )
+    manifests.add_argument(
+        "--chart", default="deploy/charts/graft", help="chart directory (default: %(default)s)"
+    )
+    manifests.add_argument(
+        "--helm", help="helm binary (default: $HELM, the one `make controlplane` built, PATH)"
     )
     manifests.add_argument(
         "--check", action="store_true", help="only check: exit 1 if the file is out of date"

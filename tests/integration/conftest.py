@@ -85,7 +85,8 @@ def artifacts_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="session")
 def shipped_rbac(crds: Cluster) -> Cluster:
-    """Graft's RBAC exactly as deploy/operator.yaml ships it (generated from graft.gen.rbac)."""
+    """Graft's RBAC exactly as the chart and deploy/graft.yaml ship it (generated from
+    graft.gen.rbac)."""
     from graft.gen import rbac
 
     namespace = {
@@ -198,6 +199,13 @@ def namespace(crds: Cluster, request: pytest.FixtureRequest) -> Iterator[str]:
     )
     yield name
     crds.kubectl("delete", "namespace", name, "--wait=false")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """test_helm.py first: it installs and uninstalls Graft's cluster-wide objects (CRDs,
+    ClusterRoles) with Helm, which must happen before the session's fixtures apply them and
+    start the shared operator under them."""
+    items.sort(key=lambda item: item.path.name != "test_helm.py")
 
 
 @pytest.hookimpl(hookwrapper=True)

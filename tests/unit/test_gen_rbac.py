@@ -1,4 +1,5 @@
-"""Graft's shipped RBAC: least privilege, what each role may do, and no drift from deploy/."""
+"""Graft's shipped RBAC: least privilege, what each role may do, and no drift from the chart
+(deploy/graft.yaml is checked against the chart by tests/unit/test_chart.py)."""
 
 from __future__ import annotations
 
@@ -10,10 +11,10 @@ import yaml
 from graft.api.kinds import ALL_KINDS
 from graft.api.tenancy import Role
 from graft.core.names import cluster_role_name
-from graft.gen import rbac
+from graft.gen import chart, rbac
 
 ROOT = Path(__file__).resolve().parents[2]
-OPERATOR_YAML = ROOT / "deploy" / "operator.yaml"
+RBAC_TEMPLATE = ROOT / "deploy" / "charts" / "graft" / chart.RBAC_TEMPLATE
 
 
 def allows(
@@ -29,33 +30,16 @@ def allows(
     )
 
 
-def test_rendered_yaml_is_the_manifests() -> None:
-    text = rbac.render()
-    assert text.startswith(rbac.BEGIN)
-    assert list(yaml.safe_load_all(text)) == rbac.manifests()
+def test_rendered_cluster_roles_are_the_manifests() -> None:
+    for role in rbac.CLUSTER_ROLES:
+        assert yaml.safe_load(rbac.render_cluster_role(role)) == role.manifest()
 
 
-def test_deploy_manifest_is_up_to_date() -> None:
-    text = OPERATOR_YAML.read_text()
-    assert rbac.splice(text, rbac.render()) == text, (
-        "deploy/operator.yaml is out of date: run `make manifests`"
-    )
-    kinds = [d["kind"] for d in yaml.safe_load_all(text) if d]
-    # The namespace before the ServiceAccount in it, the RBAC before the operator that needs it.
-    assert kinds.index("Namespace") < kinds.index("ServiceAccount") < kinds.index("Deployment")
-    deployment = next(d for d in yaml.safe_load_all(text) if d and d["kind"] == "Deployment")
-    assert deployment["spec"]["template"]["spec"]["serviceAccountName"] == rbac.OPERATOR_NAME
-
-
-def test_splice_replaces_only_the_block() -> None:
-    text = f"head\n{rbac.BEGIN_TAG}\nold\n{rbac.END}\ntail\n"
-    spliced = rbac.splice(text, "NEW\n")
-    assert spliced == "head\nNEW\ntail\n"
-    assert rbac.splice(rbac.splice(text, rbac.render()), rbac.render()) == rbac.splice(
-        text, rbac.render()
-    )
-    with pytest.raises(rbac.MarkersMissing, match="BEGIN RBAC"):
-        rbac.splice("no markers here\n", "x")
+def test_chart_rbac_template_is_generated_from_this_module() -> None:
+    text = RBAC_TEMPLATE.read_text()
+    assert text == chart.rbac_template(), "the chart's RBAC is out of date: run `make chart`"
+    for role in rbac.CLUSTER_ROLES:
+        assert "\n".join(rbac.render_rules(role)) in text
 
 
 @pytest.mark.parametrize("role", rbac.CLUSTER_ROLES, ids=lambda r: r.name)

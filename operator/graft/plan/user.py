@@ -114,7 +114,7 @@ def missing_role_problem(role: str) -> UserProblem:
     return UserProblem(
         "ClusterRoleMissing",
         f"ClusterRole {role} does not exist, so the binding would grant nothing: install "
-        "Graft's RBAC (kubectl apply -f deploy/operator.yaml)",
+        "Graft's RBAC (helm install, or kubectl apply -f deploy/graft.yaml)",
         waiting=True,
     )
 
