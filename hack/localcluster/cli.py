@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from localcluster.cluster import down, kubeconfig_path, status, up
+from localcluster.cluster import down, kubeconfig_path, restart, status, up
 from localcluster.common import ClusterError, log
 
 
@@ -18,6 +18,8 @@ def main(argv: list[str] | None = None) -> int:
     sub.add_parser("down", help="stop the cluster and remove its state")
     sub.add_parser("kubeconfig", help="print the kubeconfig path (exit 1 if the cluster is down)")
     sub.add_parser("status", help="show each component's state")
+    again = sub.add_parser("restart", help="restart one component (e.g. kube-apiserver)")
+    again.add_argument("component")
     args = parser.parse_args(argv)
     try:
         if args.command == "up":
@@ -26,6 +28,8 @@ def main(argv: list[str] | None = None) -> int:
             down()
         elif args.command == "kubeconfig":
             print(kubeconfig_path())
+        elif args.command == "restart":
+            restart(args.component)
         elif args.command == "status":
             lines, ok = status()
             print("\n".join(lines))

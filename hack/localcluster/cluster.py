@@ -26,7 +26,13 @@ from localcluster.common import (
 )
 from localcluster.components import component_argv, component_env
 from localcluster.pki import make_pki, write_kubeconfig
-from localcluster.processes import check_port_free, component_pid, start_process, stop_all
+from localcluster.processes import (
+    check_port_free,
+    component_pid,
+    start_process,
+    stop_all,
+    stop_processes,
+)
 from localcluster.state import (
     Layout,
     cluster_lock,
@@ -246,6 +252,43 @@ def smoke_test(api: Api, layout: Layout, deadline: Deadline) -> None:
         watch=COMPONENTS,
         blame="kwok",
     )
+
+
+def restart(component: str, timeout: float = 120.0) -> None:
+    """Stop one component of the running cluster and start it again with the same command line
+    and state (what a node reboot or an upgrade of that component does); chaos tests use it."""
+    if component not in COMPONENTS:
+        raise ClusterError(f"{component!r} is not one of {', '.join(COMPONENTS)}")
+    layout = Layout(state_dir())
+    with cluster_lock():
+        if not is_up(layout):
+            raise ClusterError("the cluster is not up")
+        state = json.loads(layout.state_file.read_text())
+        ports = {k: int(v) for k, v in state["ports"].items()}
+        bin_dir = Path(state["bin_dir"])
+        stop_processes(layout, (component,))
+        argv = component_argv(component, bin_dir, layout, ports)
+        start_process(layout, component, argv, component_env(component, layout))
+        url = health_url(component, ports)
+        if url is None:  # the API server: /readyz needs the admin certificate
+            api = Api(layout, ports["kube-apiserver"])
+
+            def healthy() -> bool:
+                return bool(api.readyz()[0])
+        else:
+
+            def healthy() -> bool:
+                return probe_http(url)
+
+        wait_until(
+            f"{component} healthy again",
+            healthy,
+            Deadline(timeout),
+            layout=layout,
+            watch=(component,),
+            blame=component,
+        )
+        log(f"restarted {component}")
 
 
 def down() -> None:

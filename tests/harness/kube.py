@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import re
@@ -90,6 +91,18 @@ class Cluster:
             args += ["-l", selector]
         items: list[dict[str, Any]] = json.loads(self.kubectl(*args).stdout)["items"]
         return items
+
+
+def server_key_header(cluster: Cluster, pod: dict[str, Any]) -> dict[str, str]:
+    """The Authorization header a model-server pod requires: its Deployment's API key, read from
+    the Secret the pod reads it from (the tests act as cluster admin; a tenant's own clients go
+    through the gateway)."""
+    meta = pod["metadata"]
+    deployment = meta["labels"]["graft.dev/deployment"]
+    secret = cluster.get("secret", f"{deployment}-server-key", meta["namespace"])
+    assert secret is not None, f"no server-key Secret for {deployment}"
+    key = base64.b64decode(secret["data"]["api-key"]).decode()
+    return {"Authorization": f"Bearer {key}"}
 
 
 def wait_for(

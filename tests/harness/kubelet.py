@@ -174,7 +174,7 @@ class KubeletStandIn:
         while not self._stop.is_set():
             try:
                 pods = self.core.list_namespaced_pod(self.namespace).items
-            except (ApiException, OSError):
+            except Exception:  # the API server may be restarting: poll again
                 pods = []
             for pod in pods:
                 obj: Obj = self.api_client.sanitize_for_serialization(pod)
@@ -474,16 +474,29 @@ class KubeletStandIn:
         if error:
             status["reason"] = "TestKubeletError"
             status["message"] = error
-        try:
-            self.core.patch_namespaced_pod_status(
-                pod["metadata"]["name"],
-                self.namespace,
-                {"status": status},
-                _content_type="application/strategic-merge-patch+json",
-            )
-        except ApiException as exc:
-            if exc.status != 404:
-                run.error = f"{run.error} (status patch failed: {exc.reason})".strip()
+        # A real kubelet retries its status updates until the API server takes them (it may
+        # be restarting); so does this one, for a minute.
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                self.core.patch_namespaced_pod_status(
+                    pod["metadata"]["name"],
+                    self.namespace,
+                    {"status": status},
+                    _content_type="application/strategic-merge-patch+json",
+                )
+                return
+            except ApiException as exc:
+                if exc.status == 404:
+                    return
+                retry = exc.status is not None and exc.status >= 429
+                problem = str(exc.reason)
+            except Exception as exc:  # the connection: refused, reset, timed out
+                retry, problem = True, repr(exc)
+            if not retry or time.monotonic() > deadline:
+                run.error = f"{run.error} (status patch failed: {problem})".strip()
+                return
+            time.sleep(1)
 
 
 def wait_idle(harness: KubeletStandIn, timeout: float = 30.0) -> None:

@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 from harness.dump import dump, dump_current, kebab
-from harness.kube import Cluster, OperatorProcess, condition, wait_for
+from harness.kube import Cluster, OperatorProcess, condition, server_key_header, wait_for
 from harness.podservers import PodServers
 
 pytestmark = pytest.mark.dataplane
@@ -94,13 +94,16 @@ def live_pods(cluster: Cluster, ns: str, dep: str) -> list[dict[str, Any]]:
     ]
 
 
-def served(pod: dict[str, Any]) -> set[str] | None:
+def served(cluster: Cluster, pod: dict[str, Any]) -> set[str] | None:
     """What the pod's server lists, or None when it has no IP yet or does not answer."""
     ip = (pod.get("status") or {}).get("podIP")
     if not ip:
         return None  # just created: the scheduler and kwok have not given it an address yet
+    req = urllib.request.Request(
+        f"http://{ip}:8000/v1/models", headers=server_key_header(cluster, pod)
+    )
     try:
-        with urllib.request.urlopen(f"http://{ip}:8000/v1/models", timeout=2) as r:
+        with urllib.request.urlopen(req, timeout=2) as r:
             return {m["id"] for m in json.load(r)["data"]}
     except (OSError, ValueError):
         return None
@@ -124,7 +127,7 @@ def all_pods_serve(
     """`count` live pods, each answering from its own server that it serves `name`."""
     pods = live_pods(cluster, ns, dep)
     return len(pods) == count and all(
-        servers.runs(p) and name in (served(p) or set()) for p in pods
+        servers.runs(p) and name in (served(cluster, p) or set()) for p in pods
     )
 
 
@@ -255,7 +258,7 @@ def test_addon_loaded_at_run_time_on_every_replica(
     req = urllib.request.Request(
         f"http://{pod['status']['podIP']}:8000/v1/completions",
         body,
-        {"Content-Type": "application/json"},
+        {"Content-Type": "application/json", **server_key_header(cluster, pod)},
     )
     with urllib.request.urlopen(req, timeout=60) as r:
         assert json.load(r)["model"] == sql
@@ -265,7 +268,9 @@ def test_addon_loaded_at_run_time_on_every_replica(
     cluster.kubectl("delete", "deployedmodels.graft.dev/sql", "-n", ns, "--timeout=60s")
     wait_for(
         "the addon unloaded everywhere",
-        lambda: all(sql not in (served(p) or {sql}) for p in live_pods(cluster, ns, "chat")),
+        lambda: all(
+            sql not in (served(cluster, p) or {sql}) for p in live_pods(cluster, ns, "chat")
+        ),
         timeout=60,
     )
     assert {p["metadata"]["uid"] for p in live_pods(cluster, ns, "chat")} == before

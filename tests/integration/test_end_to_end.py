@@ -30,7 +30,7 @@ from typing import Any
 
 import pytest
 
-from harness.kube import Cluster, OperatorProcess, condition, wait_for
+from harness.kube import Cluster, OperatorProcess, condition, server_key_header, wait_for
 from harness.kubelet import KubeletStandIn
 from harness.podservers import PodServers
 
@@ -85,7 +85,7 @@ def common_prefix(a: str, b: str) -> int:
     )
 
 
-def chat(url: str, model: str, question: str) -> str:
+def chat(url: str, model: str, question: str, headers: dict[str, str]) -> str:
     body = {
         "model": model,
         "messages": [{"role": "system", "content": SYSTEM}, {"role": "user", "content": question}],
@@ -95,7 +95,7 @@ def chat(url: str, model: str, question: str) -> str:
     req = urllib.request.Request(
         f"{url}/v1/chat/completions",
         json.dumps(body).encode(),
-        {"Content-Type": "application/json"},
+        {"Content-Type": "application/json", **headers},
     )
     with urllib.request.urlopen(req, timeout=120) as r:
         answer = json.load(r)
@@ -231,8 +231,9 @@ def test_train_then_serve_the_addon(operator: OperatorProcess, tmp_path: Path) -
             assert len(pods) == 2
             url = f"http://{pods[0]['status']['podIP']}:8000"
             question = "Question number 71: what is 71 plus 74?"  # not in the dataset
-            tuned = chat(url, served, question)
-            base = chat(url, f"accounts/{acct}/models/base", question)
+            key = server_key_header(cluster, pods[0])
+            tuned = chat(url, served, question, key)
+            base = chat(url, f"accounts/{acct}/models/base", question, key)
             assert tuned != base
             # The addon answers exactly what it was trained to; the base model never saw it.
             assert common_prefix(tuned, ANSWER) >= 2 > common_prefix(base, ANSWER), (tuned, base)

@@ -75,6 +75,8 @@ def resource(kind: str) -> str:
         "CustomResourceDefinition": "customresourcedefinitions.apiextensions.k8s.io",
         "ClusterRole": "clusterroles.rbac.authorization.k8s.io",
         "ClusterRoleBinding": "clusterrolebindings.rbac.authorization.k8s.io",
+        "Role": "roles.rbac.authorization.k8s.io",
+        "RoleBinding": "rolebindings.rbac.authorization.k8s.io",
         "ServiceAccount": "serviceaccounts",
         "Deployment": "deployments.apps",
         "Service": "services",
@@ -322,7 +324,14 @@ def test_helm_install_upgrade_uninstall(
     # --- the chart's RBAC is enough: an operator with the ServiceAccount's token ---------------
     kubeconfig = token_kubeconfig(cluster, tmp_path / "operator.kubeconfig")
     log = tmp_path / "operator.log"
-    operator = OperatorProcess(cluster, log, resync_seconds=2.0, kubeconfig=kubeconfig)
+    operator = OperatorProcess(
+        cluster,
+        log,
+        resync_seconds=2.0,
+        kubeconfig=kubeconfig,
+        # As the chart's Deployment sets it (downward API): the seed Secret lives there.
+        env={"GRAFT_OPERATOR_NAMESPACE": NAMESPACE},
+    )
     operator.start()
     try:
         account, user, model = example_objects()

@@ -210,3 +210,320 @@ def test_stalling_model_servers_do_not_stall_other_tenants(
         f"\nAccount Ready: {calm:.1f} s quiet, {busy:.1f} s with stalling servers; "
         f"operator RSS {rss_before:.0f} -> {rss_after:.0f} MiB"
     )
+
+
+# --- Accounts: Pod Security, NetworkPolicy, and deletions that wait without writing ---------------
+
+
+def account_obj(name: str, **spec: Any) -> dict[str, Any]:
+    return obj("Account", name, None, spec)
+
+
+@pytest.fixture
+def accounts(operator: OperatorProcess) -> Iterator[Callable[..., str]]:
+    """Make Accounts with unique IDs; delete them with everything in them afterwards."""
+    cluster = operator.cluster
+    made: list[str] = []
+
+    def make(prefix: str, **spec: Any) -> str:
+        name = f"{prefix}-{uuid.uuid4().hex[:6]}"
+        cluster.apply(account_obj(name, **spec))
+        made.append(name)
+        wait_for(f"Account {name} Ready", lambda: ready(cluster, "accounts.graft.dev", name), 120)
+        return name
+
+    yield make
+    for name in made:
+        cluster.kubectl(
+            "patch", "accounts.graft.dev", name, "--type=merge",
+            "-p", '{"spec":{"deletionPolicy":"Delete"}}', check=False,
+        )  # fmt: skip
+        cluster.kubectl("delete", "accounts.graft.dev", name, "--wait=false", check=False)
+
+
+def test_account_namespaces_enforce_restricted_and_fence_model_servers(
+    operator: OperatorProcess, accounts: Callable[..., str]
+) -> None:
+    cluster = operator.cluster
+    name = accounts("psa")
+    ns = cluster.get("namespace", name)
+    assert ns is not None
+    labels = ns["metadata"]["labels"]
+    assert labels["pod-security.kubernetes.io/enforce"] == "restricted"
+    # The API server itself refuses a pod that is not "restricted" there.
+    privileged = {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": "root", "namespace": name},
+        "spec": {
+            "containers": [{"name": "c", "image": "x", "securityContext": {"privileged": True}}]
+        },
+    }
+    refused = cluster.kubectl("apply", "-f", "-", input=json.dumps(privileged), check=False)
+    assert refused.returncode != 0
+    assert "violates PodSecurity" in refused.stderr, refused.stderr
+    # Someone loosens the namespace: the operator puts the label back.
+    cluster.kubectl(
+        "label", "--overwrite", "namespace", name, "pod-security.kubernetes.io/enforce=privileged"
+    )
+    wait_for(
+        "the restricted label restored",
+        lambda: (
+            (cluster.get("namespace", name) or {})["metadata"]["labels"].get(
+                "pod-security.kubernetes.io/enforce"
+            )
+            == "restricted"
+        ),
+        timeout=30,
+    )
+    policy = cluster.get("networkpolicy", "graft-model-servers", name)
+    assert policy is not None
+    assert policy["spec"]["podSelector"] == {
+        "matchLabels": {"app.kubernetes.io/component": "model-server"}
+    }
+    sources = [peer for rule in policy["spec"]["ingress"] for peer in rule["from"]]
+    assert {"podSelector": {}} in sources
+    graft_peer = next(p for p in sources if "namespaceSelector" in p)
+    assert graft_peer["namespaceSelector"]["matchLabels"] == {
+        "kubernetes.io/metadata.name": "graft-system"
+    }
+
+
+def test_blocked_deletions_wait_for_events_without_writing(
+    operator: OperatorProcess, accounts: Callable[..., str], tmp_path: Path
+) -> None:
+    cluster = operator.cluster
+    name = accounts("blk")
+    base = tmp_path / "base"
+    base.mkdir()
+    cluster.apply(
+        [
+            obj("Model", "base", name, {"kind": "Base", "source": {"uri": f"file://{base}"}}),
+            obj("Deployment", "chat", name, {"baseModel": "base", "engine": "Reference"}),
+        ]
+    )
+    wait_for("Model Ready", lambda: ready(cluster, "models.graft.dev", "base", name), 60)
+    model = cluster.get("models.graft.dev", "base", name)
+    assert model is not None
+    assert "graft.dev/in-use-protection" in model["metadata"]["finalizers"]
+
+    cluster.kubectl("delete", "models.graft.dev", "base", "-n", name, "--wait=false")
+    cluster.kubectl("delete", "accounts.graft.dev", name, "--wait=false")
+
+    def reason(kind: str, obj_name: str, ns: str | None, want: str) -> dict[str, Any] | None:
+        found = cluster.get(kind, obj_name, ns)
+        return found if (condition(found, "Ready") or {}).get("reason") == want else None
+
+    wait_for("the Model in use", lambda: reason("models.graft.dev", "base", name, "InUse"), 60)
+    wait_for(
+        "the Account blocked",
+        lambda: reason("accounts.graft.dev", name, None, "DeletionBlocked"),
+        60,
+    )
+    time.sleep(3)  # let the last status writes land
+    versions = {
+        "model": cluster.get("models.graft.dev", "base", name)["metadata"]["resourceVersion"],  # type: ignore[index]
+        "account": cluster.get("accounts.graft.dev", name)["metadata"]["resourceVersion"],  # type: ignore[index]
+    }
+    # The session's operator resyncs every 2 s: a minute is thirty chances to write.
+    time.sleep(60)
+    after = {
+        "model": cluster.get("models.graft.dev", "base", name)["metadata"]["resourceVersion"],  # type: ignore[index]
+        "account": cluster.get("accounts.graft.dev", name)["metadata"]["resourceVersion"],  # type: ignore[index]
+    }
+    assert after == versions, "a blocked deletion was written to while it waited"
+
+    # What blocked them goes: both go, on events, without a timer.
+    started = time.monotonic()
+    cluster.kubectl("delete", "deployments.graft.dev", "chat", "-n", name)
+    wait_for("the Model gone", lambda: cluster.get("models.graft.dev", "base", name) is None, 30)
+    wait_for("the Account gone", lambda: cluster.get("accounts.graft.dev", name) is None, 60)
+    print(f"\nblocked deletions: 0 writes in 60 s; released in {time.monotonic() - started:.1f} s")
+
+
+def test_user_access_ends_even_with_the_operator_down(
+    operator: OperatorProcess, accounts: Callable[..., str]
+) -> None:
+    cluster = operator.cluster
+    name = accounts("usr")
+    cluster.apply(
+        {
+            "apiVersion": GROUP,
+            "kind": "User",
+            "metadata": {"name": "dora", "namespace": name},
+            "spec": {"email": "dora@example.com", "role": "member"},
+        }
+    )
+    wait_for("User Ready", lambda: ready(cluster, "users.graft.dev", "dora", name), 60)
+    user = cluster.get("users.graft.dev", "dora", name)
+    assert user is not None
+    assert not user["metadata"].get("finalizers"), user["metadata"].get("finalizers")
+    binding = cluster.get("rolebinding", "graft-user-dora", name)
+    assert binding is not None
+    assert binding["metadata"]["ownerReferences"][0]["uid"] == user["metadata"]["uid"]
+
+    operator.stop()
+    try:
+        cluster.kubectl("delete", "users.graft.dev", "dora", "-n", name, "--timeout=20s")
+        wait_for(
+            "the RoleBinding gone with the operator down",
+            lambda: cluster.get("rolebinding", "graft-user-dora", name) is None,
+            timeout=30,
+        )
+        can = cluster.kubectl(
+            "auth", "can-i", "create", "deployments.graft.dev", "-n", name,
+            "--as=dora@example.com", check=False,
+        )  # fmt: skip
+        assert can.stdout.strip() == "no"
+    finally:
+        operator.start()
+
+
+# --- Deployments: flags, variables and images a tenant may not choose ------------------------------
+
+
+def test_managed_flags_and_gpu_variables_are_refused_at_admission(
+    operator: OperatorProcess, namespace: str
+) -> None:
+    cluster = operator.cluster
+    for spec, said in (
+        ({"engineArgs": ["--max_lora_rank=512"]}, "engineArgs may not set a flag Graft manages"),
+        ({"env": [{"name": "CUDA_VISIBLE_DEVICES", "value": "0,1"}]}, "env may not set"),
+    ):
+        body = obj("Deployment", "evil", namespace, {"baseModel": "base", **spec})
+        refused = cluster.kubectl("apply", "-f", "-", input=json.dumps(body), check=False)
+        assert refused.returncode != 0
+        assert said in refused.stderr, refused.stderr
+
+
+def test_an_image_outside_the_allowed_list_is_never_run(
+    operator: OperatorProcess, namespace: str, tmp_path: Path
+) -> None:
+    cluster = operator.cluster
+    base = tmp_path / "base"
+    base.mkdir()
+    cluster.apply(
+        [
+            obj("Model", "base", namespace, {"kind": "Base", "source": {"uri": f"file://{base}"}}),
+            obj(
+                "Deployment",
+                "miner",
+                namespace,
+                {"baseModel": "base", "engine": "Reference", "image": "evil.example.com/x:1"},
+            ),
+        ]
+    )
+
+    def refused() -> dict[str, Any] | None:
+        dep = cluster.get("deployments.graft.dev", "miner", namespace)
+        return dep if (condition(dep, "Ready") or {}).get("reason") == "ImageNotAllowed" else None
+
+    wait_for("ImageNotAllowed", refused, 60)
+    assert cluster.list("pods", namespace, "graft.dev/deployment=miner") == []
+
+
+# --- One operator at a time --------------------------------------------------------------------
+
+
+def test_a_second_operator_waits_for_the_lease_then_takes_over(
+    operator: OperatorProcess, namespace: str, tmp_path: Path
+) -> None:
+    cluster = operator.cluster
+    second = OperatorProcess(
+        cluster,
+        tmp_path / "second.log",
+        env=dict(operator.extra_env),
+        kubeconfig=operator.kubeconfig,
+    )
+    second.start()  # its liveness endpoint answers while it waits
+    try:
+        wait_for(
+            "the second operator to wait", lambda: "waiting for leadership" in second.tail(), 30
+        )
+        base = tmp_path / "base"
+        base.mkdir()
+        cluster.apply(
+            [
+                obj(
+                    "Model",
+                    "base",
+                    namespace,
+                    {"kind": "Base", "source": {"uri": f"file://{base}"}},
+                ),
+                obj("Deployment", "two", namespace, {"baseModel": "base", "replicas": 2}),
+            ]
+        )
+
+        def pods() -> list[dict[str, Any]]:
+            return [
+                p
+                for p in cluster.list("pods", namespace, "graft.dev/deployment=two")
+                if not p["metadata"].get("deletionTimestamp")
+            ]
+
+        wait_for("two pods", lambda: len(pods()) == 2, 60)
+        time.sleep(6)  # several resyncs of the leader; the follower must have done nothing
+        assert len(pods()) == 2
+        assert "created pod" not in second.tail(400)
+
+        operator.stop()  # a clean stop releases the Lease: no waiting out its 15 s
+        started = time.monotonic()
+        wait_for(
+            "the second operator to lead", lambda: "leading: holding lease" in second.tail(), 30
+        )
+        took = time.monotonic() - started
+        cluster.kubectl("scale", "deployments.graft.dev/two", "-n", namespace, "--replicas=3")
+        wait_for("three pods, made by the new leader", lambda: len(pods()) == 3, 60)
+        print(f"\nhand-over after a clean stop: {took:.1f} s")
+    finally:
+        second.stop()
+        operator.start()
+
+
+# --- Rollouts under an exact quota --------------------------------------------------------------
+
+
+def test_a_rollout_under_an_exact_gpu_quota_completes_and_stays_ready(
+    operator: OperatorProcess, accounts: Callable[..., str], tmp_path: Path
+) -> None:
+    cluster = operator.cluster
+    name = accounts("gpu", quota={"gpus": 2})
+    base = tmp_path / "base"
+    base.mkdir()
+    spec = {
+        "baseModel": "base",
+        "engine": "Reference",
+        "replicas": 2,
+        "resources": {"gpus": 1},
+    }
+    cluster.apply(
+        [
+            obj("Model", "base", name, {"kind": "Base", "source": {"uri": f"file://{base}"}}),
+            obj("Deployment", "chat", name, spec),
+        ]
+    )
+    wait_for("Deployment Ready", lambda: ready(cluster, "deployments.graft.dev", "chat", name), 90)
+
+    def pods() -> list[dict[str, Any]]:
+        return cluster.list("pods", name, "graft.dev/deployment=chat")
+
+    before = {p["metadata"]["labels"]["graft.dev/spec-hash"] for p in pods()}
+    assert len(before) == 1
+    # A template change: the surge pod is refused by the quota (2 GPUs, both in use).
+    cluster.apply(obj("Deployment", "chat", name, {**spec, "engineArgs": ["--dtype=float32"]}))
+    seen_ready: list[bool] = []
+    seen_reasons: set[str] = set()
+
+    def rolled() -> bool:
+        dep = cluster.get("deployments.graft.dev", "chat", name)
+        seen_ready.append((condition(dep, "Ready") or {}).get("status") == "True")
+        seen_reasons.add((condition(dep, "Progressing") or {}).get("reason", ""))
+        live = [p for p in pods() if not p["metadata"].get("deletionTimestamp")]
+        hashes = {p["metadata"]["labels"]["graft.dev/spec-hash"] for p in live}
+        return len(live) == 2 and not hashes & before and bool(seen_ready[-1])
+
+    wait_for("the rollout to complete under the quota", rolled, timeout=120, interval=0.5)
+    assert "SurgeRefused" in seen_reasons, seen_reasons
+    # One pod at a time was away: with 2 replicas and maxUnavailable forced to 1, one still
+    # served, so Ready may dip only if the one left was not ready; it never lied the other way.
+    assert seen_ready.count(True) >= len(seen_ready) // 2, seen_ready

@@ -35,3 +35,14 @@ def test_same_inputs_give_identical_wire_form() -> None:
     a = set_condition([], "Ready", True, "R", "m", generation=3, now="T1")
     b = set_condition(a, "Ready", True, "R", "m", generation=3, now="T9")
     assert [x.wire() for x in a] == [x.wire() for x in b]
+
+
+def test_overlong_messages_are_cut_to_the_schema() -> None:
+    from graft.api.common import CONDITION_MESSAGE_MAX
+    from graft.core.conditions import set_condition
+
+    long = "users: " + ", ".join(f"accounts/a/deployments/d{i}" for i in range(5000))
+    (cond,) = set_condition([], "Ready", False, "InUse", long, generation=1, now="t")
+    assert len(cond.message) == CONDITION_MESSAGE_MAX
+    assert cond.message.endswith("...")
+    assert cond.message.startswith("users: accounts/a/deployments/d0, ")

@@ -43,7 +43,9 @@ def test_vllm_base_model_args() -> None:
     assert arg(c["args"], "--served-model-name") == SERVED
     assert arg(c["args"], "--port") == "8000"
     assert "--enable-lora" not in c["args"]
-    assert "env" not in c
+    # As a non-root user (Pod Security restricted) it needs a writable HOME; nothing else.
+    assert c["env"] == [{"name": "HOME", "value": "/tmp"}]
+    assert {"name": "dshm", "mountPath": "/dev/shm"} in c["volumeMounts"]
     assert c["ports"] == [{"name": "http", "containerPort": 8000, "protocol": "TCP"}]
     assert c["readinessProbe"]["httpGet"]["path"] == "/health"
 
@@ -69,7 +71,8 @@ def test_vllm_lora_args_and_startup_addons() -> None:
         "path": "/adapters/sql",
         "base_model_name": SERVED,
     }
-    assert args[-2:] == ["--dtype", "half"]
+    # The tenant's extra args come first, so Graft's own flags win where one is repeated.
+    assert args[:2] == ["--dtype", "half"]
     assert {"name": "VLLM_ALLOW_RUNTIME_LORA_UPDATING", "value": "True"} in c["env"]
 
 
@@ -231,3 +234,18 @@ def test_addons_claim_is_mounted_read_only_where_addon_paths_point() -> None:
     assert addon_path("pvc://graft-artifacts/x", "graft-artifacts").startswith(
         mount.mounts[0]["mountPath"]
     )  # type: ignore[union-attr]
+
+
+def test_a_held_rollout_keeps_ready_and_says_why_in_progressing() -> None:
+    from graft.plan.deployment import SURGE_REFUSED
+
+    held = BlockedBy(SURGE_REFUSED, "a pod above spec.replicas was refused (quota)", waiting=True)
+    pods = [ObservedPod("o1", "old", True), ObservedPod("o2", "old", True)]
+    st = status(2, pods, blocked=held)
+    assert cond(st, "Ready").status == "True"
+    progressing = cond(st, "Progressing")
+    assert (progressing.status, progressing.reason) == ("True", SURGE_REFUSED)
+    assert "0 of 2 pods on the current template" in progressing.message
+    # Any other refusal is a failure to run at all.
+    st = status(2, [], blocked=BlockedBy("PodCreationForbidden", "quota", waiting=True))
+    assert cond(st, "Ready").status == "False"

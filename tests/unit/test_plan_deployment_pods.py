@@ -45,7 +45,7 @@ def pod(
         ),
         pytest.param(1, [pod("dead", finished=True)], 1, ["dead"], id="finished-pods-are-replaced"),
         pytest.param(
-            2, [pod("o1", "old"), pod("o2", "old")], 2, [], id="rollout-surges-before-deleting"
+            2, [pod("o1", "old"), pod("o2", "old")], 1, [], id="rollout-surges-one-before-deleting"
         ),
         pytest.param(
             2,
@@ -95,3 +95,37 @@ def test_plan_is_idempotent_once_converged() -> None:
 )
 def test_plan_reasons(desired: int, pods: list[ObservedPod], reason: str) -> None:
     assert reason in pod_plan(desired, H, pods).reasons
+
+
+def test_rollout_within_surge_and_unavailability() -> None:
+    old = [
+        pod("o1", "old", created="1"),
+        pod("o2", "old", created="2"),
+        pod("o3", "old", created="3"),
+    ]
+    # maxSurge 2: two new pods at once, nothing deleted before they are ready.
+    plan = pod_plan(3, H, old, max_surge=2)
+    assert (plan.create, plan.delete) == (2, ())
+    # maxUnavailable 1, maxSurge 0: the oldest goes first, its replacement follows.
+    plan = pod_plan(3, H, old, max_surge=0, max_unavailable=1)
+    assert (plan.create, plan.delete) == (1, ("o1",))
+    # Never more than one away at a time.
+    waiting = [pod("o2", "old"), pod("o3", "old"), pod("n1", ready=False)]
+    plan = pod_plan(3, H, waiting, max_surge=0, max_unavailable=1)
+    assert (plan.create, plan.delete) == (0, ())
+
+
+def test_a_refused_surge_replaces_one_pod_at_a_time() -> None:
+    # An exact quota (2 GPUs, 2 replicas): the surge pod is refused.
+    old = [pod("o1", "old", created="1"), pod("o2", "old", created="2")]
+    plan = pod_plan(2, H, old, surge_refused=True)
+    assert (plan.create, plan.delete) == (1, ("o1",))
+    # The replacement is not ready yet: the other old pod stays.
+    halfway = [pod("o2", "old"), pod("n1", ready=False)]
+    plan = pod_plan(2, H, halfway, surge_refused=True)
+    assert (plan.create, plan.delete) == (0, ())
+    # Ready: the last old pod goes, and its replacement comes.
+    plan = pod_plan(2, H, [pod("o2", "old"), pod("n1")], surge_refused=True)
+    assert (plan.create, plan.delete) == (1, ("o2",))
+    # Without outdated pods there is nothing to replace: a refusal then only waits.
+    assert pod_plan(3, H, [pod("a"), pod("b")], surge_refused=True).create == 1

@@ -42,6 +42,10 @@ class ConditionStatus(StrEnum):
     UNKNOWN = "Unknown"
 
 
+CONDITION_MESSAGE_MAX = 32768
+"""The longest condition message the schema admits; longer ones are cut (core.conditions)."""
+
+
 class Condition(GraftModel):
     """One aspect of the object's current state, in the standard Kubernetes condition shape."""
 
@@ -54,7 +58,9 @@ class Condition(GraftModel):
         description="One CamelCase word saying why the condition is in this state.", max_length=1024
     )
     message: str = Field(
-        default="", description="Human-readable detail on the condition.", max_length=32768
+        default="",
+        description="Human-readable detail on the condition.",
+        max_length=CONDITION_MESSAGE_MAX,
     )
     last_transition_time: str = Field(
         description="When the status last changed (RFC 3339).",

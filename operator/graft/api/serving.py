@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 from enum import StrEnum
+from typing import Annotated
 
-from pydantic import Field
+from pydantic import ConfigDict, Field
 
 from graft.api.common import REF_PATTERN, GraftModel, ResourceRequests, StatusBase
 
@@ -14,6 +15,46 @@ class Engine(StrEnum):
     REFERENCE = "Reference"
 
 
+MANAGED_ENGINE_FLAGS = (
+    "model",
+    "served-model-name",
+    "host",
+    "port",
+    "api-key",
+    "enable-lora",
+    "max-loras",
+    "max-lora-rank",
+    "lora-modules",
+)
+"""Flags Graft sets on every model server; engineArgs may not name them, nor abbreviate them
+(argparse accepts unambiguous prefixes) nor spell them with underscores (vLLM accepts those)."""
+
+RESERVED_ENV = (
+    "NVIDIA_VISIBLE_DEVICES",
+    "NVIDIA_DRIVER_CAPABILITIES",
+    "CUDA_VISIBLE_DEVICES",
+    "HIP_VISIBLE_DEVICES",
+    "ROCR_VISIBLE_DEVICES",
+    "GPU_DEVICE_ORDINAL",
+    "VLLM_API_KEY",
+    "VLLM_ALLOW_RUNTIME_LORA_UPDATING",
+)
+"""Variables a Deployment's env may not set: they would reach GPUs the quota did not count, or
+replace what Graft manages (the API key, run-time LoRA loading)."""
+
+
+def _cel_list(items: tuple[str, ...]) -> str:
+    return "[" + ", ".join(f"'{i}'" for i in items) + "]"
+
+
+ENGINE_ARGS_RULE = (
+    "self.all(a, !a.startsWith('--') || !"
+    + _cel_list(MANAGED_ENGINE_FLAGS)
+    + ".exists(f, f.startsWith(a.substring(2).split('=')[0].replace('_', '-'))))"
+)
+ENV_RULE = "self.all(e, !(e.name in " + _cel_list(RESERVED_ENV) + "))"
+
+
 class EnvVar(GraftModel):
     """An environment variable for the model-server container."""
 
@@ -21,6 +62,37 @@ class EnvVar(GraftModel):
         description="Variable name.", pattern=r"^[-._a-zA-Z][-._a-zA-Z0-9]*$", max_length=256
     )
     value: str = Field(default="", description="Variable value.")
+
+
+class RolloutStrategy(GraftModel):
+    """How a template change replaces the replicas, as apps/v1's RollingUpdate (whole numbers)."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                {
+                    "rule": "self.maxSurge > 0 || self.maxUnavailable > 0",
+                    "message": "maxSurge and maxUnavailable cannot both be 0: no pod could ever "
+                    "be replaced",
+                }
+            ]
+        }
+    )
+
+    max_surge: int = Field(
+        default=1,
+        ge=0,
+        le=1000,
+        description="Pods created above spec.replicas during a rollout. When a quota refuses "
+        "them, pods are replaced one at a time instead.",
+    )
+    max_unavailable: int = Field(
+        default=0,
+        ge=0,
+        le=1000,
+        description="Ready pods a rollout may take away below spec.replicas (the Deployment stays "
+        "Ready meanwhile).",
+    )
 
 
 class DeploymentSpec(GraftModel):
@@ -59,16 +131,46 @@ class DeploymentSpec(GraftModel):
     resources: ResourceRequests = Field(
         default_factory=ResourceRequests, description="Compute resources of each replica."
     )
-    engine_args: list[str] | None = Field(
-        default=None, description="Extra command-line arguments for the engine, appended last."
+    engine_args: list[Annotated[str, Field(max_length=4096)]] | None = Field(
+        default=None,
+        max_length=128,
+        description="Extra command-line arguments for the engine. The flags Graft manages ("
+        + ", ".join(f"--{f}" for f in MANAGED_ENGINE_FLAGS)
+        + ") are refused, abbreviated or not.",
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                {
+                    "rule": ENGINE_ARGS_RULE,
+                    "message": "engineArgs may not set a flag Graft manages: "
+                    + ", ".join(f"--{f}" for f in MANAGED_ENGINE_FLAGS),
+                }
+            ]
+        },
     )
     env: list[EnvVar] | None = Field(
         default=None,
-        description="Extra environment variables for the model-server container.",
-        json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["name"]},
+        max_length=128,
+        description="Extra environment variables for the model-server container; "
+        + ", ".join(RESERVED_ENV)
+        + " are refused.",
+        json_schema_extra={
+            "x-kubernetes-list-type": "map",
+            "x-kubernetes-list-map-keys": ["name"],
+            "x-kubernetes-validations": [
+                {
+                    "rule": ENV_RULE,
+                    "message": "env may not set " + ", ".join(RESERVED_ENV),
+                }
+            ],
+        },
     )
     node_selector: dict[str, str] | None = Field(
         default=None, description="Node labels the replicas must run on."
+    )
+    strategy: RolloutStrategy = Field(
+        default_factory=RolloutStrategy,
+        description="How replicas are replaced when the template changes (maxSurge 1, "
+        "maxUnavailable 0 by default, like apps/v1).",
     )
 
 

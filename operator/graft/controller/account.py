@@ -16,9 +16,11 @@ from graft.api.tenancy import AccountSpec, DeletionPolicy
 from graft.controller.context import Context
 from graft.controller.kube import Api
 from graft.controller.status import publish
+from graft.core import keys
 from graft.core.conditions import conditions_of, now_rfc3339
 from graft.core.objects import Obj, Owner, is_terminating
 from graft.plan.account import (
+    NETWORK_POLICY_NAME,
     QUOTA_NAME,
     AccountProblem,
     NamespaceState,
@@ -27,8 +29,11 @@ from graft.plan.account import (
     deletion_blocked,
     describe_hard,
     is_graft_account_object,
+    missing_namespace_labels,
     namespace_problem,
     namespace_state,
+    network_policy,
+    network_policy_in_sync,
     quota_hard,
     quota_in_sync,
     quota_problem,
@@ -46,17 +51,25 @@ def reconcile(ctx: Context, namespace: str, name: str) -> None:
     del namespace
     api = ctx.api
     obj = api.get_graft_cluster(PLURAL, name)
-    if obj is None or is_terminating(obj):
-        return  # finalize() handles a deleted Account
+    if obj is None:
+        return
+    if is_terminating(obj):
+        if finalize(api, name) is None:
+            api.remove_cluster_finalizer(PLURAL, obj, keys.ACCOUNT_FINALIZER)
+        return
+    if keys.ACCOUNT_FINALIZER not in (obj["metadata"].get("finalizers") or []):
+        api.add_cluster_finalizer(PLURAL, obj, keys.ACCOUNT_FINALIZER)
+        return  # its event brings the next reconcile
     owner = Owner.of(obj)
     spec = AccountSpec.model_validate(obj.get("spec") or {})
     hard = quota_hard(spec.quota)
 
-    state = namespace_state(api.get_namespace(name), name, owner.uid)
+    namespace_obj = api.get_namespace(name)
+    state = namespace_state(namespace_obj, name, owner.uid)
     if state == NamespaceState.MISSING:
         # create, not apply: if the namespace appeared meanwhile this fails (409) and the retry
         # sees a foreign namespace, instead of silently adopting it.
-        api.create_namespace(account_namespace(owner))
+        namespace_obj = api.create_namespace(account_namespace(owner))
         log.info("created namespace %s for Account %s", name, name)
         api.event(obj, "Normal", "NamespaceCreated", f"created namespace {name}")
         state = NamespaceState.OWNED
@@ -64,9 +77,22 @@ def reconcile(ctx: Context, namespace: str, name: str) -> None:
     quota: Obj | None = None
     problem = namespace_problem(state, name)
     if state == NamespaceState.OWNED:
+        secure_namespace(ctx, owner, namespace_obj)
         quota = sync_quota(api, obj, owner, hard)
         problem = quota_problem(hard, quota)
     report(api, obj, owner=owner, hard=hard, quota=quota, problem=problem)
+
+
+def secure_namespace(ctx: Context, owner: Owner, namespace: Obj | None) -> None:
+    """Pod Security "restricted" on the namespace, and the model servers' NetworkPolicy."""
+    api = ctx.api
+    if namespace is not None and (missing := missing_namespace_labels(namespace)):
+        api.patch_namespace_labels(owner.name, missing)
+        log.info("set Pod Security labels on namespace %s", owner.name)
+    desired = network_policy(owner, ctx.settings.operator_namespace)
+    existing = api.get_network_policy(owner.name, NETWORK_POLICY_NAME)
+    if not network_policy_in_sync(existing, desired):
+        api.apply(desired)
 
 
 def sync_quota(api: Api, obj: Obj, owner: Owner, hard: dict[str, str]) -> Obj | None:
@@ -111,7 +137,8 @@ def report(
 
 
 def finalize(api: Api, name: str) -> str | None:
-    """Deleting an Account: None when it may go, else why not yet (retried later).
+    """Deleting an Account: None when it may go, else why not yet (looked at again when
+    something in its namespace goes).
 
     It may go at once when its namespace is not its own (missing, foreign, already terminating).
     Otherwise the namespace must hold no Graft resources, unless deletionPolicy is Delete; then

@@ -24,6 +24,9 @@ class Context:
     api: Api
     settings: Settings
     servers: ModelServers = field(default_factory=ModelServers)
+    server_key_seed: bytes = b""
+    """The secret every Deployment's model-server API key is derived from (graft.controller.
+    serverkeys); kept in a Secret in the operator's namespace."""
     kick: Callable[[str, str, str], None] = _nobody
     """kick(plural, namespace, name): reconcile this object again soon, off the caller's thread
     (a background load that ended calls it)."""

@@ -129,7 +129,7 @@ def load_everywhere(
     on in the background and, when it succeeds, kicks this DeployedModel's next reconcile."""
     servers = ctx.servers
     pods = ready_pod_urls(ctx.api, namespace, deployment)
-    key = server_api_key(ctx.api, namespace, deployment)
+    key = server_api_key(ctx, namespace, deployment)
 
     def again() -> None:
         ctx.kick(PLURAL, namespace, dm)
@@ -182,7 +182,7 @@ def unload_everywhere(ctx: Context, namespace: str, name: str) -> None:
     if dep.account != namespace:
         return
     pods = {url: pod for pod, url in ready_pod_urls(api, namespace, dep.id)}
-    key = server_api_key(api, namespace, dep.id)
+    key = server_api_key(ctx, namespace, dep.id)
     failures = ctx.servers.unload(pods, served_name, key)
     for url, pod in pods.items():
         if url not in failures:

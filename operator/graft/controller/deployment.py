@@ -8,7 +8,6 @@ which event arrived or whether one was missed.
 from __future__ import annotations
 
 import logging
-import secrets
 from typing import Any
 
 from kubernetes.client.exceptions import ApiException
@@ -33,6 +32,7 @@ from graft.core.conditions import conditions_of, now_rfc3339
 from graft.core.names import InvalidReference, full_name, parse_ref
 from graft.core.objects import Obj, Owner, is_ready, is_terminating, labels_of
 from graft.plan.deployment import (
+    SURGE_REFUSED,
     BlockedBy,
     ObservedPod,
     PodPlan,
@@ -46,6 +46,7 @@ from graft.plan.deployment import (
     server_key_secret_name,
     service,
     spec_hash,
+    spec_problem,
 )
 from graft.plan.engines import Addon, ServerSpec
 from graft.plan.storage import Location, UnsupportedSource, addons_claim_mount, locate
@@ -154,7 +155,9 @@ def reconcile(ctx: Context, namespace: str, name: str) -> None:
     selector = selector_string(name)
     raw_pods = api.list_pods(namespace, selector)
     pods = [observe_pod(p) for p in raw_pods]
-    resolved = resolve_base_model(api, spec, namespace)
+    resolved = spec_problem(spec, ctx.settings.image_allowed) or resolve_base_model(
+        api, spec, namespace
+    )
     current_hash: str | None = None
     blocked: BlockedBy | None = None
     if isinstance(resolved, BlockedBy):
@@ -168,14 +171,27 @@ def reconcile(ctx: Context, namespace: str, name: str) -> None:
         claim = addons_claim(ctx, namespace, spec)
         image = spec.image or ctx.settings.engine_image(spec.engine)
         key_secret = server_key_secret_name(name)
+        # Nor are what the user did not ask for: the operator's default image for the engine
+        # (an operator upgrade does not restart every Deployment) and whether the artifacts
+        # claim exists yet (pods created once it does mount it).
         current_hash = spec_hash(
             desired_pod_spec(
-                spec, location, served_name, image, addons_claim=claim, key_secret=key_secret
+                spec,
+                location,
+                served_name,
+                spec.image or f"<the operator's {spec.engine} image>",
+                key_secret=key_secret,
             )
         )
         ensure_service(api, owner)
-        ensure_server_key(api, owner)
-        plan = pod_plan(spec.replicas, current_hash, pods)
+        strategy = spec.strategy
+        plan = pod_plan(
+            spec.replicas,
+            current_hash,
+            pods,
+            max_surge=strategy.max_surge,
+            max_unavailable=strategy.max_unavailable,
+        )
         if not plan.empty:
             template = desired_pod_spec(
                 spec,
@@ -187,8 +203,29 @@ def reconcile(ctx: Context, namespace: str, name: str) -> None:
                 key_secret=key_secret,
             )
             pod = model_server_pod(owner, template, current_hash)
+            if plan.create:
+                ensure_server_key(api, owner, server_api_key(ctx, namespace, name))
             uids = {p["metadata"]["name"]: p["metadata"]["uid"] for p in raw_pods}
             created, blocked = execute_plan(api, owner, plan, pod, uids)
+            if blocked is not None and plan.create and "RollingUpdate" in plan.reasons:
+                # No room above spec.replicas (an exact quota): replace one at a time.
+                one_by_one = pod_plan(
+                    spec.replicas,
+                    current_hash,
+                    pods,
+                    max_surge=0,
+                    max_unavailable=strategy.max_unavailable,
+                    surge_refused=True,
+                )
+                extra = PodPlan(delete=tuple(d for d in one_by_one.delete if d not in plan.delete))
+                execute_plan(api, owner, extra, pod, uids)
+                plan = PodPlan(plan.create, plan.delete + extra.delete, plan.reasons)
+                blocked = BlockedBy(
+                    SURGE_REFUSED,
+                    f"a pod above spec.replicas was refused ({blocked.message}); replacing "
+                    "pods one at a time",
+                    waiting=True,
+                )
             before = sum(1 for p in pods if not p.terminating)
             record_plan_events(
                 api, obj, desired=spec.replicas, before=before, created=created, plan=plan
@@ -205,7 +242,7 @@ def reconcile(ctx: Context, namespace: str, name: str) -> None:
         previous=previous,
         now=now_rfc3339(),
     )
-    if spec.enable_addons and blocked is None:
+    if spec.enable_addons and (blocked is None or blocked.reason == SURGE_REFUSED):
         status.addons = served_addons(ctx, namespace, name)
     # Ready=False while replicas come up is routine (the plan's own Events say what it did).
     publish(api, obj, PLURAL, status, warning=blocked is not None, quiet={"ReplicasNotReady"})
@@ -244,7 +281,7 @@ def served_addons(ctx: Context, namespace: str, name: str) -> list[str] | None:
     None if none answered."""
     common: set[str] | None = None
     pods = {url: pod for pod, url in ready_pod_urls(ctx.api, namespace, name)}
-    key = server_api_key(ctx.api, namespace, name)
+    key = server_api_key(ctx, namespace, name)
 
     def again() -> None:
         ctx.kick(PLURAL, namespace, name)
@@ -280,13 +317,12 @@ def execute_plan(
     return created, blocked
 
 
-def ensure_server_key(api: Api, owner: Owner) -> None:
-    """The Secret with the API key of the Deployment's model servers; made once, never rotated
-    by the operator (delete the Secret and the pods to rotate it)."""
-    if api.get_secret(owner.namespace, server_key_secret_name(owner.name)) is not None:
-        return
+def ensure_server_key(api: Api, owner: Owner, key: str) -> None:
+    """The Secret the new pods read their API key from. Created before pods are, and only
+    then (a steady state makes no calls); one that exists is left alone (the operator may not
+    read Secrets), so a tenant who replaces it only locks the operator out of their own pods."""
     try:
-        api.create_secret(server_key_secret(owner, secrets.token_urlsafe(32)))
+        api.create_secret(server_key_secret(owner, key))
     except ApiException as exc:
         if exc.status == 403 and "is being terminated" in error_message(exc):
             return

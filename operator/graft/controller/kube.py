@@ -64,6 +64,26 @@ class TimedApiClient(client.ApiClient):  # type: ignore[misc]
         )
 
 
+def _add_ops(obj: Obj, finalizer: str) -> list[Obj]:
+    meta = obj["metadata"]
+    ops: list[Obj] = [
+        {"op": "test", "path": "/metadata/resourceVersion", "value": meta["resourceVersion"]}
+    ]
+    if meta.get("finalizers"):
+        ops.append({"op": "add", "path": "/metadata/finalizers/-", "value": finalizer})
+    else:
+        ops.append({"op": "add", "path": "/metadata/finalizers", "value": [finalizer]})
+    return ops
+
+
+def _remove_ops(obj: Obj, finalizer: str) -> list[Obj]:
+    finalizers = obj["metadata"].get("finalizers") or []
+    if finalizer not in finalizers:
+        return []
+    at = f"/metadata/finalizers/{finalizers.index(finalizer)}"
+    return [{"op": "test", "path": at, "value": finalizer}, {"op": "remove", "path": at}]
+
+
 class Api:
     """A small facade over the generated clients, returning plain dicts."""
 
@@ -119,23 +139,83 @@ class Api:
         items: list[Obj] = result.get("items", [])
         return items
 
+    def list_graft_everywhere(self, plural: str) -> list[Obj]:
+        """Every object of a namespaced Graft kind, in all accounts."""
+        result = self.custom.list_cluster_custom_object(keys.GROUP, keys.VERSION, plural)
+        items: list[Obj] = result.get("items", [])
+        return items
+
+    def add_cluster_finalizer(self, plural: str, obj: Obj, finalizer: str) -> None:
+        self._json_patch(plural, "", obj["metadata"]["name"], _add_ops(obj, finalizer))
+
+    def remove_cluster_finalizer(self, plural: str, obj: Obj, finalizer: str) -> None:
+        if ops := _remove_ops(obj, finalizer):
+            self._json_patch(plural, "", obj["metadata"]["name"], ops)
+
+    def add_finalizer(self, plural: str, obj: Obj, finalizer: str) -> None:
+        """Add a finalizer to a namespaced Graft object, unless someone changed it meanwhile
+        (the next event brings the change, and the next reconcile adds it)."""
+        meta = obj["metadata"]
+        self._json_patch(plural, meta["namespace"], meta["name"], _add_ops(obj, finalizer))
+
+    def remove_finalizer(self, plural: str, obj: Obj, finalizer: str) -> None:
+        """Remove a finalizer (the one at the index it had when read: the test op makes the
+        patch fail instead of removing another one if the list changed)."""
+        meta = obj["metadata"]
+        if ops := _remove_ops(obj, finalizer):
+            self._json_patch(plural, meta["namespace"], meta["name"], ops)
+
+    def _json_patch(self, plural: str, namespace: str, name: str, ops: list[Obj]) -> None:
+        """A JSON patch of a Graft object (namespace "": cluster-scoped)."""
+        try:
+            if namespace:
+                self.custom.patch_namespaced_custom_object(
+                    keys.GROUP,
+                    keys.VERSION,
+                    namespace,
+                    plural,
+                    name,
+                    ops,
+                    field_manager=keys.FIELD_MANAGER,
+                    _content_type="application/json-patch+json",
+                )
+            else:
+                self.custom.patch_cluster_custom_object(
+                    keys.GROUP,
+                    keys.VERSION,
+                    plural,
+                    name,
+                    ops,
+                    field_manager=keys.FIELD_MANAGER,
+                    _content_type="application/json-patch+json",
+                )
+        except ApiException as exc:
+            # 404: gone; 409/422: changed meanwhile (a failed test op); its event comes next.
+            if exc.status not in (404, 409, 422):
+                raise
+
     def patch_graft_status(self, plural: str, namespace: str, name: str, status: Obj) -> None:
-        """Merge-patch status; keys set to None are removed. namespace "" = cluster-scoped."""
+        """Merge-patch status; keys set to None are removed. namespace "" = cluster-scoped. An
+        object that went meanwhile has no status to write: that is not an error."""
         body = {"status": status}
-        if namespace:
-            self.custom.patch_namespaced_custom_object_status(
-                keys.GROUP,
-                keys.VERSION,
-                namespace,
-                plural,
-                name,
-                body,
-                field_manager=keys.FIELD_MANAGER,
-            )
-        else:
-            self.custom.patch_cluster_custom_object_status(
-                keys.GROUP, keys.VERSION, plural, name, body, field_manager=keys.FIELD_MANAGER
-            )
+        try:
+            if namespace:
+                self.custom.patch_namespaced_custom_object_status(
+                    keys.GROUP,
+                    keys.VERSION,
+                    namespace,
+                    plural,
+                    name,
+                    body,
+                    field_manager=keys.FIELD_MANAGER,
+                )
+            else:
+                self.custom.patch_cluster_custom_object_status(
+                    keys.GROUP, keys.VERSION, plural, name, body, field_manager=keys.FIELD_MANAGER
+                )
+        except ApiException as exc:
+            if not is_not_found(exc):
+                raise
 
     # --- Pods and Services -----------------------------------------------------------------
 
@@ -164,6 +244,7 @@ class Api:
         patch = {
             "Service": self.core.patch_namespaced_service,
             "ResourceQuota": self.core.patch_namespaced_resource_quota,
+            "NetworkPolicy": self.networking.patch_namespaced_network_policy,
         }[kind]
         return self._plain(
             patch(
@@ -232,6 +313,18 @@ class Api:
         """Create (never apply: an existing namespace must not be adopted); 409 if it exists."""
         return self._plain(self.core.create_namespace(namespace, field_manager=keys.FIELD_MANAGER))
 
+    def patch_namespace_labels(self, name: str, labels: dict[str, str]) -> None:
+        self.core.patch_namespace(
+            name, {"metadata": {"labels": labels}}, field_manager=keys.FIELD_MANAGER
+        )
+
+    @property
+    def networking(self) -> Any:
+        return client.NetworkingV1Api(self.client)
+
+    def get_network_policy(self, namespace: str, name: str) -> Obj | None:
+        return self._read(self.networking.read_namespaced_network_policy, name, namespace)
+
     def delete_namespace(self, name: str, uid: str) -> bool:
         """Delete the namespace with this uid; False when it is gone or is another one."""
         return self._delete(self.core.delete_namespace, name, uid=uid)
@@ -297,6 +390,7 @@ class Api:
         return self._read(self.core.read_namespaced_config_map, name, namespace)
 
     def get_secret(self, namespace: str, name: str) -> Obj | None:
+        """Only the operator's own seed Secret, in its own namespace: the RBAC allows no other."""
         return self._read(self.core.read_namespaced_secret, name, namespace)
 
     def create_secret(self, secret: Obj) -> Obj | None:

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import base64
-
 from pydantic import ValidationError
 
 from graft.api.kinds import Plural
@@ -14,8 +12,8 @@ from graft.controller.kube import Api
 from graft.core.names import InvalidReference, Ref, full_name, parse_ref
 from graft.core.objects import Obj, is_ready, is_terminating
 from graft.plan.deployedmodel import Candidate, DeploymentFacts, ModelFacts, Verdict, judge
-from graft.plan.deployment import selector_string, server_key_secret_name
-from graft.plan.engines import API_KEY_FIELD, PORT
+from graft.plan.deployment import selector_string, server_key
+from graft.plan.engines import PORT
 from graft.plan.storage import addon_path
 
 
@@ -101,17 +99,9 @@ def addon_verdicts(
     return judge(deployment, candidates), models
 
 
-def server_api_key(api: Api, namespace: str, deployment: str) -> str | None:
-    """The API key the Deployment's model servers require; None before its Secret exists (its
-    pods cannot start without it, so there is nothing to call yet)."""
-    secret = api.get_secret(namespace, server_key_secret_name(deployment))
-    raw = ((secret or {}).get("data") or {}).get(API_KEY_FIELD)
-    if not raw:
-        return None
-    try:
-        return base64.b64decode(raw).decode()
-    except (ValueError, UnicodeDecodeError):
-        return None
+def server_api_key(ctx: Context, namespace: str, deployment: str) -> str:
+    """The API key the Deployment's model servers require."""
+    return server_key(ctx.server_key_seed, namespace, deployment)
 
 
 def ready_pod_urls(api: Api, namespace: str, deployment: str) -> list[tuple[str, str]]:

@@ -27,7 +27,7 @@ from typing import Any
 
 import kopf
 
-from graft.api.kinds import Plural
+from graft.api.kinds import ACCOUNT_PLURALS, Plural
 from graft.controller import (
     account,
     dataset,
@@ -41,20 +41,20 @@ from graft.controller import (
 )
 from graft.controller.context import Context
 from graft.controller.kube import Api, TimedApiClient, load_config
+from graft.controller.leader import LeaseElector, standby_health
 from graft.controller.modelclient import Limits, ModelServers
+from graft.controller.serverkeys import load_seed
 from graft.core import keys
 from graft.core.names import InvalidReference, full_name, parse_ref
-from graft.core.objects import is_finished
+from graft.core.objects import is_finished, is_terminating
 from graft.core.settings import ConfigError, Settings
 
 log = logging.getLogger(__name__)
 
+EXIT_LEADERSHIP_LOST = 3
+
 Reconcile = Callable[[Context, str, str], None]
 """reconcile(ctx, namespace, name); namespace is "" for cluster-scoped kinds."""
-
-ACCOUNT_DELETION_RETRY_SECONDS = 10.0
-"""How soon a deleted Account whose namespace still holds Graft resources is looked at again
-(or sooner, with a faster resync)."""
 
 
 class Running:
@@ -127,12 +127,14 @@ class Operator:
             )
 
     def level_triggered(
-        self, registry: kopf.OperatorRegistry, plural: Plural, fn: Reconcile
+        self, registry: kopf.OperatorRegistry, plural: Plural, fn: Reconcile, *, resync: bool = True
     ) -> None:
-        """Register create, spec update, resume and the resync timer of a Graft kind on `fn`."""
+        """Register create, spec update, resume and (unless `resync` is False) the resync timer
+        of a Graft kind on `fn`. A kopf timer puts kopf's finalizer on every object of the kind:
+        a kind whose deletion must not wait for the operator does without one, and follows its
+        children's events instead."""
         self._reconcilers[plural] = fn
         resource = (keys.GROUP, keys.VERSION, str(plural))
-        resync = self.ctx.settings.resync_seconds
 
         def handler(namespace: str | None, name: str | None, **_: Any) -> None:
             assert name is not None
@@ -142,7 +144,11 @@ class Operator:
         kopf.on.create(*resource, registry=registry)(handler)
         kopf.on.update(*resource, field="spec", registry=registry)(handler)
         kopf.on.resume(*resource, registry=registry)(handler)
-        kopf.timer(*resource, interval=resync, initial_delay=resync, registry=registry)(handler)
+        if resync:
+            interval = self.ctx.settings.resync_seconds
+            kopf.timer(*resource, interval=interval, initial_delay=interval, registry=registry)(
+                handler
+            )
 
     @staticmethod
     def on_children(
@@ -221,10 +227,14 @@ class Operator:
             for dm in lookup.deployed_models_of(self.ctx.api, namespace, owner):
                 self.reconcile_soft(Plural.DEPLOYED_MODELS, namespace, dm["metadata"]["name"])
 
-    def model_event(self, namespace: str | None, name: str | None, **_: Any) -> None:
-        """A model appeared, changed or went: reconcile what uses it in its account."""
+    def model_event(
+        self, namespace: str | None, name: str | None, body: Mapping[str, Any], **_: Any
+    ) -> None:
+        """A model appeared, changed or went: reconcile what uses it in its account (and, when
+        it is being deleted, the Model itself: its in-use finalizer)."""
         if not namespace or not name:
             return
+        self.model_deletion_event(namespace, name, body)
         api = self.ctx.api
         for dep in api.list_graft(Plural.DEPLOYMENTS, namespace):
             try:
@@ -245,19 +255,29 @@ class Operator:
     # --- Model -----------------------------------------------------------------------------
 
     def _register_models(self, registry: kopf.OperatorRegistry) -> None:
+        # No deletion handler: a Model in use is held by Graft's in-use finalizer, which the
+        # reconciler removes when the Model's or its users' events show it unused.
         self.level_triggered(registry, Plural.MODELS, model.reconcile)
-        kopf.on.delete(keys.GROUP, keys.VERSION, Plural.MODELS, registry=registry)(
-            self.model_deleted
+        kopf.on.event(keys.GROUP, keys.VERSION, Plural.DEPLOYMENTS, registry=registry)(
+            self.model_user_event
         )
 
-    def model_deleted(self, namespace: str | None, name: str | None, **_: Any) -> None:
-        """A Model in use by a Deployment or DeployedModel is not deleted out from under it."""
-        assert namespace is not None
-        assert name is not None
-        with self.exclusive(Plural.MODELS, namespace, name):
-            blocker = model.deletion_blockers(self.ctx.api, namespace, name)
-        if blocker:
-            raise kopf.TemporaryError(blocker, delay=max(2.0, self.ctx.settings.resync_seconds / 4))
+    def model_deletion_event(self, namespace: str, name: str, body: Mapping[str, Any]) -> None:
+        if (body.get("metadata") or {}).get("deletionTimestamp"):
+            self.reconcile_soft(Plural.MODELS, namespace, name)
+
+    def model_user_event(self, namespace: str | None, spec: Mapping[str, Any], **_: Any) -> None:
+        """A Deployment or DeployedModel changed or went: a deleted Model it used may go now."""
+        if not namespace:
+            return
+        for field in ("baseModel", "model"):
+            try:
+                ref = parse_ref(str(spec.get(field) or ""), Plural.MODELS, account=namespace)
+            except InvalidReference:
+                continue
+            used = self.ctx.api.get_graft(Plural.MODELS, ref.account, ref.id)
+            if used is not None and is_terminating(used):
+                self.reconcile_soft(Plural.MODELS, ref.account, ref.id)
 
     # --- DeployedModel ---------------------------------------------------------------------
 
@@ -273,6 +293,7 @@ class Operator:
         """The Deployment's addon set changed: new pods must start with it, status must say it."""
         if not namespace:
             return
+        self.model_user_event(namespace, spec)
         try:
             ref = parse_ref(str(spec.get("deployment", "")), Plural.DEPLOYMENTS, account=namespace)
         except InvalidReference:
@@ -290,33 +311,49 @@ class Operator:
 
     def _register_tenancy(self, registry: kopf.OperatorRegistry) -> None:
         self.level_triggered(registry, Plural.ACCOUNTS, account.reconcile)
-        self.level_triggered(registry, Plural.USERS, user.reconcile)
-        kopf.on.delete(keys.GROUP, keys.VERSION, Plural.ACCOUNTS, registry=registry)(
-            self.account_deleted
+        # A User's RoleBinding is owned by the User: deleting the User revokes access through the
+        # garbage collector, even while the operator is down. So Users carry no finalizer (no
+        # deletion handler, no timer); a change to the binding reconciles its User instead.
+        self.level_triggered(registry, Plural.USERS, user.reconcile, resync=False)
+        self.on_children(
+            registry,
+            (keys.RBAC_GROUP, "v1", "rolebindings"),
+            self.user_binding_event,
+            keys.USER_BINDING,
         )
-        kopf.on.delete(keys.GROUP, keys.VERSION, Plural.USERS, registry=registry)(self.user_deleted)
+        # No deletion handler: Graft's account finalizer holds a deleted Account while its
+        # namespace holds Graft resources, and its reconciler lets it go on the events below.
+        kopf.on.event(keys.GROUP, keys.VERSION, Plural.ACCOUNTS, registry=registry)(
+            self.account_event
+        )
+        for plural in ACCOUNT_PLURALS:
+            kopf.on.event(keys.GROUP, keys.VERSION, str(plural), registry=registry)(
+                self.account_content_event
+            )
         self.on_children(
             registry, ("v1", "resourcequotas"), self.account_quota_event, keys.ACCOUNT_QUOTA
         )
 
-    def account_deleted(self, name: str | None, **_: Any) -> None:
-        """Hold Graft's finalizer while the account's namespace holds what must not go with it."""
-        assert name is not None
-        with self.exclusive(Plural.ACCOUNTS, "", name):
-            waiting = account.finalize(self.ctx.api, name)
-        if waiting:
-            delay = min(self.ctx.settings.resync_seconds, ACCOUNT_DELETION_RETRY_SECONDS)
-            raise kopf.TemporaryError(waiting, delay=delay)
+    def account_event(self, name: str | None, body: Mapping[str, Any], **_: Any) -> None:
+        """A deleted Account is looked at on its own events (its finalizer)."""
+        if name and (body.get("metadata") or {}).get("deletionTimestamp"):
+            self.reconcile_soft(Plural.ACCOUNTS, "", name)
 
-    def user_deleted(
-        self, namespace: str | None, name: str | None, uid: str | None, **_: Any
+    def account_content_event(self, namespace: str | None, type: str | None, **_: Any) -> None:
+        """Something in an account's namespace went: a deleted Account waiting for it may go."""
+        if not namespace or type != "DELETED":
+            return
+        owner = self.ctx.api.get_graft_cluster(Plural.ACCOUNTS, namespace)
+        if owner is not None and is_terminating(owner):
+            self.reconcile_soft(Plural.ACCOUNTS, "", namespace)
+
+    def user_binding_event(
+        self, namespace: str | None, labels: Mapping[str, str], **_: Any
     ) -> None:
-        """Revoke the User's access before the User object disappears."""
-        assert namespace
-        assert name
-        assert uid
-        with self.exclusive(Plural.USERS, namespace, name):
-            user.revoke(self.ctx.api, namespace, name, uid)
+        """Someone changed or deleted a User's RoleBinding: the User puts it back."""
+        name = labels.get(keys.USER)
+        if namespace and name:
+            self.reconcile_soft(Plural.USERS, namespace, name)
 
     def account_quota_event(self, labels: Mapping[str, str], **_: Any) -> None:
         """The API server counted usage (or someone changed the quota): refresh the Account."""
@@ -394,12 +431,33 @@ def run(
         Limits(timeout=settings.server_timeout, load_timeout=settings.server_load_timeout)
     )
     api = Api(TimedApiClient(settings.api_timeout))
-    Operator(Context(api=api, settings=settings, servers=servers)).register(registry)
-    kopf.run(
-        registry=registry,
-        standalone=True,
-        clusterwide=not namespace,
-        namespaces=namespace or [],
-        liveness_endpoint=liveness,
+    elector = LeaseElector(
+        api.client,
+        settings.operator_namespace,
+        lease_seconds=settings.lease_seconds,
+        renew_seconds=settings.lease_seconds / 3,
     )
+    with standby_health(liveness):
+        elector.acquire()
+
+    def lost() -> None:
+        # Another operator may be acting already: stop at once, without cleaning up.
+        log.error("leadership lost: exiting so that only one operator acts")
+        logging.shutdown()
+        os._exit(EXIT_LEADERSHIP_LOST)
+
+    elector.keep(on_lost=lost)
+    try:
+        seed = load_seed(api, settings.operator_namespace)
+        ctx = Context(api=api, settings=settings, servers=servers, server_key_seed=seed)
+        Operator(ctx).register(registry)
+        kopf.run(
+            registry=registry,
+            standalone=True,
+            clusterwide=not namespace,
+            namespaces=namespace or [],
+            liveness_endpoint=liveness,
+        )
+    finally:
+        elector.release()
     return 0

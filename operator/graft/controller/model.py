@@ -16,6 +16,7 @@ from graft.api.models import ModelKind, ModelSpec, ModelStatus
 from graft.controller.context import Context
 from graft.controller.kube import Api
 from graft.controller.status import publish
+from graft.core import keys
 from graft.core.conditions import conditions_of, now_rfc3339
 from graft.core.names import InvalidReference, full_name, parse_ref
 from graft.core.objects import Obj, is_terminating
@@ -69,21 +70,30 @@ def validate(api: Api, namespace: str, spec: ModelSpec, status: ModelStatus) -> 
         record_adapter(config, status)
 
 
-def used_by(api: Api, namespace: str, name: str, kind: str) -> tuple[list[str], list[str]]:
-    """(Deployments serving this base model, DeployedModels loading this addon), full names."""
+def used_by(
+    api: Api, namespace: str, name: str, kind: str, public: bool = False
+) -> tuple[list[str], list[str]]:
+    """(Deployments serving this base model, DeployedModels loading this addon), full names;
+    of every account when the model is public, else of its own."""
     me = (namespace, name)
     deployments, deployed = [], []
+
+    def listed(plural: str) -> list[Obj]:
+        if public:
+            return api.list_graft_everywhere(plural)
+        return api.list_graft(plural, namespace)
+
     if kind == ModelKind.BASE:
-        for d in api.list_graft(Plural.DEPLOYMENTS, namespace):
-            if _refers(d, "baseModel", namespace) == me:
-                deployments.append(full_name(namespace, Plural.DEPLOYMENTS, d["metadata"]["name"]))
+        for d in listed(Plural.DEPLOYMENTS):
+            where = d["metadata"]["namespace"]
+            if _refers(d, "baseModel", where) == me:
+                deployments.append(full_name(where, Plural.DEPLOYMENTS, d["metadata"]["name"]))
     else:
-        for dm in api.list_graft(Plural.DEPLOYED_MODELS, namespace):
-            if _refers(dm, "model", namespace) == me:
-                deployed.append(
-                    full_name(namespace, Plural.DEPLOYED_MODELS, dm["metadata"]["name"])
-                )
-                dep = _refers(dm, "deployment", namespace, Plural.DEPLOYMENTS)
+        for dm in listed(Plural.DEPLOYED_MODELS):
+            where = dm["metadata"]["namespace"]
+            if _refers(dm, "model", where) == me:
+                deployed.append(full_name(where, Plural.DEPLOYED_MODELS, dm["metadata"]["name"]))
+                dep = _refers(dm, "deployment", where, Plural.DEPLOYMENTS)
                 if dep is not None:
                     deployments.append(full_name(dep[0], Plural.DEPLOYMENTS, dep[1]))
     return sorted(set(deployments)), sorted(deployed)
@@ -104,6 +114,12 @@ def reconcile(ctx: Context, namespace: str, name: str) -> None:
     obj = api.get_graft(PLURAL, namespace, name)
     if obj is None:
         return
+    if is_terminating(obj):
+        release(api, obj)
+        return
+    if keys.IN_USE_FINALIZER not in (obj["metadata"].get("finalizers") or []):
+        api.add_finalizer(PLURAL, obj, keys.IN_USE_FINALIZER)
+        return  # its event brings the next reconcile
     generation = obj["metadata"].get("generation", 0)
     status = ModelStatus(observed_generation=generation, name=full_name(namespace, PLURAL, name))
     try:
@@ -115,8 +131,6 @@ def reconcile(ctx: Context, namespace: str, name: str) -> None:
         problem = exc
     else:
         problem = None
-    if is_terminating(obj):
-        return  # the deletion handler owns the status now
     deployments, message = [], ""
     if problem is None:
         deployments = used_by(api, namespace, name, str(spec.kind))[0]
@@ -133,18 +147,20 @@ def reconcile(ctx: Context, namespace: str, name: str) -> None:
     publish(api, obj, PLURAL, status, warning=problem is not None)
 
 
-def deletion_blockers(api: Api, namespace: str, name: str) -> str | None:
-    """Why this Model cannot go yet (it is in use), or None. Also says so in its status."""
-    obj = api.get_graft(PLURAL, namespace, name)
-    if obj is None:
-        return None
-    kind = str((obj.get("spec") or {}).get("kind", ""))
-    deployments, deployed = used_by(api, namespace, name, kind)
+def release(api: Api, obj: Obj) -> None:
+    """A deleted Model goes when nothing uses it; until then its status says what does. Called
+    by the events of the Model and of what uses it, never by a timer: a blocked deletion makes
+    no writes while it waits."""
+    meta = obj["metadata"]
+    namespace, name = meta["namespace"], meta["name"]
+    spec = obj.get("spec") or {}
+    kind = str(spec.get("kind", ""))
+    deployments, deployed = used_by(api, namespace, name, kind, bool(spec.get("public")))
     users = deployed if kind == ModelKind.PEFT_ADDON else deployments
     if not users:
-        return None
+        api.remove_finalizer(PLURAL, obj, keys.IN_USE_FINALIZER)
+        log.info("released deleted Model %s/%s: nothing uses it", namespace, name)
+        return
     message = in_use_message(users)
-    generation = obj["metadata"].get("generation")
-    status = in_use(obj.get("status") or {}, message, generation, now_rfc3339())
+    status = in_use(obj.get("status") or {}, message, meta.get("generation"), now_rfc3339())
     publish(api, obj, PLURAL, status, warning=True)
-    return message

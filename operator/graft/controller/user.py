@@ -1,9 +1,9 @@
 """User reconciler: one RoleBinding from the User's email to the ClusterRole of its role.
 
 The binding is named after the User and owned by it. A role change replaces it (a RoleBinding's
-roleRef cannot change); deleting the User revokes it at once (`revoke()`, run before Graft's
-finalizer lets the User go) and garbage collection would remove it anyway. A User grants nothing
-outside a namespace its Account created.
+roleRef cannot change); deleting the User revokes it through the garbage collector (the
+binding's owner is gone), within seconds and whether or not the operator runs: Users carry no
+finalizer. A User grants nothing outside a namespace its Account created.
 """
 
 from __future__ import annotations
@@ -39,7 +39,7 @@ def reconcile(ctx: Context, namespace: str, name: str) -> None:
     api = ctx.api
     obj = api.get_graft(PLURAL, namespace, name)
     if obj is None or is_terminating(obj):
-        return  # revoke() runs on deletion
+        return  # the garbage collector removes the binding it owns
     owner = Owner.of(obj)
     spec = UserSpec.model_validate(obj.get("spec") or {})
     desired = role_binding(owner, spec.email, spec.role)
@@ -96,15 +96,3 @@ def report(api: Api, obj: Obj, owner: Owner, spec: UserSpec, problem: UserProble
         now=now_rfc3339(),
     )
     publish(api, obj, PLURAL, status, warning=problem is not None)
-
-
-def revoke(api: Api, namespace: str, name: str, uid: str) -> None:
-    """The User is being deleted: remove its RoleBinding now, not whenever GC gets to it."""
-    existing = api.get_role_binding(namespace, binding_name(name))
-    if existing is not None and owned_by(existing, uid):
-        api.delete_role_binding(
-            namespace, existing["metadata"]["name"], existing["metadata"]["uid"]
-        )
-        log.info(
-            "revoked RoleBinding %s/%s of deleted User", namespace, existing["metadata"]["name"]
-        )

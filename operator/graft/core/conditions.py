@@ -9,7 +9,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
-from graft.api.common import Condition, ConditionStatus
+from graft.api.common import CONDITION_MESSAGE_MAX, Condition, ConditionStatus
 
 
 def now_rfc3339() -> str:
@@ -26,7 +26,11 @@ def set_condition(
     generation: int | None,
     now: str,
 ) -> list[Condition]:
-    """Return conditions with `type_` set; other conditions keep their order and values."""
+    """Return conditions with `type_` set; other conditions keep their order and values. A
+    message longer than the schema admits is cut, ending in "...", rather than refused (a
+    refused status write would be retried forever)."""
+    if len(message) > CONDITION_MESSAGE_MAX:
+        message = message[: CONDITION_MESSAGE_MAX - 3] + "..."
     if isinstance(status, bool):
         status = ConditionStatus.TRUE if status else ConditionStatus.FALSE
     previous = find(conditions, type_)

@@ -39,8 +39,13 @@ USER = f"{GROUP}/user"
 
 ACCOUNT_NAMESPACE = "account-namespace"
 ACCOUNT_QUOTA = "account-quota"
+ACCOUNT_NETWORK_POLICY = "account-network-policy"
 USER_BINDING = "user-binding"
 """app.kubernetes.io/component values of the children of Accounts and Users."""
+
+OPERATOR_COMPONENT = "operator"
+GATEWAY_COMPONENT = "gateway"
+"""app.kubernetes.io/component of the operator's and the gateway's own pods (the chart's)."""
 
 PART_OF = "app.kubernetes.io/part-of"
 PART_OF_VALUE = "graft"
@@ -84,3 +89,19 @@ OWNER_LABELS = {
     "FineTuningJob": FINETUNING_JOB,
 }
 """The label that names the owner, by the kind of Graft object that owns (or made) a child."""
+
+SERVER_KEY_SEED_SECRET = "graft-server-key-seed"
+"""The Secret in the operator's namespace that every model-server API key is derived from."""
+
+IN_USE_FINALIZER = f"{GROUP}/in-use-protection"
+"""Graft's own finalizer on Models: held while a Deployment or DeployedModel (of any account, for
+a public model) uses the Model, removed by the Model reconciler when nothing does; like
+kubernetes.io/pvc-protection, it waits for events, not for a retry timer."""
+
+ACCOUNT_FINALIZER = f"{GROUP}/account-protection"
+"""Graft's own finalizer on Accounts: held until the account's namespace is empty of Graft
+resources (deletionPolicy Refuse) or deleted (Delete); removed by the Account reconciler on the
+events of the Account and of its content, never by a retry timer."""
+
+LEADER_LEASE = "graft-operator"
+"""The coordination.k8s.io Lease in the operator's namespace that one operator at a time holds."""

@@ -24,6 +24,9 @@ Operator settings (`Settings`):
 | GRAFT_SERVER_TIMEOUT_SECONDS | 5 | total deadline of a call to a model server, and the longest a reconcile waits for one |
 | GRAFT_SERVER_LOAD_TIMEOUT_SECONDS | 120 | total deadline of loading one addon into one replica (in the background) |
 | GRAFT_API_TIMEOUT_SECONDS | 30 | deadline of one Kubernetes API request |
+| GRAFT_ALLOWED_IMAGES | Graft's and vLLM's repositories | comma-separated images tenants may name in a Deployment's spec.image: a repository (any tag or digest of it) or a prefix ending in "/" |
+| GRAFT_OPERATOR_NAMESPACE | graft-system | the operator's own namespace (its key seed Secret; from the downward API) |
+| GRAFT_LEASE_SECONDS | 15 | leader election: how long a silent leader's Lease holds off the others |
 | GRAFT_STUCK_SECONDS | 300 | liveness fails when every worker has been in one reconcile this long |
 
 Variables of the programs that run in pods (graft.dataplane), read by that program when it runs:
@@ -57,6 +60,9 @@ SERVER_TIMEOUT_ENV = "GRAFT_SERVER_TIMEOUT_SECONDS"
 SERVER_LOAD_TIMEOUT_ENV = "GRAFT_SERVER_LOAD_TIMEOUT_SECONDS"
 API_TIMEOUT_ENV = "GRAFT_API_TIMEOUT_SECONDS"
 STUCK_ENV = "GRAFT_STUCK_SECONDS"
+LEASE_ENV = "GRAFT_LEASE_SECONDS"
+OPERATOR_NAMESPACE_ENV = "GRAFT_OPERATOR_NAMESPACE"
+ALLOWED_IMAGES_ENV = "GRAFT_ALLOWED_IMAGES"
 
 TERMINATION_MESSAGE_PATH_ENV = "GRAFT_TERMINATION_MESSAGE_PATH"
 PVC_ROOT_ENV = "GRAFT_PVC_ROOT"
@@ -77,6 +83,8 @@ DEFAULT_SERVER_TIMEOUT_SECONDS = 5.0
 DEFAULT_SERVER_LOAD_TIMEOUT_SECONDS = 120.0
 DEFAULT_API_TIMEOUT_SECONDS = 30.0
 DEFAULT_STUCK_SECONDS = 300.0
+DEFAULT_LEASE_SECONDS = 15
+DEFAULT_OPERATOR_NAMESPACE = "graft-system"
 
 
 N = TypeVar("N", int, float)
@@ -106,6 +114,10 @@ class Settings:
     server_load_timeout: float = DEFAULT_SERVER_LOAD_TIMEOUT_SECONDS
     api_timeout: float = DEFAULT_API_TIMEOUT_SECONDS
     stuck_seconds: float = DEFAULT_STUCK_SECONDS
+    lease_seconds: int = DEFAULT_LEASE_SECONDS
+    operator_namespace: str = DEFAULT_OPERATOR_NAMESPACE
+    allowed_images: tuple[str, ...] = ()
+    """Beyond the repositories of the images above, which are always allowed."""
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> Settings:
@@ -153,6 +165,9 @@ class Settings:
             ),
             api_timeout=_positive(env, API_TIMEOUT_ENV, DEFAULT_API_TIMEOUT_SECONDS, float),
             stuck_seconds=_positive(env, STUCK_ENV, DEFAULT_STUCK_SECONDS, float),
+            lease_seconds=_positive(env, LEASE_ENV, DEFAULT_LEASE_SECONDS, int),
+            operator_namespace=env.get(OPERATOR_NAMESPACE_ENV) or DEFAULT_OPERATOR_NAMESPACE,
+            allowed_images=_allowed_images(env.get(ALLOWED_IMAGES_ENV) or ""),
         )
 
     def artifacts_claim(self) -> str | None:
@@ -160,10 +175,41 @@ class Settings:
         parsed = urlparse(self.artifacts_uri)
         return parsed.netloc if parsed.scheme == "pvc" else None
 
+    def image_allowed(self, image: str) -> bool:
+        """Whether a tenant may run `image` (a Deployment's spec.image): it is in one of the
+        operator's own images' repositories, or in GRAFT_ALLOWED_IMAGES."""
+        own = (self.image, self.trainer_image, self.reference_image, self.vllm_image)
+        return any(
+            _in_repository(image, entry)
+            for entry in (*(repository(i) for i in own), *self.allowed_images)
+        )
+
     def engine_image(self, engine: str) -> str:
         """The model-server image of an engine (graft.api.serving.Engine, a StrEnum), when the
         Deployment does not name one."""
         return self.vllm_image if engine == "VLLM" else self.reference_image
+
+
+def repository(image: str) -> str:
+    """An image reference without its tag or digest: registry/path/name."""
+    name = image.split("@", 1)[0]
+    slash = name.rfind("/")
+    colon = name.rfind(":")
+    return name[:colon] if colon > slash else name
+
+
+def _in_repository(image: str, entry: str) -> bool:
+    if entry.endswith("/"):
+        return image.startswith(entry) and ".." not in image
+    return image == entry or repository(image) == entry
+
+
+def _allowed_images(text: str) -> tuple[str, ...]:
+    entries = tuple(e.strip() for e in text.split(",") if e.strip())
+    for entry in entries:
+        if any(c.isspace() for c in entry) or entry in ("/",):
+            raise ConfigError(f"{ALLOWED_IMAGES_ENV}: {entry!r} is not an image or prefix")
+    return entries
 
 
 def _positive(env: Mapping[str, str], name: str, default: N, kind: Callable[[str], N]) -> N:

@@ -118,7 +118,8 @@ HEALTH: tuple[Health, ...] = (
             "BaseModelNotBase",
             "BaseModelNotShared",
             "UnsupportedModelSource",
-            INVALID_SPEC,
+            "ImageNotAllowed",  # plan/deployment.py spec_problem
+            INVALID_SPEC,  # plan/deployment.py spec_problem
         ),
         rollout=True,
     ),

@@ -25,8 +25,9 @@ import yaml
 
 import graft
 from graft.api.kinds import ALL_KINDS, Kind
+from graft.core import keys
 from graft.core.objects import INSTALLED_LABELS
-from graft.gen import crds, rbac
+from graft.gen import argocd, crds, rbac
 
 CHART_DIR = Path("deploy/charts/graft")
 MANIFESTS = Path("deploy/graft.yaml")
@@ -37,6 +38,7 @@ uses (graft-operator in graft-system)."""
 CRD_TEMPLATES = Path("templates/crds")
 RBAC_TEMPLATE = Path("templates/rbac.yaml")
 CHART_FILE = Path("Chart.yaml")
+ARGOCD_DATA = Path("files/argocd-cm-data.yaml")
 
 ARGOCD_ANNOTATIONS = {
     "argocd.argoproj.io/sync-wave": "-10",
@@ -169,14 +171,65 @@ def rbac_template() -> str:
             ]
         )
     )
-    for role in rbac.CLUSTER_ROLES:
+    role = rbac.OPERATOR_NAMESPACE_ROLE
+    docs.append(
+        "\n".join(
+            [
+                f"# {role.name}: {role.description}",
+                f"apiVersion: {rbac.RBAC_API_VERSION}",
+                "kind: Role",
+                "metadata:",
+                '  name: {{ include "graft.operatorName" . }}',
+                "  namespace: {{ .Release.Namespace }}",
+                "  labels:",
+                '    {{- include "graft.labels" . | nindent 4 }}',
+                *rbac.render_rules(role),
+            ]
+        )
+    )
+    docs.append(
+        "\n".join(
+            [
+                f"apiVersion: {rbac.RBAC_API_VERSION}",
+                "kind: RoleBinding",
+                "metadata:",
+                '  name: {{ include "graft.operatorName" . }}',
+                "  namespace: {{ .Release.Namespace }}",
+                "  labels:",
+                '    {{- include "graft.labels" . | nindent 4 }}',
+                "roleRef:",
+                f"  apiGroup: {keys.RBAC_GROUP}",
+                "  kind: Role",
+                '  name: {{ include "graft.operatorName" . }}',
+                "subjects:",
+                "  - kind: ServiceAccount",
+                f"    name: {sa}",
+                "    namespace: {{ .Release.Namespace }}",
+            ]
+        )
+    )
+    for role in (*rbac.CLUSTER_ROLES, rbac.OPERATOR_NAMESPACE_ROLE):
         _no_template_syntax("\n".join(rbac.render_rules(role)), f"the rules of {role.name}")
     return "\n---\n".join(docs) + "\n"
 
 
+def argocd_data() -> str:
+    """The data keys of the argocd-cm patch (graft.gen.argocd), for the chart's optional
+    Argo CD health ConfigMap (templates/argocd-health.yaml)."""
+    lines = [HEADER.format(source="operator/graft/gen/argocd.py")]
+    for key, script in argocd.configmap_data().items():
+        lines.append(f"{key}: |")
+        lines += [f"  {line}" if line else "" for line in script.splitlines()]
+    return "\n".join(lines) + "\n"
+
+
 def generated_files() -> dict[Path, str]:
     """Every generated file of the chart, by path relative to the chart directory."""
-    files = {CHART_FILE: chart_yaml(), RBAC_TEMPLATE: rbac_template()}
+    files = {
+        CHART_FILE: chart_yaml(),
+        RBAC_TEMPLATE: rbac_template(),
+        ARGOCD_DATA: argocd_data(),
+    }
     for kind in ALL_KINDS:
         files[CRD_TEMPLATES / f"{kind.crd_name}.yaml"] = crd_template(kind)
     return files

@@ -136,10 +136,11 @@ OPERATOR_RULES: tuple[Rule, ...] = (
         ("get", "create", "patch"),
     ),
     Rule(
-        "Deployment: the Secret with the API key its model servers require, read to call them.",
+        "Deployment: the Secret its model servers read their API key from (create only: the "
+        "operator derives the key and reads no tenant's Secret).",
         (CORE,),
         ("secrets",),
-        ("get", "create"),
+        ("create",),
     ),
     Rule(
         "All reconcilers: Events for the transitions a person wants to see.",
@@ -149,10 +150,18 @@ OPERATOR_RULES: tuple[Rule, ...] = (
     ),
     # Account and User.
     Rule(
-        "Account: create the account's namespace; delete it when the Account is deleted.",
+        "Account: create the account's namespace (Pod Security restricted), restore its Pod "
+        "Security labels; delete it when the Account is deleted.",
         (CORE,),
         ("namespaces",),
-        ("get", "create", "delete"),
+        ("get", "create", "patch", "delete"),
+    ),
+    Rule(
+        "Account: the NetworkPolicy that lets only the account, the operator and the gateway "
+        "reach its model servers (server-side apply).",
+        ("networking.k8s.io",),
+        ("networkpolicies",),
+        ("get", "create", "patch"),
     ),
     Rule(
         "Account: the account's ResourceQuota (server-side apply), watched for usage.",
@@ -161,10 +170,11 @@ OPERATOR_RULES: tuple[Rule, ...] = (
         ("get", "list", "watch", "create", "patch", "delete"),
     ),
     Rule(
-        "User: one RoleBinding per User, replaced (delete + create) when the role changes.",
+        "User: one RoleBinding per User, replaced (delete + create) when the role changes, "
+        "watched so that a changed or deleted one is put back.",
         (keys.RBAC_GROUP,),
         ("rolebindings",),
-        ("get", "create", "delete"),
+        ("get", "list", "watch", "create", "delete"),
     ),
     Rule(
         "User: bind only Graft's user roles (bind, instead of holding all their permissions).",
@@ -317,12 +327,78 @@ def cluster_role_binding() -> dict[str, Any]:
     }
 
 
+# --- In the operator's own namespace ------------------------------------------------------------
+
+SEED_SECRET = keys.SERVER_KEY_SEED_SECRET
+LEASE_NAME = keys.LEADER_LEASE
+
+OPERATOR_NAMESPACE_RULES: tuple[Rule, ...] = (
+    Rule(
+        "Model-server API keys: create the seed Secret they are derived from, at first start.",
+        (CORE,),
+        ("secrets",),
+        ("create",),
+    ),
+    Rule(
+        "Model-server API keys: read the seed Secret, and no other Secret.",
+        (CORE,),
+        ("secrets",),
+        ("get",),
+        (SEED_SECRET,),
+    ),
+    Rule(
+        "Leader election: create the operator's Lease the first time.",
+        ("coordination.k8s.io",),
+        ("leases",),
+        ("create",),
+    ),
+    Rule(
+        "Leader election: hold and renew the operator's Lease, and no other.",
+        ("coordination.k8s.io",),
+        ("leases",),
+        ("get", "update"),
+        (LEASE_NAME,),
+    ),
+)
+OPERATOR_NAMESPACE_ROLE = ClusterRole(
+    OPERATOR_NAME,
+    "The operator, in its own namespace only.",
+    OPERATOR_NAMESPACE_RULES,
+)
+
+
+def operator_namespace_role() -> dict[str, Any]:
+    """A Role (not a ClusterRole): these rights hold in the operator's namespace only."""
+    manifest = OPERATOR_NAMESPACE_ROLE.manifest()
+    manifest["kind"] = "Role"
+    manifest["metadata"]["namespace"] = OPERATOR_NAMESPACE
+    return manifest
+
+
+def operator_namespace_role_binding() -> dict[str, Any]:
+    return {
+        "apiVersion": RBAC_API_VERSION,
+        "kind": "RoleBinding",
+        "metadata": {
+            "name": OPERATOR_NAME,
+            "namespace": OPERATOR_NAMESPACE,
+            "labels": dict(INSTALLED_LABELS),
+        },
+        "roleRef": {"apiGroup": keys.RBAC_GROUP, "kind": "Role", "name": OPERATOR_NAME},
+        "subjects": [
+            {"kind": "ServiceAccount", "name": OPERATOR_NAME, "namespace": OPERATOR_NAMESPACE}
+        ],
+    }
+
+
 def manifests() -> list[dict[str, Any]]:
     """Every RBAC object Graft ships, in the order to apply them."""
     return [
         service_account(),
         *(role.manifest() for role in CLUSTER_ROLES),
         cluster_role_binding(),
+        operator_namespace_role(),
+        operator_namespace_role_binding(),
     ]
 
 

@@ -19,6 +19,7 @@ from graft.core.conditions import set_condition
 from graft.core.names import account_full_name
 from graft.core.objects import Obj, Owner, labels, labels_of, owned_by
 from graft.core.quantities import same_quantities
+from graft.plan.podsecurity import namespace_labels
 
 QUOTA_NAME = "graft-quota"
 """The one ResourceQuota an Account owns in its namespace."""
@@ -68,10 +69,74 @@ def account_namespace(owner: Owner) -> Obj:
         "kind": "Namespace",
         "metadata": {
             "name": owner.name,
-            "labels": labels(keys.ACCOUNT_NAMESPACE, owner),
+            "labels": {**labels(keys.ACCOUNT_NAMESPACE, owner), **namespace_labels()},
             "ownerReferences": [owner.reference()],
         },
     }
+
+
+def missing_namespace_labels(namespace: Obj) -> dict[str, str]:
+    """The Pod Security labels an account namespace lacks (one made by an older Graft, or whose
+    labels someone changed): the operator puts them back."""
+    found = labels_of(namespace)
+    return {k: v for k, v in namespace_labels().items() if found.get(k) != v}
+
+
+# --- The account's NetworkPolicy ----------------------------------------------------------------
+
+NETWORK_POLICY_NAME = "graft-model-servers"
+
+
+def network_policy(owner: Owner, operator_namespace: str) -> Obj:
+    """Model-server pods accept traffic from their own namespace and from Graft's operator and
+    gateway pods, nothing else (enforced where the cluster's network plugin enforces policies)."""
+    return {
+        "apiVersion": "networking.k8s.io/v1",
+        "kind": "NetworkPolicy",
+        "metadata": {
+            "name": NETWORK_POLICY_NAME,
+            "namespace": owner.name,
+            "labels": labels(keys.ACCOUNT_NETWORK_POLICY, owner),
+            "ownerReferences": [owner.reference()],
+        },
+        "spec": {
+            "podSelector": {"matchLabels": {keys.COMPONENT: keys.MODEL_SERVER}},
+            "policyTypes": ["Ingress"],
+            "ingress": [
+                {"from": [{"podSelector": {}}]},
+                {
+                    "from": [
+                        {
+                            "namespaceSelector": {
+                                "matchLabels": {"kubernetes.io/metadata.name": operator_namespace}
+                            },
+                            "podSelector": {
+                                "matchExpressions": [
+                                    {
+                                        "key": keys.COMPONENT,
+                                        "operator": "In",
+                                        "values": [
+                                            keys.OPERATOR_COMPONENT,
+                                            keys.GATEWAY_COMPONENT,
+                                        ],
+                                    }
+                                ]
+                            },
+                        }
+                    ]
+                },
+            ],
+        },
+    }
+
+
+def network_policy_in_sync(existing: Obj | None, desired: Obj) -> bool:
+    if existing is None:
+        return False
+    found = labels_of(existing)
+    if any(found.get(k) != v for k, v in desired["metadata"]["labels"].items()):
+        return False
+    return bool(existing.get("spec") == desired["spec"])
 
 
 # --- The account's ResourceQuota ----------------------------------------------------------------

@@ -7,17 +7,29 @@ same inputs always give the same plan, whatever event triggered the reconcile.
 from __future__ import annotations
 
 import hashlib
+import hmac
 import json
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 from graft.api.common import Condition
-from graft.api.serving import DeploymentSpec, DeploymentStatus
+from graft.api.serving import MANAGED_ENGINE_FLAGS, DeploymentSpec, DeploymentStatus
 from graft.core import keys
 from graft.core.conditions import set_condition
 from graft.core.names import is_dns1035_label
 from graft.core.objects import Owner, labels
-from graft.plan.engines import API_KEY_FIELD, PORT, PORT_NAME, ServerSpec, container_for
+from graft.plan.engines import (
+    API_KEY_FIELD,
+    PORT,
+    PORT_NAME,
+    ServerSpec,
+    container_for,
+    engine_volumes,
+    overridden_flags,
+    reserved_env,
+)
+from graft.plan.podsecurity import restricted
 
 
 def selector_labels(deployment: str) -> dict[str, str]:
@@ -70,13 +82,16 @@ def pod_spec(
     pod: dict[str, Any] = {
         "containers": [container_for(spec.engine, server)],
         "enableServiceLinks": False,
+        # Model servers call nothing in the cluster: no token to steal from them.
+        "automountServiceAccountToken": False,
         "terminationGracePeriodSeconds": 30,
     }
+    volumes = [*volumes, *engine_volumes(spec.engine)]
     if volumes:
         pod["volumes"] = volumes
     if spec.node_selector:
         pod["nodeSelector"] = dict(sorted(spec.node_selector.items()))
-    return pod
+    return restricted(pod)
 
 
 def spec_hash(pod: dict[str, Any]) -> str:
@@ -105,9 +120,17 @@ def server_key_secret_name(deployment: str) -> str:
     return f"{deployment}-server-key"
 
 
+def server_key(seed: bytes, namespace: str, deployment: str) -> str:
+    """The API key of a Deployment's model servers, derived from the operator's seed: the
+    operator (and the gateway, which holds the same seed) never needs to read the Deployment's
+    Secret, so it needs no right to read Secrets in tenants' namespaces."""
+    digest = hmac.new(seed, f"{namespace}/{deployment}".encode(), hashlib.sha256).hexdigest()
+    return f"graft-{digest}"
+
+
 def server_key_secret(owner: Owner, key: str) -> dict[str, Any]:
-    """The Deployment's server-key Secret: made once with a random key, owned by the
-    Deployment (it goes with it), read by the operator and, later, the gateway."""
+    """The Deployment's server-key Secret, which its pods read the key from: created with its
+    first pods, owned by the Deployment (it goes with it)."""
     return {
         "apiVersion": "v1",
         "kind": "Secret",
@@ -164,11 +187,21 @@ class PodPlan:
         return self.create == 0 and not self.delete
 
 
-def pod_plan(desired: int, current_hash: str, pods: list[ObservedPod]) -> PodPlan:
+def pod_plan(
+    desired: int,
+    current_hash: str,
+    pods: list[ObservedPod],
+    *,
+    max_surge: int = 1,
+    max_unavailable: int = 0,
+    surge_refused: bool = False,
+) -> PodPlan:
     """Pods to create and delete to reach `desired` ready pods of the current template.
 
-    Rolling replacement never lowers the number of ready pods below what is wanted: an outdated
-    pod that is Ready is deleted only once enough current pods are Ready to cover it.
+    A rollout keeps at least `desired - max_unavailable` pods ready and at most
+    `desired + max_surge` pods in all, as apps/v1 does. When admission refused the surge pod (a
+    quota with no room above `desired`), `surge_refused` replaces pods one at a time instead:
+    an outdated pod goes first, and its replacement takes its place in the quota.
     """
     live = [p for p in pods if not p.terminating]
     delete: list[str] = [p.name for p in live if p.finished]
@@ -176,10 +209,9 @@ def pod_plan(desired: int, current_hash: str, pods: list[ObservedPod]) -> PodPla
     current = [p for p in live if p.spec_hash == current_hash]
     outdated = [p for p in live if p.spec_hash != current_hash]
     reasons: list[str] = []
+    if outdated and surge_refused:
+        max_surge, max_unavailable = 0, max(1, max_unavailable)
 
-    create = max(0, desired - len(current))
-    if create:
-        reasons.append("ScalingUp" if not outdated else "RollingUpdate")
     if len(current) > desired:
         # Drop unready pods first, then the newest (they have served least).
         surplus = sorted(current, key=lambda p: p.created, reverse=True)
@@ -191,11 +223,25 @@ def pod_plan(desired: int, current_hash: str, pods: list[ObservedPod]) -> PodPla
     unready_outdated = [p for p in outdated if not p.ready]
     ready_outdated = sorted((p for p in outdated if p.ready), key=lambda p: p.created)
     delete += [p.name for p in unready_outdated]
-    removable = max(0, ready_current + len(ready_outdated) - desired)
+    keep_ready = max(0, desired - max_unavailable)
+    removable = max(0, ready_current + len(ready_outdated) - keep_ready)
     delete += [p.name for p in ready_outdated[:removable]]
+
+    # New pods: as many as are missing, within the surge budget once this plan's deletions are
+    # done (an unready outdated pod makes room at once).
+    missing = max(0, desired - len(current))
+    staying = sum(1 for p in live if p.name not in delete)
+    create = min(missing, max(0, desired + max_surge - staying)) if outdated else missing
+    if create:
+        reasons.insert(0, "RollingUpdate" if outdated else "ScalingUp")
     if outdated and "RollingUpdate" not in reasons:
         reasons.append("RollingUpdate")
     return PodPlan(create=create, delete=tuple(delete), reasons=tuple(reasons))
+
+
+SURGE_REFUSED = "SurgeRefused"
+"""Progressing reason while admission (a quota) refuses pods above spec.replicas and pods are
+replaced one at a time."""
 
 
 @dataclass(frozen=True)
@@ -205,6 +251,31 @@ class BlockedBy:
     reason: str
     message: str
     waiting: bool  # True: a dependency may appear; False: only a spec change fixes it
+
+
+def spec_problem(spec: DeploymentSpec, image_allowed: Callable[[str], bool]) -> BlockedBy | None:
+    """What in the spec Graft refuses to run. The CRD refuses the same flags and variables at
+    admission; this catches objects admitted under an older CRD."""
+    flags = overridden_flags(spec.engine_args or [])
+    if flags:
+        return BlockedBy(
+            "InvalidSpec",
+            f"engineArgs {' '.join(flags)} would set a flag Graft manages ("
+            + ", ".join(f"--{f}" for f in MANAGED_ENGINE_FLAGS)
+            + ")",
+            waiting=False,
+        )
+    env = reserved_env([e.name for e in spec.env or ()])
+    if env:
+        return BlockedBy("InvalidSpec", f"env may not set {', '.join(env)}", waiting=False)
+    if spec.image and not image_allowed(spec.image):
+        return BlockedBy(
+            "ImageNotAllowed",
+            f"image {spec.image} is not among the images this cluster's Graft allows "
+            "(GRAFT_ALLOWED_IMAGES); leave spec.image out to use the engine's image",
+            waiting=False,
+        )
+    return None
 
 
 def deployment_status(
@@ -231,14 +302,39 @@ def deployment_status(
         return set_condition(conds, type_, ok, reason, message, generation=gen, now=now)
 
     conditions = list(previous)
-    if blocked is not None:
+    if blocked is not None and blocked.reason == SURGE_REFUSED and current_hash is not None:
+        # The rollout is held, not the Deployment: what serves still serves.
+        keep = max(1 if desired else 0, desired - spec.strategy.max_unavailable)
+        ready_ok = ready >= keep
+        counts = f"{ready}/{desired} replicas ready"
+        conditions = cond(
+            conditions,
+            "Ready",
+            ready_ok,
+            "ReplicasReady" if ready_ok else "ReplicasNotReady",
+            counts,
+        )
+        conditions = cond(
+            conditions,
+            "Progressing",
+            True,
+            blocked.reason,
+            f"{counts}; {len(updated)} of {len(live)} pods on the current template; "
+            + blocked.message,
+        )
+        state = "Progressing"
+    elif blocked is not None:
         conditions = cond(conditions, "Ready", False, blocked.reason, blocked.message)
         conditions = cond(conditions, "Progressing", False, blocked.reason, blocked.message)
         state = "Waiting" if blocked.waiting else "Failed"
     else:
-        # Ready: enough replicas serve (old-template pods keep serving during a rollout).
+        # Ready: enough replicas serve (old-template pods keep serving during a rollout, and
+        # maxUnavailable of them may be away meanwhile).
         counts = f"{ready}/{desired} replicas ready"
-        ready_ok = ready >= desired
+        keep = max(1 if desired else 0, desired - spec.strategy.max_unavailable)
+        # A rollout lasts while any pod of an older template is left, terminating ones too.
+        rolling = any(p.spec_hash != current_hash for p in pods if not p.finished)
+        ready_ok = ready >= (keep if rolling else desired)
         conditions = cond(
             conditions,
             "Ready",

@@ -10,7 +10,7 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
-from graft.api.serving import Engine
+from graft.api.serving import MANAGED_ENGINE_FLAGS, RESERVED_ENV, Engine
 from graft.core.keys import MODEL_SERVER
 from graft.core.settings import SERVER_API_KEY_ENV
 
@@ -72,12 +72,41 @@ def _lora_args(spec: ServerSpec) -> list[str]:
     return args
 
 
-def _container(spec: ServerSpec, command: list[str], args: list[str]) -> dict[str, Any]:
+def overridden_flags(args: tuple[str, ...] | list[str]) -> list[str]:
+    """The engine arguments that would set (or abbreviate) a flag Graft manages; the CRD's CEL
+    rule refuses the same at admission (graft.api.serving.ENGINE_ARGS_RULE)."""
+    out = []
+    for arg in args:
+        if arg.startswith("--"):
+            name = arg[2:].split("=", 1)[0].replace("_", "-")
+            if any(flag.startswith(name) for flag in MANAGED_ENGINE_FLAGS):
+                out.append(arg)
+    return out
+
+
+def reserved_env(names: list[str]) -> list[str]:
+    """The variables of a Deployment's env that Graft reserves (graft.api.serving.ENV_RULE)."""
+    return [n for n in names if n in RESERVED_ENV]
+
+
+SHM = {"name": "dshm", "emptyDir": {"medium": "Memory"}}
+"""vLLM's worker processes share tensors through /dev/shm, which is 64 MiB in a container."""
+
+
+def engine_volumes(engine: Engine | str) -> list[dict[str, Any]]:
+    return [SHM] if Engine(engine) == Engine.VLLM else []
+
+
+def _container(
+    spec: ServerSpec, command: list[str], head: list[str], managed: list[str]
+) -> dict[str, Any]:
+    """The container; Graft's own flags come after the tenant's extra args, so that where a flag
+    is given twice, Graft's wins (argparse keeps the last)."""
     container: dict[str, Any] = {
         "name": MODEL_SERVER,
         "image": spec.image,
         "command": command,
-        "args": [*args, *spec.extra_args],
+        "args": [*head, *spec.extra_args, *managed],
         "ports": [{"name": PORT_NAME, "containerPort": PORT, "protocol": "TCP"}],
         "readinessProbe": {
             "httpGet": {"path": "/health", "port": PORT_NAME},
@@ -119,24 +148,28 @@ def _server_args(spec: ServerSpec) -> list[str]:
 
 def vllm_container(spec: ServerSpec) -> dict[str, Any]:
     command = ["python3", "-m", "vllm.entrypoints.openai.api_server"]
-    container = _container(spec, command, _server_args(spec))
+    container = _container(spec, command, [], _server_args(spec))
+    container["volumeMounts"] = [
+        *container.get("volumeMounts", []),
+        {"name": SHM["name"], "mountPath": "/dev/shm"},
+    ]
     # Loading weights can take minutes; the startup probe keeps the kubelet from killing it early.
     container["startupProbe"] = {
         "httpGet": {"path": "/health", "port": PORT_NAME},
         "periodSeconds": 10,
         "failureThreshold": 90,
     }
+    # It runs as a non-root user (Pod Security "restricted"), whose HOME the image does not have.
+    env = [*container.get("env", []), {"name": "HOME", "value": "/tmp"}]
     if spec.enable_addons:
         # vLLM serves run-time /v1/load_lora_adapter only with this set.
-        container["env"] = [
-            *container.get("env", []),
-            {"name": "VLLM_ALLOW_RUNTIME_LORA_UPDATING", "value": "True"},
-        ]
+        env.append({"name": "VLLM_ALLOW_RUNTIME_LORA_UPDATING", "value": "True"})
+    container["env"] = env
     return container
 
 
 def reference_container(spec: ServerSpec) -> dict[str, Any]:
-    return _container(spec, ["graft"], ["serve", *_server_args(spec)])
+    return _container(spec, ["graft"], ["serve"], _server_args(spec))
 
 
 BUILDERS = {Engine.VLLM: vllm_container, Engine.REFERENCE: reference_container}

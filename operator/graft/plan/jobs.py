@@ -32,6 +32,7 @@ from graft.core import keys
 from graft.core.conditions import set_condition
 from graft.core.objects import Obj, Owner, labels
 from graft.core.settings import Settings
+from graft.plan.podsecurity import restricted
 
 WORK_ROOT = "/mnt/graft"
 PVC_ROOT = "/mnt/pvc"
@@ -179,12 +180,14 @@ def _job(
         },
         "template": {
             "metadata": template_meta,
-            "spec": {
-                "restartPolicy": "Never",
-                "enableServiceLinks": False,
-                "automountServiceAccountToken": False,
-                **pod,
-            },
+            "spec": restricted(
+                {
+                    "restartPolicy": "Never",
+                    "enableServiceLinks": False,
+                    "automountServiceAccountToken": False,
+                    **pod,
+                }
+            ),
         },
     }
     if deadline:

@@ -125,9 +125,15 @@ def model_status(
     return status
 
 
+IN_USE_LISTED = 10
+"""How many users the in-use message names; the rest are counted (5,000 names would not fit)."""
+
+
 def in_use_message(users: list[str]) -> str:
-    """Why a Model's deletion waits: the full names of what still uses it."""
-    return f"deletion waits: still used by {', '.join(users)}"
+    """Why a Model's deletion waits: the full names of what still uses it (the first few)."""
+    named = ", ".join(users[:IN_USE_LISTED])
+    more = len(users) - IN_USE_LISTED
+    return f"deletion waits: still used by {named}" + (f" and {more} more" if more > 0 else "")
 
 
 def in_use(previous: Obj, message: str, generation: int | None, now: str) -> Obj:

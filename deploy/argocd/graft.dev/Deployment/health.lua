@@ -7,6 +7,7 @@ local hs = {}
 local terminal = {
   BaseModelNotBase = true,
   BaseModelNotShared = true,
+  ImageNotAllowed = true,
   InvalidBaseModel = true,
   InvalidSpec = true,
   UnsupportedModelSource = true,
