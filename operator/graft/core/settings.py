@@ -53,7 +53,10 @@ TERMINATION_MESSAGE_PATH_ENV = "GRAFT_TERMINATION_MESSAGE_PATH"
 PVC_ROOT_ENV = "GRAFT_PVC_ROOT"
 CACHE_DIR_ENV = "GRAFT_CACHE_DIR"
 
-DEFAULT_REFERENCE_IMAGE = f"ghcr.io/graft-dev/graft:{__version__}"
+# Graft's own images, built by `make images` (hack/build-images.py reads them from here).
+IMAGE_REPOSITORY = "ghcr.io/graft-dev"
+DEFAULT_REFERENCE_IMAGE = f"{IMAGE_REPOSITORY}/graft:{__version__}"
+DEFAULT_OPERATOR_IMAGE = f"{IMAGE_REPOSITORY}/graft-operator:{__version__}"
 DEFAULT_VLLM_IMAGE = "vllm/vllm-openai:v0.11.0"
 DEFAULT_ARTIFACTS_URI = "pvc://graft-artifacts"
 DEFAULT_STORAGE_SECRET = "graft-storage"
