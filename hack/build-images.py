@@ -20,7 +20,7 @@ Each image has three gzip layers, the first shared by both and the last identica
 3. graft: Graft's own wheel, built from this checkout, installed into the same virtualenv.
 
 Tarballs are reproducible: entries sorted, owners 0/0 (65532 for /home/graft), mtimes clamped
-to SOURCE_DATE_EPOCH (base and deps layers: the last commit that changed their inputs; the
+to SOURCE_DATE_EPOCH (base and deps layers: the last commit that changed hack/images/; the
 graft layer and config: the last commit), gzip without timestamps, bytecode by hash rather
 than by mtime. The tarball holds an OCI layout (oci-layout, index.json, blobs/) and a Docker
 manifest.json, so `crane push`, `crane validate --tarball`, `docker load` and `podman load` all
@@ -64,6 +64,7 @@ REPO = Path(__file__).resolve().parent.parent
 LOCK_DIR = REPO / "hack" / "images"
 BUILD_LOCK = LOCK_DIR / "build.lock"
 VERSIONS_ENV = REPO / "hack" / "versions.env"
+IMAGE_ENV = LOCK_DIR / "image.env"
 sys.path.insert(0, str(REPO / "operator"))
 
 from graft import __version__  # noqa: E402
@@ -72,6 +73,7 @@ from graft.core import settings  # noqa: E402
 # Bump to rebuild a cached stage whose recipe (not its inputs) changed.
 ROOTFS_RECIPE = "1"
 DEPS_RECIPE = "1"
+LAYER_RECIPE = "1"  # how write_layer() makes a tar of a tree
 
 APP_UID = 65532
 APP_HOME = "/home/graft"
@@ -85,6 +87,16 @@ SOURCE_URL = "https://github.com/graft-dev/graft"
 # load unless used: triton is torch.compile's GPU code generator (with its own ptxas, a
 # compiler: ~1 GB), nvidia-cuda-cccl holds C++ headers. Graft never calls torch.compile.
 RUNTIME_EXCLUDED = ("triton", "nvidia-cuda-cccl")
+
+# The wheels the image's interpreter takes (Debian bookworm: CPython 3.11, glibc 2.36), whatever
+# Python runs this script; the lock's hashes then pick the very files it pinned.
+IMAGE_WHEEL_TAGS = [
+    "--python-version", "3.11", "--implementation", "cp",
+    "--abi", "cp311", "--abi", "abi3", "--abi", "none",
+    *(f"--platform=manylinux_2_{minor}_x86_64" for minor in range(36, 4, -1)),
+    "--platform=manylinux2014_x86_64", "--platform=manylinux2010_x86_64",
+    "--platform=manylinux1_x86_64", "--platform=linux_x86_64", "--platform=any",
+]  # fmt: skip
 
 LAYER_MEDIA_TYPE = "application/vnd.oci.image.layer.v1.tar+gzip"
 MANIFEST_MEDIA_TYPE = "application/vnd.oci.image.manifest.v1+json"
@@ -161,12 +173,14 @@ def key_of(*parts: str) -> str:
 
 
 def versions() -> dict[str, str]:
+    """hack/versions.env (crane) and hack/images/image.env (Debian, pip)."""
     found = {}
-    for raw in VERSIONS_ENV.read_text().splitlines():
-        line = raw.strip()
-        if line and not line.startswith("#") and "=" in line:
-            name, value = line.split("=", 1)
-            found[name] = value
+    for path in (VERSIONS_ENV, IMAGE_ENV):
+        for raw in path.read_text().splitlines():
+            line = raw.strip()
+            if line and not line.startswith("#") and "=" in line:
+                name, value = line.split("=", 1)
+                found[name] = value
     return found
 
 
@@ -353,8 +367,8 @@ def download_wheels(wheels: Path, locks: Sequence[Path]) -> None:
         return
     for lock in locks:
         run([sys.executable, "-m", "pip", "download", "-q", "--no-deps", "--only-binary=:all:",
-             "--require-hashes", "--disable-pip-version-check", "-d", str(wheels),
-             "-r", str(lock)])  # fmt: skip
+             "--require-hashes", "--disable-pip-version-check", *IMAGE_WHEEL_TAGS,
+             "-d", str(wheels), "-r", str(lock)])  # fmt: skip
     stamp.write_text("")
 
 
@@ -726,6 +740,11 @@ def write_tarball(dest: Path, image: Image, layers: Sequence[Layer], *, config: 
 def lock(_: argparse.Namespace) -> int:
     """Resolve each image's dependencies from pyproject.toml (wheels only, for this Python) and
     pin them with their hashes, leaving out RUNTIME_EXCLUDED."""
+    if sys.version_info[:2] != (3, 11):
+        # The resolution follows the running interpreter: it must be the image's.
+        raise SystemExit(
+            "lock with Python 3.11, the images' Python: make images-lock PYTHON=python3.11"
+        )
     build_reqs = ("setuptools>=77", "wheel")
     targets: list[tuple[Path, list[str], str, tuple[str, ...]]] = [
         (
@@ -787,11 +806,11 @@ def build(args: argparse.Namespace) -> int:
     with stage("rootfs", timings):
         rootfs, made_after = build_rootfs(cache, v)
         rootfs_key = rootfs.name
-    base_epoch = commit_epoch(VERSIONS_ENV, Path(__file__).resolve())
+    base_epoch = commit_epoch(LOCK_DIR)
     with stage("layer base", timings):
         how = f"debootstrap --variant=minbase {v['DEBIAN_SUITE']} + {' '.join(DEBIAN_PACKAGES)}"
         base = cached_layer(
-            cache, f"base-{rootfs_key}-{base_epoch}",
+            cache, f"base-{LAYER_RECIPE}-{rootfs_key}-{base_epoch}",
             functools.partial(write_layer, cache / "blobs", [("", rootfs)], base_epoch,
                               made_after, how),
         )  # fmt: skip
@@ -809,10 +828,10 @@ def build(args: argparse.Namespace) -> int:
         for image in selected:
             with stage(f"{image.key}: deps venv", timings):
                 deps, deps_key = build_deps(cache, rootfs, rootfs_key, image, wheels=wheels, v=v)
-            deps_epoch = commit_epoch(VERSIONS_ENV, Path(__file__).resolve(), image.lock)
+            deps_epoch = commit_epoch(LOCK_DIR)
             with stage(f"{image.key}: layer deps", timings):
                 deps_layer = cached_layer(
-                    cache, f"deps-{image.key}-{deps_key}-{deps_epoch}",
+                    cache, f"deps-{LAYER_RECIPE}-{image.key}-{deps_key}-{deps_epoch}",
                     functools.partial(write_layer, cache / "blobs", [(VENV.lstrip("/"), deps)],
                                       deps_epoch, 0, f"pip install -r {image.key}.lock"),
                 )  # fmt: skip
