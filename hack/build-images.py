@@ -272,7 +272,7 @@ def build_rootfs(cache: Path, v: dict[str, str]) -> tuple[Path, float]:
     ]
     cmd += [suite, str(tmp), mirror]
     log("$ " + shlex.join(cmd))
-    with open(cache / f"rootfs-{key}.log", "w") as out:
+    with open(cache / f"{dest.name}.log", "w") as out:
         run(cmd, env=env, stdout=out, stderr=subprocess.STDOUT)
     finish_rootfs(tmp)
     shutil.rmtree(dest, ignore_errors=True)
@@ -302,7 +302,6 @@ def finish_rootfs(root: Path) -> None:
     home = root / APP_HOME.lstrip("/")
     home.mkdir(parents=True)
     os.chown(home, APP_UID, APP_UID)
-    (root / VENV.lstrip("/")).mkdir(parents=True)
     # Keep a later `apt-get install` from bringing docs back (as Debian's slim images do).
     (root / "etc/dpkg/dpkg.cfg.d/graft-nodoc").write_text(
         "path-exclude /usr/share/doc/*\npath-include /usr/share/doc/*/copyright\n"
@@ -376,16 +375,21 @@ def download_wheels(wheels: Path, locks: Sequence[Path]) -> None:
 def chroot_session(root: Path, binds: dict[str, Path]) -> Iterator[list[str]]:
     """A command prefix that runs in `root` with host directories bind-mounted, in a private
     mount namespace so nothing stays mounted when it ends."""
-    for target in binds:
-        (root / target.lstrip("/")).mkdir(parents=True, exist_ok=True)
+    # Mount points this session makes, and removes after, so the rootfs (and the base layer
+    # tarred from it) is the same whether or not a chroot session ran in it before.
+    made = [target for target in binds if not (root / target.lstrip("/")).exists()]
+    for target in made:
+        (root / target.lstrip("/")).mkdir(parents=True)
     script = "set -e\n"
     for target, source in binds.items():
         script += f"mount --bind {shlex.quote(str(source))} {shlex.quote(str(root / target.lstrip('/')))}\n"
     script += f'exec chroot {shlex.quote(str(root))} "$@"\n'
-    yield ["unshare", "--mount", "--propagation", "private", "sh", "-c", script, "chroot"]
-    for target in binds:
-        with contextlib.suppress(OSError):
-            (root / target.lstrip("/")).rmdir()
+    try:
+        yield ["unshare", "--mount", "--propagation", "private", "sh", "-c", script, "chroot"]
+    finally:
+        for target in reversed(made):
+            with contextlib.suppress(OSError):
+                (root / target.lstrip("/")).rmdir()
 
 
 CHROOT_ENV = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "LC_ALL": "C.UTF-8", "HOME": "/root"}
@@ -594,6 +598,25 @@ def _add(tar: tarfile.TarFile, arc: str, path: Path, *, epoch: int, made_after: 
         with open(path, "rb") as f:
             tar.addfile(info, f)
     # Device nodes, sockets and fifos have no place in an image layer.
+
+
+def prune(cache: Path, keep: set[str], layer_keys: set[str]) -> None:
+    """Drop what this build did not use: rootfs and virtualenvs of older inputs, and layers
+    of older inputs or times (the wheelhouse stays: pip checks it against the locks)."""
+    freed = 0
+    candidates = [*cache.glob("rootfs-*"), *cache.glob("venv-*"), *(cache / "blobs").glob("*")]
+    candidates += [p for p in (cache / "layers").glob("*.json") if p.stem not in layer_keys]
+    for path in candidates:
+        if path.name in keep:
+            continue
+        if path.is_dir() and not path.is_symlink():
+            freed += sum(f.lstat().st_size for f in path.rglob("*"))
+            shutil.rmtree(path)
+        else:
+            freed += path.lstat().st_size
+            path.unlink()
+    if freed:
+        log(f"pruned {freed / 1e6:.0f} MB of older cache entries from {cache}")
 
 
 def cached_layer(cache: Path, key: str, build: Any) -> Layer:
@@ -809,8 +832,10 @@ def build(args: argparse.Namespace) -> int:
     base_epoch = commit_epoch(LOCK_DIR)
     with stage("layer base", timings):
         how = f"debootstrap --variant=minbase {v['DEBIAN_SUITE']} + {' '.join(DEBIAN_PACKAGES)}"
+        base_key = f"base-{LAYER_RECIPE}-{rootfs_key}-{base_epoch}"
+        kept_layer_keys = {base_key}
         base = cached_layer(
-            cache, f"base-{LAYER_RECIPE}-{rootfs_key}-{base_epoch}",
+            cache, base_key,
             functools.partial(write_layer, cache / "blobs", [("", rootfs)], base_epoch,
                               made_after, how),
         )  # fmt: skip
@@ -824,14 +849,18 @@ def build(args: argparse.Namespace) -> int:
         with stage("graft wheel", timings):
             wheel = build_graft_wheel(work, wheels, head_epoch)
         graft_layer: Layer | None = None
+        kept_names: set[str] = set()
         results = []
         for image in selected:
             with stage(f"{image.key}: deps venv", timings):
                 deps, deps_key = build_deps(cache, rootfs, rootfs_key, image, wheels=wheels, v=v)
+            kept_names.add(deps.name)
             deps_epoch = commit_epoch(LOCK_DIR)
             with stage(f"{image.key}: layer deps", timings):
+                layer_key = f"deps-{LAYER_RECIPE}-{image.key}-{deps_key}-{deps_epoch}"
+                kept_layer_keys.add(layer_key)
                 deps_layer = cached_layer(
-                    cache, f"deps-{LAYER_RECIPE}-{image.key}-{deps_key}-{deps_epoch}",
+                    cache, layer_key,
                     functools.partial(write_layer, cache / "blobs", [(VENV.lstrip("/"), deps)],
                                       deps_epoch, 0, f"pip install -r {image.key}.lock"),
                 )  # fmt: skip
@@ -848,6 +877,10 @@ def build(args: argparse.Namespace) -> int:
                                        epoch=head_epoch)  # fmt: skip
             results.append((image, dest, digest, layers))
 
+    if not args.only:
+        keep = {rootfs.name, f"{rootfs.name}.built", f"{rootfs.name}.log", *kept_names}
+        keep |= {Path(layer.path).name for _, _, _, layers in results for layer in layers}
+        prune(cache, keep, kept_layer_keys)
     total = time.monotonic() - total_start
     print(f"\n{'image':<42} {'digest':<71} {'tarball':>9} {'unpacked':>9}")
     for image, dest, digest, layers in results:
