@@ -368,26 +368,41 @@ def test_operator_image_prints_help_and_crds(operator_image: Image, tmp_path: Pa
     assert any("FineTuningJob" in text for text in written.values())
 
 
-def test_runtime_image_serves_the_tiny_model(runtime_image: Image, tmp_path: Path) -> None:
-    image = runtime_image
-    models = tmp_path / "models"
-    models.mkdir()
-    models.chmod(0o777)
-    env = {"HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
-    binds = {"/models": models}
+RUNTIME_ENV = {"HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+
+
+@pytest.fixture(scope="session")
+def runtime_work(runtime_image: Image, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A directory the image's user can write, bind-mounted at /work, with the tiny model
+    built there by the image itself (torch, transformers and tokenizers of the image)."""
+    work = tmp_path_factory.mktemp("runtime-work")
+    work.chmod(0o777)
     run_in(
-        image,
-        ["/opt/graft/bin/python", "-m", "graft.dataplane.smallmodels", "tiny", "/models/tiny"],
-        binds=binds,
-        env=env,
+        runtime_image,
+        ["/opt/graft/bin/python", "-m", "graft.dataplane.smallmodels", "tiny", "/work/tiny"],
+        binds={"/work": work},
+        env=RUNTIME_ENV,
     )
+    dataset = work / "chat.jsonl"
+    with dataset.open("w") as f:
+        for i in range(8):
+            messages = [
+                {"role": "user", "content": f"question {i}?"},
+                {"role": "assistant", "content": "alpha alpha"},
+            ]
+            f.write(json.dumps({"messages": messages}) + "\n")
+    return work
+
+
+def test_runtime_image_serves_the_tiny_model(runtime_image: Image, runtime_work: Path) -> None:
+    image = runtime_image
     port = _free_port()
-    args = ["serve", "--model", "/models/tiny", "--served-model-name", "tiny"]
+    args = ["serve", "--model", "/work/tiny", "--served-model-name", "tiny"]
     args += ["--host", "127.0.0.1", "--port", str(port), "--uvicorn-log-level", "warning"]
-    log = tmp_path / "serve.log"
+    log = runtime_work / f"serve-{port}.log"
     with log.open("wb") as out:
         server = subprocess.Popen(
-            in_image(image, args, binds=binds, env=env),
+            in_image(image, args, binds={"/work": runtime_work}, env=RUNTIME_ENV),
             stdout=out,
             stderr=subprocess.STDOUT,
             start_new_session=True,
@@ -412,3 +427,22 @@ def test_runtime_image_serves_the_tiny_model(runtime_image: Image, tmp_path: Pat
         except subprocess.TimeoutExpired:
             os.killpg(server.pid, signal.SIGKILL)
             server.wait()
+
+
+def test_runtime_image_trains_an_adapter(runtime_image: Image, runtime_work: Path) -> None:
+    """A few LoRA steps on CPU: backward passes and peft work without triton."""
+    args = ["train", "--base-model", "/work/tiny", "--dataset", "/work/chat.jsonl"]
+    args += ["--output", "/work/adapter", "--max-steps", "3", "--batch-size", "4"]
+    args += ["--lora-rank", "4", "--termination-message-path", "/work/train.json"]
+    run_in(runtime_image, args, binds={"/work": runtime_work}, env=RUNTIME_ENV)
+    assert (runtime_work / "adapter" / "adapter_config.json").is_file()
+    assert (runtime_work / "adapter" / "adapter_model.safetensors").is_file()
+    assert json.loads((runtime_work / "train.json").read_text())
+
+
+def test_runtime_image_validates_a_dataset(runtime_image: Image, runtime_work: Path) -> None:
+    args = ["dataset", "validate", "/work/chat.jsonl", "--format", "chat"]
+    args += ["--termination-message-path", "/work/validate.json"]
+    run_in(runtime_image, args, binds={"/work": runtime_work}, env=RUNTIME_ENV)
+    result = json.loads((runtime_work / "validate.json").read_text())
+    assert result["exampleCount"] == 8, result
