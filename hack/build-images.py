@@ -72,7 +72,7 @@ from graft.core import settings  # noqa: E402
 
 # Bump to rebuild a cached stage whose recipe (not its inputs) changed.
 ROOTFS_RECIPE = "1"
-DEPS_RECIPE = "1"
+DEPS_RECIPE = "2"
 LAYER_RECIPE = "1"  # how write_layer() makes a tar of a tree
 
 APP_UID = 65532
@@ -392,7 +392,14 @@ def chroot_session(root: Path, binds: dict[str, Path]) -> Iterator[list[str]]:
                 (root / target.lstrip("/")).rmdir()
 
 
-CHROOT_ENV = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "LC_ALL": "C.UTF-8", "HOME": "/root"}
+# No implicit bytecode: setuptools' distutils-precedence.pth imports _distutils_hack at every
+# start, which would leave a timestamp-checked .pyc holding the install time.
+CHROOT_ENV = {
+    "PATH": "/usr/sbin:/usr/bin:/sbin:/bin",
+    "LC_ALL": "C.UTF-8",
+    "HOME": "/root",
+    "PYTHONDONTWRITEBYTECODE": "1",
+}
 
 
 def pip_in_chroot(v: dict[str, str]) -> list[str]:
@@ -405,7 +412,7 @@ def pip_in_chroot(v: dict[str, str]) -> list[str]:
 def compile_bytecode(prefix: list[str], directory: str, strip: str = "") -> None:
     """Bytecode checked by hash, not mtime: the same whatever the files' times, and never
     stale for the interpreter (which cannot write in the image as its non-root user)."""
-    cmd = [*prefix, f"{VENV}/bin/python", "-m", "compileall", "-q", "-j", "0"]
+    cmd = [*prefix, f"{VENV}/bin/python", "-m", "compileall", "-q", "-f", "-j", "0"]
     cmd += ["--invalidation-mode", "unchecked-hash"]
     if strip:
         cmd += ["-s", strip, "-p", "/"]
