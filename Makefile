@@ -92,7 +92,7 @@ test: verify ## verify, then run every test: unit, data plane, and integration o
 
 .PHONY: unit
 unit: $(STAMP) ## run the fast tests only (no API server, no torch)
-	$(BIN)/pytest -m 'not integration and not dataplane' $(PYTEST_ARGS)
+	$(BIN)/pytest -m 'not integration and not dataplane and not images' $(PYTEST_ARGS)
 
 .PHONY: demo
 demo: ## run Graft on the local control plane (or $$KUBECONFIG) with examples/
@@ -107,3 +107,15 @@ demo-stop: ## stop the operator the demo started
 .PHONY: bench
 bench: $(STAMP) ## print data-plane figures (hot-load latency, tokens/s, trainer steps/s)
 	$(BIN)/python bench/dataplane.py
+
+# --- container images (hack/build-images.py, docs/images.md) -----------------------------------
+# Needs root and Go; not the virtualenv. `make test` runs the image tests, so it builds them too.
+.PHONY: images
+images: ## build the operator and runtime images as OCI tarballs in build/images (cached, no Docker)
+	$(PYTHON) hack/build-images.py
+
+.PHONY: images-lock
+images-lock: ## re-pin hack/images/*.lock (the images' wheels) after pyproject.toml changes
+	$(PYTHON) hack/build-images.py lock
+
+test: images

@@ -70,7 +70,10 @@ CACHE_DIR_ENV = "GRAFT_CACHE_DIR"
 SERVER_API_KEY_ENV = "VLLM_API_KEY"
 """The key model servers require on /v1/ (vLLM reads this variable too); from a Secret."""
 
-DEFAULT_REFERENCE_IMAGE = f"ghcr.io/graft-dev/graft:{__version__}"
+# Graft's own images, built by `make images` (hack/build-images.py reads them from here).
+IMAGE_REPOSITORY = "ghcr.io/graft-dev"
+DEFAULT_REFERENCE_IMAGE = f"{IMAGE_REPOSITORY}/graft:{__version__}"
+DEFAULT_OPERATOR_IMAGE = f"{IMAGE_REPOSITORY}/graft-operator:{__version__}"
 DEFAULT_VLLM_IMAGE = "vllm/vllm-openai:v0.11.0"
 DEFAULT_ARTIFACTS_URI = "pvc://graft-artifacts"
 DEFAULT_STORAGE_SECRET = "graft-storage"
