@@ -183,9 +183,11 @@ class Operator:
         settings.watching.client_timeout = 330
         settings.watching.connect_timeout = min(10.0, api_timeout)
 
-    def workers_alive(self, **_: Any) -> str:
+    async def workers_alive(self, **_: Any) -> str:
         """Liveness: fails (HTTP 500 from kopf's liveness endpoint) when every reconcile worker
-        has been stuck in one reconcile for longer than GRAFT_STUCK_SECONDS."""
+        has been stuck in one reconcile for longer than GRAFT_STUCK_SECONDS. Async, so it runs on
+        the event loop: a sync probe would wait in the workers' queue behind the reconciles it
+        is meant to judge (a restart with many objects queues minutes of them)."""
         settings = self.ctx.settings
         stuck = self.running.stuck(time.monotonic(), settings.stuck_seconds)
         if len(stuck) >= settings.workers:
