@@ -9,17 +9,17 @@ quiet operator, and the operator's memory must not grow by the size of the answe
 from __future__ import annotations
 
 import json
-import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
-from contextlib import ExitStack, contextmanager
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from contextlib import AbstractContextManager, ExitStack
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from harness.httpfake import Behave, serving
 from harness.kube import Cluster, OperatorProcess, condition, wait_for
 
 GROUP = "graft.dev/v1alpha1"
@@ -41,21 +41,6 @@ def adapter_dir(root: Path, name: str) -> Path:
     config = {"peft_type": "LORA", "r": 8, "lora_alpha": 16, "target_modules": ["q_proj"]}
     (path / "adapter_config.json").write_text(json.dumps(config))
     return path
-
-
-def _handler(behave: Callable[[BaseHTTPRequestHandler], None]) -> type[BaseHTTPRequestHandler]:
-    class Handler(BaseHTTPRequestHandler):
-        def do_GET(self) -> None:
-            behave(self)
-
-        def do_POST(self) -> None:
-            self.rfile.read(int(self.headers.get("Content-Length") or 0))
-            behave(self)
-
-        def log_message(self, *_: object) -> None:
-            pass
-
-    return Handler
 
 
 def drip(h: BaseHTTPRequestHandler) -> None:
@@ -84,17 +69,8 @@ def flood(h: BaseHTTPRequestHandler) -> None:
         pass
 
 
-@contextmanager
-def serve_on(ip: str, behave: Callable[[BaseHTTPRequestHandler], None]) -> Iterator[None]:
-    httpd = ThreadingHTTPServer((ip, 8000), _handler(behave))
-    httpd.daemon_threads = True
-    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield
-    finally:
-        httpd.shutdown()
-        httpd.server_close()
+def serve_on(ip: str, behave: Behave) -> AbstractContextManager[str]:
+    return serving(behave, ip, 8000)
 
 
 def rss_mib(op: OperatorProcess) -> float:

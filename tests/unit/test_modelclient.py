@@ -6,9 +6,9 @@ import json
 import socket
 import threading
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from collections.abc import Callable
+from contextlib import AbstractContextManager
+from http.server import BaseHTTPRequestHandler
 
 import pytest
 
@@ -20,36 +20,13 @@ from graft.controller.modelclient import (
     load_adapter,
     served_models,
 )
+from harness.httpfake import Behave, serving
 
 MODELS = json.dumps({"object": "list", "data": [{"id": "base", "parent": None}]}).encode()
 
 
-def _handler(behave: Callable[[BaseHTTPRequestHandler], None]) -> type[BaseHTTPRequestHandler]:
-    class Handler(BaseHTTPRequestHandler):
-        def do_GET(self) -> None:
-            behave(self)
-
-        def do_POST(self) -> None:
-            self.rfile.read(int(self.headers.get("Content-Length") or 0))
-            behave(self)
-
-        def log_message(self, *_: object) -> None:
-            pass
-
-    return Handler
-
-
-@contextmanager
-def server(behave: Callable[[BaseHTTPRequestHandler], None]) -> Iterator[str]:
-    httpd = ThreadingHTTPServer(("127.0.0.1", 0), _handler(behave))
-    httpd.daemon_threads = True
-    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{httpd.server_address[1]}"
-    finally:
-        httpd.shutdown()
-        httpd.server_close()
+def server(behave: Behave) -> AbstractContextManager[str]:
+    return serving(behave)
 
 
 def answer(

@@ -301,12 +301,16 @@ def deployment_status(
     ) -> list[Condition]:
         return set_condition(conds, type_, ok, reason, message, generation=gen, now=now)
 
+    counts = f"{ready}/{desired} replicas ready"
+    # A rollout lasts while any pod of an older template is left, terminating ones too; while
+    # it does, maxUnavailable replicas may be away and the Deployment is still Ready.
+    rolling = any(p.spec_hash != current_hash for p in pods if not p.finished)
+    keep = max(1 if desired else 0, desired - spec.strategy.max_unavailable)
+    ready_ok = ready >= (keep if rolling else desired)
+    held = blocked is not None and blocked.reason == SURGE_REFUSED and current_hash is not None
+
     conditions = list(previous)
-    if blocked is not None and blocked.reason == SURGE_REFUSED and current_hash is not None:
-        # The rollout is held, not the Deployment: what serves still serves.
-        keep = max(1 if desired else 0, desired - spec.strategy.max_unavailable)
-        ready_ok = ready >= keep
-        counts = f"{ready}/{desired} replicas ready"
+    if blocked is None or held:
         conditions = cond(
             conditions,
             "Ready",
@@ -314,6 +318,8 @@ def deployment_status(
             "ReplicasReady" if ready_ok else "ReplicasNotReady",
             counts,
         )
+    if blocked is not None and held:
+        # The rollout is held, not the Deployment: what serves still serves.
         conditions = cond(
             conditions,
             "Progressing",
@@ -328,20 +334,6 @@ def deployment_status(
         conditions = cond(conditions, "Progressing", False, blocked.reason, blocked.message)
         state = "Waiting" if blocked.waiting else "Failed"
     else:
-        # Ready: enough replicas serve (old-template pods keep serving during a rollout, and
-        # maxUnavailable of them may be away meanwhile).
-        counts = f"{ready}/{desired} replicas ready"
-        keep = max(1 if desired else 0, desired - spec.strategy.max_unavailable)
-        # A rollout lasts while any pod of an older template is left, terminating ones too.
-        rolling = any(p.spec_hash != current_hash for p in pods if not p.finished)
-        ready_ok = ready >= (keep if rolling else desired)
-        conditions = cond(
-            conditions,
-            "Ready",
-            ready_ok,
-            "ReplicasReady" if ready_ok else "ReplicasNotReady",
-            counts,
-        )
         converged = (
             len(updated) == len(live) == desired and sum(1 for p in updated if p.ready) == desired
         )
