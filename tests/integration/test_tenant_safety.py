@@ -365,6 +365,10 @@ def test_managed_flags_and_gpu_variables_are_refused_at_admission(
     for spec, said in (
         ({"engineArgs": ["--max_lora_rank=512"]}, "engineArgs may not set a flag Graft manages"),
         ({"env": [{"name": "CUDA_VISIBLE_DEVICES", "value": "0,1"}]}, "env may not set"),
+        # Bad specs are refused where CEL can say it, not retried forever by the operator.
+        ({"resources": {"cpu": "abc"}}, "resources.cpu must be a Kubernetes quantity"),
+        ({"resources": {"memory": "lots"}}, "resources.memory must be a Kubernetes quantity"),
+        ({"resources": {"gpus": 1, "gpuResource": "gpu"}}, "spec.resources.gpuResource"),
     ):
         body = obj("Deployment", "evil", namespace, {"baseModel": "base", **spec})
         refused = cluster.kubectl("apply", "-f", "-", input=json.dumps(body), check=False)

@@ -175,3 +175,20 @@ def test_server_keys_are_derived_per_deployment() -> None:
     assert a != server_key(b"seed", "other", "chat")
     assert a != server_key(b"other seed", "acme", "chat")
     assert len(a) > 40
+
+
+def test_an_unreadable_spec_is_a_condition() -> None:
+    from graft.plan.deployment import invalid_spec_status
+
+    st = invalid_spec_status(OWNER, "accounts/acme/deployments/chat", "replicas: bad", [], "T")
+    (ready,) = st.conditions
+    assert (ready.status, ready.reason, ready.message) == ("False", "InvalidSpec", "replicas: bad")
+    assert st.state == "Failed"
+
+
+@pytest.mark.parametrize("resource", ["gpu", "nvidia.com/", "/gpu"])
+def test_extended_resources_need_a_domain(resource: str) -> None:
+    from pydantic import ValidationError
+
+    with pytest.raises(ValidationError):
+        DeploymentSpec.model_validate({"baseModel": "b", "resources": {"gpuResource": resource}})

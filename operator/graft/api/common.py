@@ -110,8 +110,32 @@ Quantity = Annotated[
 """A Kubernetes resource quantity such as 2, 500m, 16Gi."""
 
 
+EXTENDED_RESOURCE_PATTERN = (
+    r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?/[a-z0-9A-Z]([-a-z0-9A-Z_.]*[a-z0-9A-Z])?$"
+)
+"""An extended resource name: a domain, a slash and a name (the API server refuses a pod that
+requests one without a domain)."""
+
+
+def quantity_rule(field: str, where: str) -> dict[str, Any]:
+    """A CEL rule that the API server checks at admission: `field` is a quantity."""
+    return {
+        "rule": f"!has(self.{field}) || type(self.{field}) == int || isQuantity(self.{field})",
+        "message": f"{where}.{field} must be a Kubernetes quantity such as 8, 500m or 64Gi",
+    }
+
+
 class ResourceRequests(GraftModel):
     """Compute resources for the pods Graft runs."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                quantity_rule("cpu", "resources"),
+                quantity_rule("memory", "resources"),
+            ]
+        }
+    )
 
     gpus: int = Field(
         default=0,
@@ -121,8 +145,9 @@ class ResourceRequests(GraftModel):
     )
     gpu_resource: str = Field(
         default="nvidia.com/gpu",
-        description="Extended resource name of the accelerator, e.g. nvidia.com/gpu or amd.com/gpu.",
-        pattern=r"^([a-z0-9]([-a-z0-9.]*[a-z0-9])?/)?[a-z0-9]([-a-z0-9_.]*[a-z0-9])?$",
+        description="Extended resource name of the accelerator, e.g. nvidia.com/gpu or amd.com/gpu "
+        "(a domain is required).",
+        pattern=EXTENDED_RESOURCE_PATTERN,
         max_length=253,
     )
     cpu: Quantity | None = Field(default=None, description="CPU each pod requests, e.g. 4 or 500m.")

@@ -8,11 +8,14 @@ from typing import Any
 
 from pydantic import ConfigDict, Field, field_validator
 
-from graft.api.common import GraftModel, Quantity, StatusBase
-
-EXTENDED_RESOURCE_PATTERN = (
-    r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?/[a-z0-9A-Z]([-a-z0-9A-Z_.]*[a-z0-9A-Z])?$"
+from graft.api.common import (
+    EXTENDED_RESOURCE_PATTERN,
+    GraftModel,
+    Quantity,
+    StatusBase,
+    quantity_rule,
 )
+
 NVIDIA_GPU = "nvidia.com/gpu"
 # Kept simple on purpose: the cluster's identity provider is the real judge of addresses; this
 # only stops obvious typos (no @, spaces, no domain) before they become a useless RoleBinding.
@@ -40,10 +43,7 @@ class AcceleratorQuota(GraftModel):
 
 
 def _quantity_rule(field: str) -> dict[str, Any]:
-    return {
-        "rule": f"!has(self.{field}) || type(self.{field}) == int || isQuantity(self.{field})",
-        "message": f"quota.{field} must be a Kubernetes quantity such as 8, 500m or 64Gi",
-    }
+    return quantity_rule(field, "quota")
 
 
 class AccountQuota(GraftModel):

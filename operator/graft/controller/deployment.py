@@ -37,6 +37,7 @@ from graft.plan.deployment import (
     ObservedPod,
     PodPlan,
     deployment_status,
+    invalid_spec_status,
     model_server_pod,
     pod_plan,
     pod_spec,
@@ -150,7 +151,15 @@ def reconcile(ctx: Context, namespace: str, name: str) -> None:
         return  # owned pods and Service go with it (garbage collection)
     owner = Owner.of(obj)
     previous = conditions_of(obj)
-    spec = DeploymentSpec.model_validate(obj.get("spec") or {})
+    try:
+        spec = DeploymentSpec.model_validate(obj.get("spec") or {})
+    except ValidationError as exc:
+        # Admitted under an older CRD: a condition, not a retry loop.
+        status = invalid_spec_status(
+            owner, full_name(namespace, PLURAL, name), str(exc), previous, now_rfc3339()
+        )
+        publish(api, obj, PLURAL, status, warning=True)
+        return
 
     selector = selector_string(name)
     raw_pods = api.list_pods(namespace, selector)
@@ -305,6 +314,11 @@ def execute_plan(
         try:
             made = api.create_pod(pod)
         except ApiException as exc:
+            if exc.status == 422:
+                # The API server refuses the pod itself (a quantity such as cpu: abc admitted by
+                # an older CRD): only a spec change helps, so say so instead of retrying.
+                blocked = BlockedBy("InvalidSpec", error_message(exc), waiting=False)
+                break
             if exc.status != 403:
                 raise
             blocked = BlockedBy("PodCreationForbidden", error_message(exc), waiting=True)

@@ -278,6 +278,18 @@ def spec_problem(spec: DeploymentSpec, image_allowed: Callable[[str], bool]) -> 
     return None
 
 
+def invalid_spec_status(
+    owner: Owner, full_name: str, message: str, previous: list[Condition], now: str
+) -> DeploymentStatus:
+    """The status of a Deployment whose spec Graft cannot read (admitted by an older CRD)."""
+    conditions = set_condition(
+        previous, "Ready", False, "InvalidSpec", message, generation=owner.generation, now=now
+    )
+    return DeploymentStatus(
+        observed_generation=owner.generation, name=full_name, state="Failed", conditions=conditions
+    )
+
+
 def deployment_status(
     *,
     owner: Owner,
