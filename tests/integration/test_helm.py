@@ -173,7 +173,16 @@ class Cleanup:
         docs = example_objects()
         if not any(self.cluster.get(*ref(d)) for d in docs if self._crd_exists(d)):
             return
-        op = OperatorProcess(self.cluster, self.log, resync_seconds=1.0)
+        # An operator as cluster admin, with its Lease and key seed in the release's namespace
+        # (graft-system may not exist yet: this test runs first on a fresh cluster).
+        if self.cluster.get("namespace", NAMESPACE) is None:
+            self.cluster.kubectl("create", "namespace", NAMESPACE)
+        op = OperatorProcess(
+            self.cluster,
+            self.log,
+            resync_seconds=1.0,
+            env={"GRAFT_OPERATOR_NAMESPACE": NAMESPACE},
+        )
         op.start()
         try:
             for doc in reversed(docs):  # Model and User before their Account

@@ -8,6 +8,7 @@ quiet operator, and the operator's memory must not grow by the size of the answe
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
 import uuid
@@ -507,3 +508,21 @@ def test_a_rollout_under_an_exact_gpu_quota_completes_and_stays_ready(
     # One pod at a time was away: with 2 replicas and maxUnavailable forced to 1, one still
     # served, so Ready may dip only if the one left was not ready; it never lied the other way.
     assert seen_ready.count(True) >= len(seen_ready) // 2, seen_ready
+
+
+def test_an_operator_namespace_that_does_not_exist_is_a_clear_error(
+    operator: OperatorProcess, tmp_path: Path
+) -> None:
+    wrong = OperatorProcess(
+        operator.cluster,
+        tmp_path / "wrong.log",
+        env={"GRAFT_OPERATOR_NAMESPACE": "no-such-namespace"},
+        kubeconfig=operator.kubeconfig,
+    )
+    # Its standby may answer the liveness probe for a moment, or it may be gone already.
+    with contextlib.suppress(AssertionError):
+        wrong.start()
+    assert wrong.proc is not None
+    assert wrong.proc.wait(timeout=30) == 2
+    # As its ServiceAccount it may not even look there (its Role is bound in graft-system).
+    assert "may not read its Lease in namespace 'no-such-namespace'" in wrong.tail()

@@ -42,6 +42,11 @@ def identity() -> str:
     return f"{os.environ.get('HOSTNAME') or socket.gethostname()}_{uuid.uuid4().hex[:8]}"
 
 
+class NoNamespace(RuntimeError):
+    """The Lease's namespace does not exist, or the operator may not use it there: a setting
+    to fix, not a state to wait out."""
+
+
 class LeaseElector:
     def __init__(
         self,
@@ -70,6 +75,12 @@ class LeaseElector:
         try:
             lease = self.api.read_namespaced_lease(self.name, self.namespace)
         except ApiException as exc:
+            if exc.status == 403:
+                raise NoNamespace(
+                    f"the operator may not read its Lease in namespace {self.namespace!r}: set "
+                    "GRAFT_OPERATOR_NAMESPACE to the namespace it is installed in (its Role is "
+                    "bound there)"
+                ) from None
             if exc.status != 404:
                 raise
             return self._create(now)
@@ -110,6 +121,11 @@ class LeaseElector:
         except ApiException as exc:
             if exc.status == 409:
                 return False
+            if exc.status == 404:
+                raise NoNamespace(
+                    f"the operator's namespace {self.namespace!r} does not exist: create it, or "
+                    "set GRAFT_OPERATOR_NAMESPACE to the namespace the operator runs in"
+                ) from None
             raise
         return True
 

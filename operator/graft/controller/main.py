@@ -41,7 +41,7 @@ from graft.controller import (
 )
 from graft.controller.context import Context
 from graft.controller.kube import Api, TimedApiClient, load_config
-from graft.controller.leader import LeaseElector, standby_health
+from graft.controller.leader import LeaseElector, NoNamespace, standby_health
 from graft.controller.modelclient import Limits, ModelServers
 from graft.controller.serverkeys import load_seed
 from graft.core import keys
@@ -439,8 +439,12 @@ def run(
         lease_seconds=settings.lease_seconds,
         renew_seconds=settings.lease_seconds / 3,
     )
-    with standby_health(liveness):
-        elector.acquire()
+    try:
+        with standby_health(liveness):
+            elector.acquire()
+    except NoNamespace as exc:
+        log.error("invalid operator settings: %s", exc)
+        return 2
 
     def lost() -> None:
         # Another operator may be acting already: stop at once, without cleaning up.
