@@ -386,8 +386,13 @@ def test_users_get_exactly_their_role_in_their_account(admin: Cluster, new_accou
     assert can_i(admin, "dave@example.com", "get", "models.graft.dev", a)
 
     # Once her User is gone, so is alice's access.
+    # (The garbage collector removes the binding the User owned, within seconds.)
     admin.kubectl("delete", "users.graft.dev", "alice", "-n", a, "--timeout=60s")
-    assert admin.get("rolebinding", "graft-user-alice", a) is None
+    wait_for(
+        "alice's RoleBinding gone",
+        lambda: admin.get("rolebinding", "graft-user-alice", a) is None,
+        timeout=30,
+    )
     assert not can_i(admin, ALICE, "create", "deployments.graft.dev", a)
     gone = as_user(admin, ALICE, "get", "deployments.graft.dev", "-n", a)
     assert gone.returncode != 0
