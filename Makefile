@@ -88,7 +88,11 @@ kubeconfig: ## print the path of the local control plane's kubeconfig
 
 .PHONY: test
 test: verify ## verify, then run every test: unit, data plane, and integration on a real API server
-	$(BIN)/pytest $(PYTEST_ARGS)
+	$(BIN)/pytest -m 'not chaos' $(PYTEST_ARGS)
+
+.PHONY: chaos
+chaos: $(STAMP) ## kill -9 the operator 30 times under load, restart the API server; check convergence
+	$(BIN)/pytest -m chaos -s $(PYTEST_ARGS)
 
 .PHONY: unit
 unit: $(STAMP) ## run the fast tests only (no API server, no torch)
