@@ -7,8 +7,10 @@ import socket
 import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import Executor, Future
 from contextlib import AbstractContextManager
 from http.server import BaseHTTPRequestHandler
+from typing import Any, TypeVar
 
 import pytest
 
@@ -21,6 +23,8 @@ from graft.controller.modelclient import (
     served_models,
 )
 from harness.httpfake import Behave, serving
+
+T = TypeVar("T")
 
 MODELS = json.dumps({"object": "list", "data": [{"id": "base", "parent": None}]}).encode()
 
@@ -211,3 +215,40 @@ def test_while_asking_again_the_last_answer_stands() -> None:
             assert "within 1 s" in str(second[slow]), second
     finally:
         servers.close()
+
+
+class Immediate(Executor):
+    """Runs each call before submit() returns: the future is done when the caller gets it, as
+    with a server that refuses the connection before the submitting thread runs again."""
+
+    def submit(self, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> Future[T]:
+        future: Future[T] = Future()
+        try:
+            future.set_result(fn(*args, **kwargs))
+        except Exception as exc:
+            future.set_exception(exc)
+        return future
+
+
+def test_a_call_that_ends_before_submit_returns_does_not_deadlock() -> None:
+    """Regression: the answer's callback ran on the caller's thread while it still held the
+    client's lock, and every later reconcile that asked a model server hung on it."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        refused = f"http://127.0.0.1:{s.getsockname()[1]}"
+    servers = ModelServers(Limits(timeout=1.0, patience=0.5), pool=Immediate())
+    outcome: dict[str, Any] = {}
+
+    def ask() -> None:
+        with server(answer(MODELS)) as good:
+            outcome["first"] = servers.served([refused, good])
+            outcome["again"] = servers.served([refused, good])
+
+    asker = threading.Thread(target=ask, daemon=True)
+    asker.start()
+    asker.join(timeout=10)
+    assert not asker.is_alive(), "served() deadlocked on its own lock"
+    first = outcome["first"]
+    assert isinstance(first[refused], ModelServerUnreachable)
+    assert len(first) == 2
+    assert [m.id for m in outcome["again"][next(u for u in first if u != refused)]] == ["base"]

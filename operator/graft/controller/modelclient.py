@@ -28,7 +28,7 @@ import socket
 import threading
 import time
 from collections.abc import Callable, Iterable
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Executor, Future, ThreadPoolExecutor
 from concurrent.futures import wait as wait_all
 from dataclasses import dataclass
 from functools import partial
@@ -240,9 +240,9 @@ class ModelServers:
     a time, however many objects ask; at most one load per replica and addon.
     """
 
-    def __init__(self, limits: Limits | None = None) -> None:
+    def __init__(self, limits: Limits | None = None, pool: Executor | None = None) -> None:
         self.limits = limits or Limits()
-        self._pool = ThreadPoolExecutor(
+        self._pool = pool or ThreadPoolExecutor(
             max_workers=self.limits.concurrency, thread_name_prefix="model-servers"
         )
         self._loads: dict[tuple[str, str], Future[None]] = {}
@@ -265,6 +265,7 @@ class ModelServers:
         out: dict[str, Served] = {}
         asked: dict[str, Future[list[ServedModel]]] = {}
         worth_waiting: list[Future[list[ServedModel]]] = []
+        started: list[tuple[tuple[str, str | None], Future[list[ServedModel]]]] = []
         with self._guard:
             for url in urls:
                 key = (url, api_key)
@@ -282,12 +283,16 @@ class ModelServers:
                         api_key=api_key,
                     )
                     self._asks[key] = future
-                    future.add_done_callback(partial(self._answered, key))
+                    started.append((key, future))
                 asked[url] = future
                 # A server that did not answer in time last time is not waited for again: its
                 # answer calls the reconcile back.
                 if cached is None or not isinstance(cached[1], ModelServerUnreachable):
                     worth_waiting.append(future)
+        # Outside the guard: a call that has ended already (a refused connection can end
+        # before submit() returns) runs its callback right here, and the callback takes it.
+        for key, future in started:
+            future.add_done_callback(partial(self._answered, key))
         if worth_waiting:
             wait_all(worth_waiting, timeout=lim.patience)
         for url, future in asked.items():
