@@ -1,7 +1,7 @@
 """The `graft` command line: parse and dispatch, nothing else.
 
 The operator (`run`), the generators (`crds`, `chart`, `manifests`, `argocd`) and the Job
-entrypoints (`dataset validate`, `fetch`) are parsed here and run by their own modules; `train`
+entrypoints (`dataset validate`, `model inspect`, `fetch`) are parsed here and run by their own modules; `train`
 and `serve` have their own argument parsers and are imported only when called, so the operator
 never imports torch.
 """
@@ -94,10 +94,11 @@ def _parser() -> argparse.ArgumentParser:
     crds.set_defaults(func=_crds)
 
     # Entrypoints of the Jobs the operator runs (standard library, no torch).
-    from graft.dataplane import fetch, validate
+    from graft.dataplane import adapter, fetch, validate
 
     validate.register(sub)
     fetch.register(sub)
+    adapter.register(sub)
 
     chart = sub.add_parser(
         "chart",

@@ -20,6 +20,7 @@ import pytest
 import yaml
 
 from harness.kube import RBAC_DENIAL, ROOT, Cluster, OperatorProcess, wait_for
+from harness.kubelet import KubeletStandIn
 
 
 def _localcluster(*args: str) -> str:
@@ -167,6 +168,17 @@ def operator(
         op.stop()
         # Keep the log where CI output can point to it.
         print(f"\noperator log: {log}")
+
+
+@pytest.fixture
+def kubelet(operator: OperatorProcess, namespace: str, tmp_path: Path) -> Iterator[KubeletStandIn]:
+    """The kubelet stand-in for the Job pods of the test's namespace: inspection Jobs of addon
+    Models, validation Jobs of Datasets and trainer Jobs run for real (tests/harness/kubelet.py)."""
+    harness = KubeletStandIn(operator.cluster.kubeconfig, namespace, tmp_path / "kubelet").start()
+    try:
+        yield harness
+    finally:
+        harness.stop()
 
 
 @pytest.fixture(autouse=True)

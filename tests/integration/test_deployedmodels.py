@@ -1,5 +1,6 @@
 """Model and DeployedModel on the real API server, with real `graft serve` processes answering
-on the pods' IPs (tests/harness/podservers.py stands in for the container runtime)."""
+on the pods' IPs (tests/harness/podservers.py stands in for the container runtime) and the
+addon Models' inspection Jobs run by the kubelet stand-in (tests/harness/kubelet.py)."""
 
 from __future__ import annotations
 
@@ -17,7 +18,8 @@ from harness.dump import dump, dump_current, kebab
 from harness.kube import Cluster, OperatorProcess, condition, server_key_header, wait_for
 from harness.podservers import PodServers
 
-pytestmark = pytest.mark.dataplane
+# Every addon Model here is inspected by a Job in the test's namespace: the kubelet runs them.
+pytestmark = [pytest.mark.dataplane, pytest.mark.usefixtures("kubelet")]
 
 GROUP = "graft.dev/v1alpha1"
 
@@ -178,6 +180,77 @@ def test_model_status_records_the_adapter(
     assert orphan["status"]["state"] == "Waiting"
 
 
+def test_the_adapter_is_read_in_the_tenants_namespace_never_by_the_operator(
+    operator: OperatorProcess, namespace: str, artifacts: dict[str, Path], tmp_path: Path
+) -> None:
+    """The operator reads no URI a tenant names: a Job in the Model's namespace does, and an
+    adapter that cannot be read or is not one is never Ready, so no DeployedModel loads it."""
+    cluster, ns = operator.cluster, namespace
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    (bad / "adapter_config.json").write_text('{"r": 0, "target_modules": ["q_proj"]}')
+    cluster.apply(
+        [
+            base_model("base", ns, artifacts["base"]),
+            addon_model("sql", ns, artifacts["sql"]),
+            addon_model("missing", ns, tmp_path / "nowhere"),
+            addon_model("bad", ns, bad),
+            deployment("chat", ns, replicas=0),
+            deployed("missing", ns, "missing"),
+        ]
+    )
+
+    def model_reason(name: str, reason: str) -> dict[str, Any] | None:
+        return if_(
+            cluster.get("models.graft.dev", name, ns),
+            lambda m: (condition(m, "Ready") or {}).get("reason") == reason,
+        )
+
+    sql = wait_for("sql inspected", lambda: model_reason("sql", "Validated"), timeout=60)
+    assert (sql["status"]["loraRank"], sql["status"]["adapterSource"]) == (
+        8,
+        f"file://{artifacts['sql']}",
+    )
+    job = cluster.get("jobs", sql["status"]["jobName"], ns)
+    assert job is not None
+    assert job["metadata"]["ownerReferences"][0]["uid"] == sql["metadata"]["uid"]
+    pod_spec = job["spec"]["template"]["spec"]
+    [container] = pod_spec["containers"]
+    assert container["args"] == ["model", "inspect", str(artifacts["sql"])]
+    assert pod_spec["securityContext"]["runAsNonRoot"] is True
+    assert pod_spec["automountServiceAccountToken"] is False
+
+    missing = wait_for(
+        "missing adapter unreadable", lambda: model_reason("missing", "AdapterUnreadable"), 60
+    )
+    dump(missing, "adapter-unreadable")
+    assert missing["status"]["state"] == "Failed"
+    assert "no such file" in condition(missing, "Ready")["message"]  # type: ignore[index]
+    assert "loraRank" not in missing["status"]
+    invalid = wait_for("r=0 refused", lambda: model_reason("bad", "InvalidAdapter"), 60)
+    dump(invalid, "invalid-adapter")
+    assert "no valid LoRA rank r (got 0)" in condition(invalid, "Ready")["message"]  # type: ignore[index]
+    dm = wait_for(
+        "the DeployedModel refused", lambda: reason_of(cluster, ns, "missing", "ModelInvalid")
+    )
+    dump(dm, "model-invalid")
+    assert "AdapterUnreadable" in condition(dm, "Ready")["message"]  # type: ignore[index]
+
+    # A new source is inspected anew: the old Job is replaced, the old facts are dropped.
+    patch = {"spec": {"source": {"uri": f"file://{artifacts['big']}"}}}
+    cluster.kubectl(
+        "patch", "models.graft.dev/missing", "-n", ns, "--type=merge", "-p", json.dumps(patch)
+    )
+    fixed = wait_for("the new source read", lambda: model_reason("missing", "Validated"), 60)
+    assert fixed["status"]["loraRank"] == 32
+    assert fixed["status"]["adapterSource"] == f"file://{artifacts['big']}"
+    job = cluster.get("jobs", fixed["status"]["jobName"], ns)
+    assert job is not None
+    assert job["spec"]["template"]["spec"]["containers"][0]["args"][-1] == str(artifacts["big"])
+    # ... and the DeployedModel follows: rank 32 is above this Deployment's maxAddonRank.
+    wait_for("RankTooHigh", lambda: reason_of(cluster, ns, "missing", "RankTooHigh"))
+
+
 def test_addon_loaded_at_run_time_on_every_replica(
     operator: OperatorProcess, namespace: str, artifacts: dict[str, Path], servers: PodServers
 ) -> None:
@@ -299,13 +372,17 @@ def test_rejections_are_conditions_not_retries(
             deployment("plain", ns, replicas=0, enableAddons=False),
         ]
     )
-    wait_for(
-        "big's rank recorded",
-        lambda: (
-            (cluster.get("models.graft.dev", "big", ns) or {}).get("status", {}).get("loraRank")
-            == 32
-        ),
-    )
+    # Every addon inspected first: a DeployedModel of a Model not Ready yet holds no slot.
+    for addon in ("sql", "poem", "big", "foreign"):
+        wait_for(
+            f"{addon} inspected",
+            lambda addon=addon: (
+                (condition(cluster.get("models.graft.dev", addon, ns), "Ready") or {}).get("status")
+                == "True"
+            ),
+            timeout=60,
+        )
+    assert (cluster.get("models.graft.dev", "big", ns) or {})["status"]["loraRank"] == 32
     cluster.apply(deployed("first", ns, "sql"))
     time.sleep(1)  # "first" is older: it holds the one addon slot
     cluster.apply(

@@ -25,6 +25,7 @@ import yaml
 from graft.api.kinds import ALL_KINDS
 from graft.gen import chart, rbac
 from harness.kube import RBAC_DENIAL, ROOT, Cluster, OperatorProcess, condition, wait_for
+from harness.kubelet import KubeletStandIn
 
 RELEASE = "graft-it"
 NAMESPACE = "graft-it"
@@ -130,17 +131,25 @@ def token_kubeconfig(cluster: Cluster, path: Path) -> str:
     return str(path)
 
 
+def _docs(path: str) -> list[dict[str, Any]]:
+    return [d for d in yaml.safe_load_all((EXAMPLES / path).read_text()) if d]
+
+
 def example_objects() -> list[dict[str, Any]]:
-    """What examples/ has that becomes Ready without a model server or a Job's container: the
-    Account and its User (account.yaml) and the base Model (quickstart.yaml)."""
-    docs = [d for d in yaml.safe_load_all((EXAMPLES / "account.yaml").read_text()) if d]
-    docs += [
-        d
-        for d in yaml.safe_load_all((EXAMPLES / "quickstart.yaml").read_text())
-        if d and d["kind"] == "Model"
-    ]
-    assert [d["kind"] for d in docs] == ["Account", "User", "Model"]
+    """The Graft objects of examples/ that become Ready on the local control plane: the
+    Account and its User (account.yaml), the base Model and its Deployment (quickstart.yaml; kwok
+    runs the model-server pods) and the Dataset (training/dataset.yaml; the kubelet stand-in
+    runs its validation Job). Not the FineTuningJob: its trainer would fetch SmolLM2 from the
+    Hugging Face Hub, which this machine cannot reach."""
+    docs = _docs("account.yaml") + _docs("quickstart.yaml")
+    docs += [d for d in _docs("training/dataset.yaml") if d["kind"] == "Dataset"]
+    assert [d["kind"] for d in docs] == ["Account", "User", "Model", "Deployment", "Dataset"]
     return docs
+
+
+def example_config_maps() -> list[dict[str, Any]]:
+    """The ConfigMap the example Dataset reads."""
+    return [d for d in _docs("training/dataset.yaml") if d["kind"] == "ConfigMap"]
 
 
 def ref(doc: dict[str, Any]) -> tuple[str, str, str | None]:
@@ -338,22 +347,31 @@ def test_helm_install_upgrade_uninstall(
         log,
         resync_seconds=2.0,
         kubeconfig=kubeconfig,
-        # As the chart's Deployment sets it (downward API): the seed Secret lives there.
-        env={"GRAFT_OPERATOR_NAMESPACE": NAMESPACE},
+        env={
+            # As the chart's Deployment sets it (downward API): the seed Secret lives there.
+            "GRAFT_OPERATOR_NAMESPACE": NAMESPACE,
+            # Job pods wait for the kubelet stand-in instead of being ended by kwok.
+            "GRAFT_JOB_POD_ANNOTATIONS": json.dumps({"kwok.graft.dev/run-duration": "1h"}),
+        },
     )
     operator.start()
+    kubelet: KubeletStandIn | None = None
     try:
-        account, user, model = example_objects()
+        account, *content = example_objects()
         cluster.apply(account)
         wait_for("the example Account to be Ready", lambda: ready(cluster, account), timeout=180)
-        cluster.apply([user, model])
-        for doc in (user, model):
+        kubelet = KubeletStandIn(
+            cluster.kubeconfig, account["metadata"]["name"], tmp_path / "kubelet"
+        ).start()
+        cluster.apply([*example_config_maps(), *content])
+        for doc in content:
             wait_for(
                 f"the example {doc['kind']} to be Ready",
                 lambda d=doc: ready(cluster, d),
                 timeout=120,
             )
         times["ready"] = time.monotonic() - start
+        user = content[0]
         bindings = cluster.list("rolebindings", user["metadata"]["namespace"])
         # Binding graft-member needs the chart's `bind` rule on the user ClusterRoles.
         assert any(b["roleRef"]["name"] == "graft-member" for b in bindings), bindings
@@ -383,6 +401,8 @@ def test_helm_install_upgrade_uninstall(
         times["upgrade"] = time.monotonic() - start
         assert ready(cluster, account), "the Account stays Ready across the upgrade"
     finally:
+        if kubelet is not None:
+            kubelet.stop()
         operator.stop()
     denials = [
         line for line in log.read_text(errors="replace").splitlines() if RBAC_DENIAL.search(line)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import subprocess
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -20,8 +21,10 @@ from typing import Any
 
 import pytest
 
+from harness.dump import dump, dump_current
 from harness.httpfake import Behave, serving
 from harness.kube import Cluster, OperatorProcess, condition, wait_for
+from harness.kubelet import KubeletStandIn
 
 GROUP = "graft.dev/v1alpha1"
 ADDONS = 10
@@ -103,7 +106,11 @@ def bystanders(operator: OperatorProcess) -> Iterator[list[str]]:
 
 
 def test_stalling_model_servers_do_not_stall_other_tenants(
-    operator: OperatorProcess, namespace: str, tmp_path: Path, bystanders: list[str]
+    operator: OperatorProcess,
+    namespace: str,
+    tmp_path: Path,
+    bystanders: list[str],
+    kubelet: KubeletStandIn,
 ) -> None:
     cluster, ns = operator.cluster, namespace
     # A quiet operator first: how long an Account takes here, now.
@@ -151,6 +158,12 @@ def test_stalling_model_servers_do_not_stall_other_tenants(
 
     ips = wait_for("two model-server pods with IPs", pod_ips, timeout=60)
     assert ips is not None
+    # The addons' inspection Jobs (run by the kubelet stand-in) are done before the clock starts.
+    wait_for(
+        "every addon Model inspected",
+        lambda: all(ready(cluster, "models.graft.dev", f"a{i}", ns) for i in range(ADDONS)),
+        timeout=120,
+    )
     with ExitStack() as stack:
         stack.enter_context(serve_on(ips[0], drip))
         stack.enter_context(serve_on(ips[1], flood))
@@ -339,6 +352,22 @@ def test_user_access_ends_even_with_the_operator_down(
     assert binding is not None
     assert binding["metadata"]["ownerReferences"][0]["uid"] == user["metadata"]["uid"]
 
+    # A binding of the User's name that Graft did not make is not taken over.
+    cluster.kubectl(
+        "create", "rolebinding", "graft-user-mallory", "-n", name, "--clusterrole=graft-admin",
+        "--user=mallory@example.com",
+    )  # fmt: skip
+    cluster.apply(user_obj("mallory", name, "viewer"))
+    conflict = wait_for(
+        "RoleBindingConflict",
+        lambda: if_reason(cluster.get("users.graft.dev", "mallory", name), "RoleBindingConflict"),
+    )
+    dump(conflict, "role-binding-conflict")
+    taken = cluster.get("rolebinding", "graft-user-mallory", name)
+    assert taken is not None
+    assert taken["roleRef"]["name"] == "graft-admin"
+    assert not taken["metadata"].get("ownerReferences")
+
     operator.stop()
     try:
         cluster.kubectl("delete", "users.graft.dev", "dora", "-n", name, "--timeout=20s")
@@ -352,8 +381,37 @@ def test_user_access_ends_even_with_the_operator_down(
             "--as=dora@example.com", check=False,
         )  # fmt: skip
         assert can.stdout.strip() == "no"
+        # With nobody reconciling, what Argo CD sees: objects with no status yet, and specs
+        # newer than their status (real objects for deploy/argocd's fixtures).
+        cluster.apply(user_obj("newbie", name, "viewer"))
+        dump_current(cluster, "users.graft.dev", "newbie", name, "new")
+        cluster.apply(user_obj("mallory", name, "member"))
+        dump_current(cluster, "users.graft.dev", "mallory", name, "generation-behind")
+        cluster.apply(account_obj(f"{name}-new"))
+        dump_current(cluster, "accounts.graft.dev", f"{name}-new", None, "new")
+        cluster.kubectl(
+            "patch", "accounts.graft.dev", name, "--type=merge",
+            "-p", '{"spec":{"displayName":"Renamed"}}',
+        )  # fmt: skip
+        dump_current(cluster, "accounts.graft.dev", name, None, "generation-behind")
     finally:
         operator.start()
+    wait_for("the new User bound", lambda: ready(cluster, "users.graft.dev", "newbie", name), 60)
+    wait_for(
+        "the new Account Ready",
+        lambda: ready(cluster, "accounts.graft.dev", f"{name}-new"),
+        120,
+    )
+    cluster.kubectl("delete", "accounts.graft.dev", f"{name}-new", "--wait=false")
+
+
+def user_obj(name: str, account: str, role: str) -> dict[str, Any]:
+    spec = {"email": f"{name}@example.com", "role": role}
+    return obj("User", name, account, spec)
+
+
+def if_reason(found: dict[str, Any] | None, reason: str) -> dict[str, Any] | None:
+    return found if (condition(found, "Ready") or {}).get("reason") == reason else None
 
 
 # --- Deployments: flags, variables and images a tenant may not choose ------------------------------
@@ -375,6 +433,38 @@ def test_managed_flags_and_gpu_variables_are_refused_at_admission(
         refused = cluster.kubectl("apply", "-f", "-", input=json.dumps(body), check=False)
         assert refused.returncode != 0
         assert said in refused.stderr, refused.stderr
+
+
+def test_claim_names_and_public_model_sources_are_checked_at_admission(
+    crds: Cluster, namespace: str
+) -> None:
+    """A pvc:// URI names a claim in the object's own namespace: it must be a claim name, and a
+    public model (deployed by other accounts, in their namespaces) cannot be on one. A public
+    model's weights cannot be swapped under the accounts that serve it."""
+
+    def apply(body: dict[str, Any]) -> subprocess.CompletedProcess[str]:
+        return crds.kubectl("apply", "-f", "-", input=json.dumps(body), check=False)
+
+    def model(name: str, uri: str, **spec: Any) -> dict[str, Any]:
+        return obj("Model", name, namespace, {"kind": "Base", "source": {"uri": uri}, **spec})
+
+    for uri in ("pvc://Weights/m", "pvc://a_b/m", "pvc:///m", "pvc://-x/m"):
+        refused = apply(model("claim", uri))
+        assert refused.returncode != 0, uri
+        assert "spec.source.uri" in refused.stderr, refused.stderr
+    dataset = obj("Dataset", "d", namespace, {"source": {"uri": "pvc://UPPER/train.jsonl"}})
+    assert apply(dataset).returncode != 0
+    assert apply(model("claim", "pvc://weights.v1/models/m")).returncode == 0
+
+    refused = apply(model("shared", "pvc://weights/m", public=True))
+    assert refused.returncode != 0
+    assert "a public model cannot be on a pvc:// claim" in refused.stderr
+    assert apply(model("shared", "hf://org/m", public=True)).returncode == 0
+    refused = apply(model("shared", "hf://org/other", public=True))
+    assert refused.returncode != 0
+    assert "the source of a public model cannot change" in refused.stderr
+    # A private model's source may change (its own account is the only user).
+    assert apply(model("claim", "pvc://weights/models/m2")).returncode == 0
 
 
 def test_an_image_outside_the_allowed_list_is_never_run(

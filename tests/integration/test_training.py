@@ -13,7 +13,7 @@ from __future__ import annotations
 import hashlib
 import json
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
@@ -30,15 +30,6 @@ T = TypeVar("T")
 
 
 # --- Fixtures -------------------------------------------------------------------------------------
-
-
-@pytest.fixture
-def kubelet(operator: OperatorProcess, namespace: str, tmp_path: Path) -> Iterator[KubeletStandIn]:
-    harness = KubeletStandIn(operator.cluster.kubeconfig, namespace, tmp_path / "kubelet").start()
-    try:
-        yield harness
-    finally:
-        harness.stop()
 
 
 @pytest.fixture(scope="module")
@@ -353,6 +344,7 @@ def test_datasets_wait_for_their_configmap_or_claim(env: Env) -> None:
         "WaitingForVolume",
         lambda: env.with_reason("datasets.graft.dev", "on-claim", "Ready", "WaitingForVolume"),
     )
+    dump(on_claim, "waiting-for-volume")
     assert (
         "PersistentVolumeClaim data does not exist (yet)" in condition(on_claim, "Ready")["message"]
     )  # type: ignore[index]

@@ -72,6 +72,26 @@ def test_unknown_rank_is_admitted() -> None:
     assert judge(DEP, [cand("dm", "T1", addon("x", rank=None))])["dm"].admitted
 
 
+def test_an_addon_whose_adapter_was_not_read_is_not_loaded() -> None:
+    """Its rank is unknown and it may not be an adapter at all: it waits for the inspection,
+    and a Model that failed it is refused for good; neither takes a slot."""
+    inspecting = ModelFacts(
+        "accounts/a/models/x", "PeftAddon", BASE, None, "/a", not_ready="Inspecting: Job x"
+    )
+    failed = ModelFacts(
+        "accounts/a/models/y", "PeftAddon", BASE, None, "/a", "InvalidAdapter: r=0", True
+    )
+    verdicts = judge(
+        DEP,
+        [cand("x", "T1", inspecting), cand("y", "T2", failed), cand("z", "T3", addon("z"))],
+    )
+    assert (verdicts["x"].reason, verdicts["x"].waiting) == ("ModelNotReady", True)
+    assert "Inspecting: Job x" in verdicts["x"].message
+    assert (verdicts["y"].reason, verdicts["y"].waiting) == ("ModelInvalid", False)
+    assert "InvalidAdapter: r=0" in verdicts["y"].message
+    assert verdicts["z"].admitted
+
+
 def test_oldest_are_admitted_up_to_max_addons() -> None:
     verdicts = judge(
         DEP,

@@ -7,16 +7,19 @@ from typing import Any
 import pytest
 
 from graft.api.models import ModelSpec, ModelStatus
+from graft.api.reports import InspectionResult
 from graft.core.names import Ref
+from graft.plan.jobs import JobState, Terminated
 from graft.plan.model import (
+    AdapterFacts,
     ModelProblem,
     check_base,
     check_source,
     in_use,
     in_use_message,
+    inspection_outcome,
     model_status,
-    parse_adapter_config,
-    record_adapter,
+    not_ready,
     validated,
 )
 
@@ -54,17 +57,65 @@ def test_an_addons_base_model() -> None:
     check_base(other, base(public=True), "acme")
 
 
-def test_adapter_config() -> None:
+def ended(phase: str, message: str, code: int = 0) -> JobState:
+    return JobState(phase, "", Terminated("inspect", code, "Completed", message))  # type: ignore[arg-type]
+
+
+def test_the_inspection_jobs_answer_is_the_adapters_facts() -> None:
+    valid = InspectionResult("valid", 8, ("q", "v")).to_message()
+    facts = inspection_outcome("file:///a", "sql-inspect", ended("Succeeded", valid))
+    assert facts == AdapterFacts("file:///a", 8, ("q", "v"))
     status = ModelStatus()
-    record_adapter(
-        parse_adapter_config("file:///a", '{"r": 8, "target_modules": ["v", "q"]}'), status
+    facts.record(status)
+    assert (status.lora_rank, status.target_modules, status.adapter_source) == (
+        8,
+        ["q", "v"],
+        "file:///a",
     )
-    assert (status.lora_rank, status.target_modules) == (8, ["q", "v"])
-    record_adapter({"r": 4, "target_modules": "all-linear"}, status)
-    assert (status.lora_rank, status.target_modules) == (4, ["all-linear"])
-    assert reason(parse_adapter_config, "file:///a", "{nope")[0] == "InvalidAdapter"
-    assert reason(parse_adapter_config, "file:///a", "[1]")[0] == "InvalidAdapter"
-    assert reason(record_adapter, {"r": 0}, ModelStatus())[0] == "InvalidAdapter"
+
+
+@pytest.mark.parametrize(
+    ("job", "expected"),
+    [
+        (JobState("Running", "pod sql-inspect-x is running"), ("Inspecting", True)),
+        (JobState("Pending"), ("Inspecting", True)),
+        (ended("Succeeded", ""), ("InspectionResultMissing", False)),
+        (ended("Succeeded", "hello"), ("InspectionResultMissing", False)),
+        (
+            ended("Failed", InspectionResult("invalid", message="r is 0").to_message(), 1),
+            ("InvalidAdapter", False),
+        ),
+        (
+            ended("Failed", InspectionResult("error", message="no such file").to_message(), 1),
+            ("AdapterUnreadable", False),
+        ),
+        (ended("Failed", "Traceback: boom", 137), ("InspectionFailed", False)),
+    ],
+)
+def test_an_adapter_that_was_not_read_is_never_ready(
+    job: JobState, expected: tuple[str, bool]
+) -> None:
+    assert reason(inspection_outcome, "file:///a", "sql-inspect", job) == expected
+
+
+def test_facts_in_status_count_only_for_the_source_they_were_read_from() -> None:
+    status = {"adapterSource": "file:///a", "loraRank": 8, "targetModules": ["q"]}
+    assert AdapterFacts.recorded(status, "file:///a") == AdapterFacts("file:///a", 8, ("q",))
+    assert AdapterFacts.recorded(status, "file:///b") is None  # the source changed
+    assert AdapterFacts.recorded({"loraRank": 8}, "file:///a") is None  # read by the old operator
+    assert AdapterFacts.recorded({**status, "loraRank": 0}, "file:///a") is None
+
+
+def test_why_a_model_is_not_ready_for_its_current_spec() -> None:
+    def model(generation: int, seen: int, ready: str, reason_: str = "Validated") -> Any:
+        cond = {"type": "Ready", "status": ready, "reason": reason_, "message": "m"}
+        cond["observedGeneration"] = seen  # type: ignore[assignment]
+        return {"metadata": {"generation": generation}, "status": {"conditions": [cond]}}
+
+    assert not_ready(model(2, 2, "True")) is None
+    assert not_ready(model(3, 2, "True")) == "the operator has not checked its current spec yet"
+    assert not_ready(model(2, 2, "False", "Inspecting")) == "Inspecting: m"
+    assert not_ready({"metadata": {"generation": 1}}) == "it has no status yet"
 
 
 def test_status_says_what_the_model_is_or_why_not() -> None:

@@ -8,10 +8,12 @@ from pydantic import ConfigDict, Field
 
 from graft.api.common import REF_PATTERN, GraftModel, StatusBase
 
-URI_PATTERN = r"^(hf|s3|pvc|https?|file)://.+$"
+CLAIM_NAME = r"[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*"
+"""A PersistentVolumeClaim's name: a DNS subdomain (RFC 1123), as the API server requires."""
+URI_PATTERN = rf"^((hf|s3|https?|file)://.+|pvc://{CLAIM_NAME}(/.*)?)$"
 URI_DESCRIPTION = (
-    "Where the artifact lives: hf://<org>/<name>, s3://<bucket>/<key>, pvc://<claim>/<path>, "
-    "http(s)://..., or file://<path> for local use."
+    "Where the artifact lives: hf://<org>/<name>, s3://<bucket>/<key>, pvc://<claim>/<path> "
+    "(a claim in the object's own namespace), http(s)://..., or file://<path> for local use."
 )
 
 
@@ -44,6 +46,18 @@ class ModelSpec(GraftModel):
                     "rule": "self.kind != 'PeftAddon' || !self.public",
                     "message": "only Base models can be public",
                 },
+                {
+                    "rule": "!self.public || !self.source.uri.startsWith('pvc://')",
+                    "message": "a public model cannot be on a pvc:// claim: a claim belongs to "
+                    "one account's namespace, and another account's pods would mount their own "
+                    "claim of that name; publish it at hf://, s3:// or http(s)://",
+                },
+                {
+                    "rule": "!(has(oldSelf.public) && oldSelf.public) || "
+                    "self.source.uri == oldSelf.source.uri",
+                    "message": "the source of a public model cannot change: other accounts may "
+                    "be serving it; create a new Model for new weights",
+                },
             ]
         }
     )
@@ -75,6 +89,14 @@ class ModelStatus(StatusBase):
 
     lora_rank: int | None = Field(
         default=None, description="PeftAddon: the LoRA rank read from adapter_config.json."
+    )
+    adapter_source: str | None = Field(
+        default=None,
+        description="PeftAddon: the source the rank and target modules were read from, by the "
+        "inspection Job.",
+    )
+    job_name: str | None = Field(
+        default=None, description="PeftAddon: the Job that reads the adapter's configuration."
     )
     target_modules: list[str] | None = Field(
         default=None, description="PeftAddon: the modules the adapter targets."

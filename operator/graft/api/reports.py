@@ -6,7 +6,8 @@ A Job's container writes one compact JSON object to its termination message
 classes below, so what one writes the other reads:
 
 - `ValidationResult`: `graft dataset validate` -> the Dataset reconciler;
-- `TrainerSummary`: `graft train` -> the FineTuningJob reconciler.
+- `TrainerSummary`: `graft train` -> the FineTuningJob reconciler;
+- `InspectionResult`: `graft model inspect` -> the Model reconciler.
 """
 
 from __future__ import annotations
@@ -161,4 +162,56 @@ class TrainerSummary:
             steps=steps if isinstance(steps, int) else None,
             output=output if isinstance(output, str) else None,
             details=details,
+        )
+
+
+MAX_TARGET_MODULES = 64
+
+
+@dataclass(frozen=True)
+class InspectionResult:
+    """What `graft model inspect` read from an addon's adapter_config.json.
+
+    valid: the LoRA rank and the target modules; invalid: the file was read but is not a usable
+    adapter config; error: it could not be read at all. `message` says why for both.
+    """
+
+    status: Status
+    lora_rank: int | None = None
+    target_modules: tuple[str, ...] = ()
+    message: str = ""
+
+    def to_message(self, limit: int = TERMINATION_MESSAGE_LIMIT) -> str:
+        """Compact JSON that fits a termination message (a long message and module list are
+        shortened; the status and rank always fit)."""
+        body: dict[str, Any] = {"status": self.status}
+        if self.lora_rank is not None:
+            body["loraRank"] = self.lora_rank
+        if self.target_modules:
+            body["targetModules"] = [shorten(m, 200) for m in self.target_modules][
+                :MAX_TARGET_MODULES
+            ]
+        if self.message:
+            body["message"] = shorten(self.message, 2000)
+        text = _compact(body)
+        while len(text.encode()) > limit and body.get("targetModules"):
+            body["targetModules"].pop()
+            text = _compact(body)
+        return text
+
+    @classmethod
+    def from_message(cls, text: str) -> InspectionResult | None:
+        """The result in a termination message, or None when it holds something else."""
+        try:
+            body = json.loads(text)
+        except ValueError:
+            return None
+        if not isinstance(body, dict) or body.get("status") not in ("valid", "invalid", "error"):
+            return None
+        modules = body.get("targetModules") or []
+        return cls(
+            status=body["status"],
+            lora_rank=_opt(body, "loraRank", int),
+            target_modules=tuple(str(m) for m in modules if isinstance(m, str)),
+            message=str(body.get("message") or ""),
         )

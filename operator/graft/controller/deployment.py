@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 from typing import Any
+from urllib.parse import urlparse
 
 from kubernetes.client.exceptions import ApiException
 from pydantic import ValidationError
@@ -100,6 +101,15 @@ def resolve_base_model(
         return BlockedBy(
             "BaseModelNotShared",
             f"{ref.full_name} belongs to account {ref.account} and is not public",
+            waiting=False,
+        )
+    if ref.account != namespace and urlparse(model_spec.source.uri).scheme == "pvc":
+        # A claim name means a claim in the pod's own namespace: this account's claim of that
+        # name (its own data, or nothing) would be served under the other account's model name.
+        return BlockedBy(
+            "BaseModelNotReachable",
+            f"{ref.full_name} is on a PersistentVolumeClaim of account {ref.account}, which "
+            f"model servers in account {namespace} cannot mount",
             waiting=False,
         )
     try:

@@ -382,6 +382,20 @@ class Api:
                 return None
             raise
 
+    def delete_job(self, namespace: str, name: str, uid: str) -> bool:
+        """Delete the Job with this uid now and its pods in the background; False when it is
+        gone already (or another Job has the name)."""
+        body = client.V1DeleteOptions(
+            preconditions=client.V1Preconditions(uid=uid), propagation_policy="Background"
+        )
+        try:
+            self.batch.delete_namespaced_job(name, namespace, body=body)
+        except ApiException as exc:
+            if exc.status in (404, 409):
+                return False
+            raise
+        return True
+
     def job_pods(self, namespace: str, job_uid: str) -> list[Obj]:
         """The pods of the Job with this uid (the Job controller labels them with it)."""
         return self.list_pods(namespace, f"batch.kubernetes.io/controller-uid={job_uid}")

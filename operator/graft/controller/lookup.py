@@ -14,6 +14,7 @@ from graft.core.objects import Obj, is_ready, is_terminating
 from graft.plan.deployedmodel import Candidate, DeploymentFacts, ModelFacts, Verdict, judge
 from graft.plan.deployment import selector_string, server_key
 from graft.plan.engines import PORT
+from graft.plan.model import not_ready
 from graft.plan.storage import addon_path
 
 
@@ -32,13 +33,16 @@ def model_facts(ctx: Context, ref: Ref) -> ModelFacts | None:
         except InvalidReference:
             base = None
     path = addon_path(spec.source.uri, ctx.settings.artifacts_claim())
-    rank = (obj.get("status") or {}).get("loraRank")
+    status = obj.get("status") or {}
+    rank = status.get("loraRank")
     return ModelFacts(
         full_name=ref.full_name,
         kind=str(spec.kind),
         base_full_name=base,
         lora_rank=rank if isinstance(rank, int) else None,
         path=path,
+        not_ready=not_ready(obj),
+        failed=status.get("state") == "Failed",
     )
 
 

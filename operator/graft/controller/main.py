@@ -377,9 +377,12 @@ class Operator:
         )
 
     def graft_job_event(self, namespace: str | None, labels: Mapping[str, str], **_: Any) -> None:
-        """A validation or trainer Job progressed: its Dataset or FineTuningJob follows."""
+        """A validation, trainer or inspection Job progressed (or went): its Dataset,
+        FineTuningJob or Model follows."""
         if not namespace:
             return
+        if owner := labels.get(keys.MODEL):
+            self.reconcile_soft(Plural.MODELS, namespace, owner)
         if owner := labels.get(keys.DATASET):
             self.reconcile_soft(Plural.DATASETS, namespace, owner)
         if owner := labels.get(keys.FINETUNING_JOB):

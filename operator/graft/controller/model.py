@@ -1,12 +1,11 @@
-"""Model reconciler: validate what can be validated without downloading weights, record the
-adapter's rank and target modules where its adapter_config.json is readable, and say where the
-model is used. Deletion of a used Model waits (see `deletion_blockers`)."""
+"""Model reconciler: validate what can be validated without downloading weights, have an
+addon's adapter_config.json read by an inspection Job in the Model's namespace (the operator
+itself never fetches a URI a tenant names), record its rank and target modules, and say where
+the model is used. Deletion of a used Model waits (see `release`)."""
 
 from __future__ import annotations
 
 import logging
-import urllib.request
-from typing import Any
 from urllib.parse import urlparse
 
 from pydantic import ValidationError
@@ -19,17 +18,24 @@ from graft.controller.status import publish
 from graft.core import keys
 from graft.core.conditions import conditions_of, now_rfc3339
 from graft.core.names import InvalidReference, full_name, parse_ref
-from graft.core.objects import Obj, is_terminating
+from graft.core.objects import Obj, Owner, is_terminating, owned_by
+from graft.core.settings import Settings
+from graft.plan.jobs import (
+    INSPECTOR_CONTAINER,
+    inspector_job,
+    job_name,
+    observe_job,
+    source_digest,
+)
 from graft.plan.model import (
-    ADAPTER_CONFIG,
+    AdapterFacts,
     ModelProblem,
     check_base,
     check_source,
     in_use,
     in_use_message,
+    inspection_outcome,
     model_status,
-    parse_adapter_config,
-    record_adapter,
     validated,
 )
 
@@ -38,36 +44,63 @@ log = logging.getLogger(__name__)
 PLURAL = Plural.MODELS
 
 
-def read_adapter_config(uri: str) -> dict[str, Any] | None:
-    """adapter_config.json of an addon, when the operator can read it cheaply; None otherwise."""
-    parsed = urlparse(uri)
-    text: str | None = None
-    try:
-        if parsed.scheme == "file":
-            with open(f"{parsed.path.rstrip('/')}/{ADAPTER_CONFIG}", encoding="utf-8") as f:
-                text = f.read()
-        elif parsed.scheme in ("http", "https"):
-            with urllib.request.urlopen(f"{uri.rstrip('/')}/{ADAPTER_CONFIG}", timeout=5) as r:
-                text = r.read(1 << 20).decode()
-    except OSError:
-        return None
-    if text is None:
-        return None
-    return parse_adapter_config(uri, text)
-
-
-def validate(api: Api, namespace: str, spec: ModelSpec, status: ModelStatus) -> None:
+def validate(api: Api, obj: Obj, spec: ModelSpec, status: ModelStatus, settings: Settings) -> None:
+    """Raise the ModelProblem that keeps the Model from being Ready, if any."""
     check_source(spec)
     if spec.kind != ModelKind.PEFT_ADDON:
         return
+    namespace = obj["metadata"]["namespace"]
     try:
         ref = parse_ref(spec.base_model or "", Plural.MODELS, account=namespace)
     except InvalidReference as exc:
         raise ModelProblem("InvalidBaseModel", str(exc)) from exc
     check_base(ref, api.get_graft(Plural.MODELS, ref.account, ref.id), namespace)
-    config = read_adapter_config(spec.source.uri)
-    if config is not None:
-        record_adapter(config, status)
+    inspect_adapter(api, obj, spec.source.uri, settings).record(status)
+
+
+def inspect_adapter(api: Api, obj: Obj, uri: str, settings: Settings) -> AdapterFacts:
+    """The adapter's facts: from status when this source was inspected before, else from the
+    inspection Job, which this creates (or replaces, when it read another source)."""
+    recorded = AdapterFacts.recorded(obj.get("status") or {}, uri)
+    if recorded is not None:
+        return recorded
+    meta = obj["metadata"]
+    namespace, name, uid = meta["namespace"], meta["name"], meta["uid"]
+    jname = job_name(name, "inspect")
+    job = api.get_job(namespace, jname)
+    if job is not None and not owned_by(job, uid):
+        raise ModelProblem(
+            "Inspecting",
+            f"Job {jname} of an earlier Model named {name} still exists; waiting for the "
+            "garbage collector to delete it",
+            waiting=True,
+        )
+    if job is not None:
+        read = (job["metadata"].get("annotations") or {}).get(keys.INSPECTED_SOURCE)
+        if read != source_digest(uri):
+            api.delete_job(namespace, jname, job["metadata"]["uid"])
+            log.info("deleted inspection Job %s/%s: the source changed", namespace, jname)
+            raise ModelProblem(
+                "Inspecting",
+                f"the source changed; replacing inspection Job {jname}",
+                waiting=True,
+            )
+    if job is None:
+        parsed = urlparse(uri)
+        if parsed.scheme == "pvc" and api.get_pvc(namespace, parsed.netloc) is None:
+            raise ModelProblem(
+                "WaitingForVolume",
+                f"PersistentVolumeClaim {parsed.netloc} does not exist (yet) in namespace "
+                f"{namespace}",
+                waiting=True,
+            )
+        manifest = inspector_job(owner=Owner.of(obj), uri=uri, settings=settings)
+        job = api.create_job(manifest) or api.get_job(namespace, jname)
+        if job is None:
+            raise ModelProblem("Inspecting", f"creating inspection Job {jname}", waiting=True)
+        log.info("created inspection Job %s/%s", namespace, jname)
+    pods = api.job_pods(namespace, job["metadata"]["uid"])
+    return inspection_outcome(uri, jname, observe_job(job, pods, INSPECTOR_CONTAINER))
 
 
 def used_by(
@@ -124,7 +157,9 @@ def reconcile(ctx: Context, namespace: str, name: str) -> None:
     status = ModelStatus(observed_generation=generation, name=full_name(namespace, PLURAL, name))
     try:
         spec = ModelSpec.model_validate(obj.get("spec") or {})
-        validate(api, namespace, spec, status)
+        if spec.kind == ModelKind.PEFT_ADDON:
+            status.job_name = job_name(name, "inspect")
+        validate(api, obj, spec, status, ctx.settings)
     except ValidationError as exc:
         problem: ModelProblem | None = ModelProblem("InvalidSpec", str(exc))
     except ModelProblem as exc:
@@ -144,7 +179,14 @@ def reconcile(ctx: Context, namespace: str, name: str) -> None:
         previous=conditions_of(obj),
         now=now_rfc3339(),
     )
-    publish(api, obj, PLURAL, status, warning=problem is not None)
+    publish(
+        api,
+        obj,
+        PLURAL,
+        status,
+        warning=problem is not None,
+        quiet={"Inspecting"},
+    )
 
 
 def release(api: Api, obj: Obj) -> None:

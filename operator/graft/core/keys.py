@@ -56,6 +56,13 @@ PART_OF_VALUE = "graft"
 DATASET = f"{GROUP}/dataset"
 """Label on a dataset validation Job and its pods: the name of the Dataset it validates."""
 
+MODEL = f"{GROUP}/model"
+"""Label on a Model's inspection Job and its pods: the name of the (addon) Model it reads."""
+
+INSPECTED_SOURCE = f"{GROUP}/inspected-source"
+"""Annotation on a Model's inspection Job: the SHA-256 (first 32 hex digits) of the source URI
+it reads, so that a changed source replaces the Job instead of trusting its old answer."""
+
 FINETUNING_JOB = f"{GROUP}/finetuning-job"
 """Label on a trainer Job and its pods, and on the Model and DeployedModel a FineTuningJob
 created: the FineTuningJob's name."""
@@ -74,6 +81,7 @@ not a valid label value (see graft.plan.dataset.filename_label)."""
 
 DATASET_VALIDATOR = "dataset-validator"
 TRAINER = "trainer"
+MODEL_INSPECTOR = "model-inspector"
 """app.kubernetes.io/component values of the Jobs Graft runs."""
 
 FINETUNING_OUTPUT = "finetuning-output"
@@ -87,6 +95,7 @@ OWNER_LABELS = {
     "Deployment": DEPLOYMENT,
     "Dataset": DATASET,
     "FineTuningJob": FINETUNING_JOB,
+    "Model": MODEL,
 }
 """The label that names the owner, by the kind of Graft object that owns (or made) a child."""
 

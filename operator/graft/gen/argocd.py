@@ -103,7 +103,10 @@ HEALTH: tuple[Health, ...] = (
             "UnsupportedSource",  # plan/model.py check_source
             "BaseModelNotBase",  # plan/model.py check_base
             "BaseModelNotShared",  # plan/model.py check_base
-            "InvalidAdapter",  # plan/model.py parse_adapter_config, record_adapter
+            "InvalidAdapter",  # plan/model.py inspection_outcome
+            "AdapterUnreadable",
+            "InspectionFailed",
+            "InspectionResultMissing",
             "InvalidBaseModel",  # controller/model.py validate
             INVALID_SPEC,  # controller/model.py reconcile
         ),
@@ -117,6 +120,7 @@ HEALTH: tuple[Health, ...] = (
             "InvalidBaseModel",
             "BaseModelNotBase",
             "BaseModelNotShared",
+            "BaseModelNotReachable",
             "UnsupportedModelSource",
             "ImageNotAllowed",  # plan/deployment.py spec_problem
             INVALID_SPEC,  # plan/deployment.py spec_problem
@@ -131,6 +135,7 @@ HEALTH: tuple[Health, ...] = (
             "AddonsDisabled",
             "BaseModelMismatch",
             "RankTooHigh",
+            "ModelInvalid",  # plan/deployedmodel.py _single: the Model failed for good
             "UnsupportedModelSource",
             "LoadFailed",  # plan/deployedmodel.py deployed_model_status: a server refused the load
             "InvalidDeployment",  # controller/deployedmodel.py _deployment_of, judge_this

@@ -43,6 +43,7 @@ OWNER_KINDS = tuple(
         Plural.USERS,
         Plural.DEPLOYMENTS,
         Plural.DATASETS,
+        Plural.MODELS,
         Plural.FINE_TUNING_JOBS,
     )
 )
@@ -185,10 +186,11 @@ OPERATOR_RULES: tuple[Rule, ...] = (
     ),
     # Dataset and FineTuningJob.
     Rule(
-        "Dataset, FineTuningJob: the validation and trainer Jobs, watched to completion.",
+        "Dataset, FineTuningJob, Model: the validation, trainer and inspection Jobs, watched to "
+        "completion; a Model's inspection Job is replaced when its source changes.",
         ("batch",),
         ("jobs",),
-        ("get", "list", "watch", "create"),
+        ("get", "list", "watch", "create", "delete"),
     ),
     Rule(
         "Dataset: read the data of a configMap source.",

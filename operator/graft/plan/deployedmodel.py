@@ -23,6 +23,8 @@ class ModelFacts:
     base_full_name: str | None
     lora_rank: int | None
     path: str | None  # where the model server finds the adapter; None if it cannot
+    not_ready: str | None = None  # why the Model is not Ready (None: it is)
+    failed: bool = False  # the Model is not Ready for good (only a spec change fixes it)
 
 
 @dataclass(frozen=True)
@@ -96,6 +98,13 @@ def _single(d: DeploymentFacts, c: Candidate) -> Verdict | None:
             False,
             "BaseModelMismatch",
             f"{m.full_name} is built on {m.base_full_name}, but {d.full_name} serves {d.base_full_name}",
+        )
+    if m.not_ready is not None:
+        # Its adapter has not been read (yet): its rank is unknown and it may not be one.
+        if m.failed:
+            return Verdict(False, "ModelInvalid", f"{m.full_name} is not usable: {m.not_ready}")
+        return Verdict(
+            False, "ModelNotReady", f"{m.full_name} is not Ready yet: {m.not_ready}", waiting=True
         )
     if m.lora_rank is not None and m.lora_rank > d.max_addon_rank:
         return Verdict(

@@ -1,9 +1,11 @@
 """The batch/v1 Jobs Graft runs, and what their pods say when they end (pure).
 
-Two Jobs, both running Graft's own image and entrypoints:
+Three Jobs, all running Graft's own image and entrypoints:
 
 - dataset validation: `graft dataset validate <source>` in the Dataset's namespace (so it can
   mount the account's PVCs and ConfigMaps and read its storage credentials);
+- addon inspection: `graft model inspect <source>` in the Model's namespace reads the addon's
+  adapter_config.json (its LoRA rank), so the operator never fetches what a tenant names;
 - training: init containers `graft fetch` the base model and the dataset into an emptyDir, then
   `graft train` writes the adapter to the output location.
 
@@ -40,6 +42,7 @@ CONFIGMAP_ROOT = "/mnt/configmap"
 TERMINATION_MESSAGE_PATH = "/dev/termination-log"
 
 VALIDATOR_CONTAINER = "validate"
+INSPECTOR_CONTAINER = "inspect"
 TRAINER_CONTAINER = "train"
 FETCH_BASE_MODEL = "fetch-base-model"
 FETCH_DATASET = "fetch-dataset"
@@ -49,6 +52,7 @@ DATASET_FILE = "data.jsonl"
 
 BACKOFF_LIMIT = 2
 VALIDATION_DEADLINE_SECONDS = 3600
+INSPECTION_DEADLINE_SECONDS = 600
 PERMANENT_EXIT_CODES = (1, 2)  # graft's entrypoints: 1 = the input is wrong, 2 = usage
 
 
@@ -259,6 +263,39 @@ def validator_job(
         settings=settings,
         deadline=VALIDATION_DEADLINE_SECONDS,
     )
+
+
+def source_digest(uri: str) -> str:
+    """The value of an inspection Job's graft.dev/inspected-source annotation for `uri`."""
+    return hashlib.sha256(uri.encode()).hexdigest()[:32]
+
+
+def inspector_job(*, owner: Owner, uri: str, settings: Settings) -> Obj:
+    """The Job that runs `graft model inspect` on an addon Model's source, in the Model's
+    namespace, with the account's own storage credentials (if it has any)."""
+    mounts = Mounts()
+    path = mounts.uri_path(uri)
+    container = _container(
+        INSPECTOR_CONTAINER, settings.image, ["model", "inspect", path], mounts.mounts()
+    )
+    container["envFrom"] = _storage_env(settings)
+    container["resources"] = {
+        "requests": {"cpu": "50m", "memory": "128Mi"},
+        "limits": {"memory": "512Mi"},
+    }
+    pod: Obj = {"containers": [container]}
+    if volumes := mounts.volumes():
+        pod["volumes"] = volumes
+    job = _job(
+        name=job_name(owner.name, "inspect"),
+        owner=owner,
+        job_labels=labels(keys.MODEL_INSPECTOR, owner),
+        pod=pod,
+        settings=settings,
+        deadline=INSPECTION_DEADLINE_SECONDS,
+    )
+    job["metadata"]["annotations"] = {keys.INSPECTED_SOURCE: source_digest(uri)}
+    return job
 
 
 def output_uri(settings: Settings, account: str, output_model: str) -> str:

@@ -1,22 +1,26 @@
 """Models: what can be checked without downloading weights, and the status (pure).
 
 A Model is Ready when its source is a scheme Graft serves and, for an addon, its base model
-exists, is a Base model and is this account's own or public. Where an addon's
-adapter_config.json was read, its LoRA rank and target modules go into status, where the
-DeployedModel admission finds the rank. A Model in use is not deleted out from under its users.
+exists, is a Base model and is this account's own or public, and its adapter_config.json was
+read and has a LoRA rank. The operator reads nothing a tenant names: an inspection Job in the
+Model's namespace (`graft model inspect`) reads the file and reports through its termination
+message (`inspection_outcome`). The rank and target modules go into status, where the
+DeployedModel admission finds the rank, with the source they were read from, so a Model is
+inspected once per source. A Model in use is not deleted out from under its users.
 """
 
 from __future__ import annotations
 
-import json
-from typing import Any
+from dataclasses import dataclass
 from urllib.parse import urlparse
 
 from graft.api.common import Condition
 from graft.api.models import ModelKind, ModelSpec, ModelStatus
+from graft.api.reports import InspectionResult, shorten
 from graft.core.conditions import conditions_of, set_condition
 from graft.core.names import Ref
-from graft.core.objects import Obj
+from graft.core.objects import Obj, condition
+from graft.plan.jobs import JobState
 
 SUPPORTED_SCHEMES = ("hf", "s3", "pvc", "http", "https", "file")
 ADAPTER_CONFIG = "adapter_config.json"
@@ -58,29 +62,62 @@ def check_base(ref: Ref, base: Obj | None, namespace: str) -> None:
         )
 
 
-def parse_adapter_config(uri: str, text: str) -> dict[str, Any]:
-    try:
-        config = json.loads(text)
-    except ValueError as exc:
-        raise ModelProblem("InvalidAdapter", f"{uri}/{ADAPTER_CONFIG} is not JSON: {exc}") from exc
-    if not isinstance(config, dict):
-        raise ModelProblem("InvalidAdapter", f"{uri}/{ADAPTER_CONFIG} is not a JSON object")
-    return config
+@dataclass(frozen=True)
+class AdapterFacts:
+    """What an addon's adapter_config.json says, as its inspection Job read it."""
+
+    source: str
+    lora_rank: int
+    target_modules: tuple[str, ...] = ()
+
+    def record(self, status: ModelStatus) -> None:
+        status.adapter_source = self.source
+        status.lora_rank = self.lora_rank
+        status.target_modules = list(self.target_modules) or None
+
+    @classmethod
+    def recorded(cls, status: Obj, source: str) -> AdapterFacts | None:
+        """The facts a previous inspection of this very source left in status, if any."""
+        rank = status.get("loraRank")
+        if status.get("adapterSource") != source or not isinstance(rank, int) or rank < 1:
+            return None
+        modules = status.get("targetModules") or []
+        return cls(source, rank, tuple(str(m) for m in modules))
 
 
-def record_adapter(config: dict[str, Any], status: ModelStatus) -> None:
-    """The LoRA rank and target modules of an adapter_config.json, into status."""
-    rank = config.get("r")
-    modules = config.get("target_modules")
-    if not isinstance(rank, int) or rank < 1:
-        raise ModelProblem(
-            "InvalidAdapter", f"{ADAPTER_CONFIG} has no valid LoRA rank r (got {rank!r})"
-        )
-    status.lora_rank = rank
-    if isinstance(modules, list):
-        status.target_modules = sorted(str(m) for m in modules)
-    elif isinstance(modules, str):
-        status.target_modules = [modules]
+def inspection_outcome(source: str, job_name: str, job: JobState) -> AdapterFacts:
+    """The facts of a finished inspection Job; ModelProblem while it runs or when it failed."""
+    if job.phase in ("Pending", "Running"):
+        detail = job.detail or "the inspection pod is running"
+        raise ModelProblem("Inspecting", f"Job {job_name}: {detail}", waiting=True)
+    terminated = job.result
+    text = terminated.message if terminated else ""
+    result = InspectionResult.from_message(text) if terminated else None
+    if job.phase == "Succeeded":
+        if result is None or result.status != "valid" or result.lora_rank is None:
+            why = (
+                "its pod left no result in its termination message"
+                if not text.strip()
+                else f"its result is unreadable: {shorten(text, 300)}"
+            )
+            raise ModelProblem(
+                "InspectionResultMissing",
+                f"inspection Job {job_name} succeeded but {why}; does its image run "
+                "`graft model inspect`?",
+            )
+        return AdapterFacts(source, result.lora_rank, result.target_modules)
+    if result is not None and result.status == "invalid":
+        raise ModelProblem("InvalidAdapter", result.message)
+    if result is not None and result.status == "error":
+        raise ModelProblem("AdapterUnreadable", result.message or job.detail)
+    where = (
+        f" ({terminated.container} exited with code {terminated.exit_code})" if terminated else ""
+    )
+    detail = text.strip() or job.detail or "no message"
+    raise ModelProblem(
+        "InspectionFailed",
+        f"inspection Job {job_name} failed{where}: {shorten(detail, 2000)}",
+    )
 
 
 def validated(spec: ModelSpec, status: ModelStatus) -> str:
@@ -123,6 +160,20 @@ def model_status(
         )
         status.state = "Waiting" if problem.waiting else "Failed"
     return status
+
+
+def not_ready(obj: Obj) -> str | None:
+    """Why a Model is not Ready for its current spec ("<reason>: <message>"), or None."""
+    ready = condition(obj, "Ready")
+    generation = obj["metadata"].get("generation", 0)
+    if ready is None:
+        return "it has no status yet"
+    seen = ready.get("observedGeneration", (obj.get("status") or {}).get("observedGeneration"))
+    if isinstance(seen, int) and seen < generation:
+        return "the operator has not checked its current spec yet"
+    if ready.get("status") != "True":
+        return f"{ready.get('reason')}: {ready.get('message')}"
+    return None
 
 
 IN_USE_LISTED = 10

@@ -11,6 +11,7 @@ local terminal = {
   InvalidDeployment = true,
   InvalidSpec = true,
   LoadFailed = true,
+  ModelInvalid = true,
   NotAdmitted = true,
   NotAnAddon = true,
   RankTooHigh = true,

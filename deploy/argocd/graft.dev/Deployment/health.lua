@@ -6,6 +6,7 @@ local hs = {}
 -- Ready=False reasons that waiting will not fix: Degraded. Any other reason is a wait.
 local terminal = {
   BaseModelNotBase = true,
+  BaseModelNotReachable = true,
   BaseModelNotShared = true,
   ImageNotAllowed = true,
   InvalidBaseModel = true,

@@ -5,8 +5,11 @@ local hs = {}
 
 -- Ready=False reasons that waiting will not fix: Degraded. Any other reason is a wait.
 local terminal = {
+  AdapterUnreadable = true,
   BaseModelNotBase = true,
   BaseModelNotShared = true,
+  InspectionFailed = true,
+  InspectionResultMissing = true,
   InvalidAdapter = true,
   InvalidBaseModel = true,
   InvalidSpec = true,
