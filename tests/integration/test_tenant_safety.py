@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import json
 import subprocess
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -554,6 +555,39 @@ def test_a_second_operator_waits_for_the_lease_then_takes_over(
 # --- Rollouts under an exact quota --------------------------------------------------------------
 
 
+class ConditionWatch:
+    """Records `{type: "<status>/<reason>"}` of every version of one Graft object (a watch)."""
+
+    def __init__(
+        self, cluster: Cluster, namespace: str, plural: str, name: str, into: list[dict[str, str]]
+    ) -> None:
+        from kubernetes import client, config, watch
+
+        api = client.CustomObjectsApi(config.new_client_from_config(cluster.kubeconfig))
+        self._watch = watch.Watch()
+        stream = self._watch.stream(
+            api.list_namespaced_custom_object,
+            "graft.dev",
+            "v1alpha1",
+            namespace,
+            plural,
+            field_selector=f"metadata.name={name}",
+            timeout_seconds=300,
+        )
+
+        def follow() -> None:
+            for event in stream:
+                conditions = (event["object"].get("status") or {}).get("conditions") or []
+                into.append({c["type"]: f"{c['status']}/{c.get('reason')}" for c in conditions})
+
+        self._thread = threading.Thread(target=follow, daemon=True)
+        self._thread.start()
+        time.sleep(0.5)  # the watch is established before the change it must see
+
+    def stop(self) -> None:
+        self._watch.stop()
+
+
 def test_a_rollout_under_an_exact_gpu_quota_completes_and_stays_ready(
     operator: OperatorProcess, accounts: Callable[..., str], tmp_path: Path
 ) -> None:
@@ -580,24 +614,35 @@ def test_a_rollout_under_an_exact_gpu_quota_completes_and_stays_ready(
 
     before = {p["metadata"]["labels"]["graft.dev/spec-hash"] for p in pods()}
     assert len(before) == 1
-    # A template change: the surge pod is refused by the quota (2 GPUs, both in use).
-    cluster.apply(obj("Deployment", "chat", name, {**spec, "engineArgs": ["--dtype=float32"]}))
-    seen_ready: list[bool] = []
-    seen_reasons: set[str] = set()
+    # Every status the operator writes, from a watch: the rollout can be over in a second,
+    # between two polls.
+    statuses: list[dict[str, str]] = []
+    follower = ConditionWatch(cluster, name, "deployments", "chat", statuses)
+    try:
+        # A template change: the surge pod is refused by the quota (2 GPUs, both in use).
+        cluster.apply(obj("Deployment", "chat", name, {**spec, "engineArgs": ["--dtype=float32"]}))
 
-    def rolled() -> bool:
-        dep = cluster.get("deployments.graft.dev", "chat", name)
-        seen_ready.append((condition(dep, "Ready") or {}).get("status") == "True")
-        seen_reasons.add((condition(dep, "Progressing") or {}).get("reason", ""))
-        live = [p for p in pods() if not p["metadata"].get("deletionTimestamp")]
-        hashes = {p["metadata"]["labels"]["graft.dev/spec-hash"] for p in live}
-        return len(live) == 2 and not hashes & before and bool(seen_ready[-1])
+        def rolled() -> bool:
+            dep = cluster.get("deployments.graft.dev", "chat", name)
+            live = [p for p in pods() if not p["metadata"].get("deletionTimestamp")]
+            hashes = {p["metadata"]["labels"]["graft.dev/spec-hash"] for p in live}
+            return (
+                len(live) == 2
+                and not hashes & before
+                and (condition(dep, "Ready") or {}).get("status") == "True"
+            )
 
-    wait_for("the rollout to complete under the quota", rolled, timeout=120, interval=0.5)
-    assert "SurgeRefused" in seen_reasons, seen_reasons
+        wait_for("the rollout to complete under the quota", rolled, timeout=120, interval=0.5)
+        time.sleep(1)  # the watch's last events
+    finally:
+        follower.stop()
+    progressing = [s.get("Progressing", "") for s in statuses]
+    assert "True/SurgeRefused" in progressing, progressing
     # One pod at a time was away: with 2 replicas and maxUnavailable forced to 1, one still
-    # served, so Ready may dip only if the one left was not ready; it never lied the other way.
-    assert seen_ready.count(True) >= len(seen_ready) // 2, seen_ready
+    # served; Ready may dip while the one left is not ready yet, and it ends True.
+    serving = [s.get("Ready", "").startswith("True/") for s in statuses]
+    assert serving[-1], statuses
+    assert serving.count(True) >= len(serving) // 2, statuses
 
 
 def test_an_operator_namespace_that_does_not_exist_is_a_clear_error(

@@ -537,7 +537,12 @@ def test_finetuning_job_waits_then_trains_and_publishes_the_addon(
     assert "unchanged" in cluster.apply(job)
     time.sleep(3 * env.op.resync_seconds + 2)
     assert versions(env, names) == before
-    assert sorted(j["metadata"]["name"] for j in env.jobs()) == ["train-validate", "tune-train"]
+    # The published addon was inspected like any other (its Job reads the adapter just written).
+    assert sorted(j["metadata"]["name"] for j in env.jobs()) == [
+        "tiny-alpha-inspect",
+        "train-validate",
+        "tune-train",
+    ]
 
     # Deleting the job deletes its trainer Job, not the model it published.
     cluster.kubectl("delete", "finetuningjobs.graft.dev/tune", "-n", ns, "--timeout=60s")
