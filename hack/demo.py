@@ -29,6 +29,8 @@ PID_FILE = STATE / "operator.pid"
 LOG_FILE = STATE / "operator.log"
 NAMESPACE = "demo"
 LIVENESS_PORT = int(os.environ.get("GRAFT_DEMO_LIVENESS_PORT", "28080"))
+# Not the operator's default 9090: a local Prometheus listens there.
+METRICS_PORT = int(os.environ.get("GRAFT_DEMO_METRICS_PORT", "29090"))
 
 
 def say(msg: str) -> None:
@@ -145,7 +147,14 @@ def start_operator(config: str) -> None:
     graft = Path(sys.executable).with_name("graft")
     with LOG_FILE.open("ab") as log:
         proc = subprocess.Popen(
-            [str(graft), "run", "--liveness", f"http://127.0.0.1:{LIVENESS_PORT}/healthz"],
+            [
+                str(graft),
+                "run",
+                "--liveness",
+                f"http://127.0.0.1:{LIVENESS_PORT}/healthz",
+                "--metrics",
+                f"http://127.0.0.1:{METRICS_PORT}/metrics",
+            ],
             env={**os.environ, "KUBECONFIG": config},
             stdout=log,
             stderr=subprocess.STDOUT,
@@ -158,7 +167,10 @@ def start_operator(config: str) -> None:
             sys.exit(f"the operator exited with {proc.returncode}; see {LOG_FILE}")
         try:
             with urllib.request.urlopen(f"http://127.0.0.1:{LIVENESS_PORT}/healthz", timeout=1):
-                say(f"operator running (pid {proc.pid}, log {LOG_FILE})")
+                say(
+                    f"operator running (pid {proc.pid}, log {LOG_FILE}, "
+                    f"metrics http://127.0.0.1:{METRICS_PORT}/metrics)"
+                )
                 return
         except OSError:
             time.sleep(0.5)

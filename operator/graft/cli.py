@@ -68,7 +68,9 @@ def _argocd(ns: argparse.Namespace) -> int:
 def _run(ns: argparse.Namespace) -> int:
     from graft.controller.main import run
 
-    return run(namespace=ns.namespace, liveness=ns.liveness, verbose=ns.verbose)
+    return run(
+        namespace=ns.namespace, liveness=ns.liveness, verbose=ns.verbose, metrics_url=ns.metrics
+    )
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -85,6 +87,12 @@ def _parser() -> argparse.ArgumentParser:
         "--liveness",
         default="http://0.0.0.0:8080/healthz",
         help="liveness endpoint URL to serve (default: %(default)s)",
+    )
+    run.add_argument(
+        "--metrics",
+        default="http://0.0.0.0:9090/metrics",
+        help="Prometheus metrics endpoint URL to serve, also while waiting for leadership; '' "
+        "or 'none' serves none (default: %(default)s)",
     )
     run.add_argument("--verbose", action="store_true", help="debug logging")
     run.set_defaults(func=_run)

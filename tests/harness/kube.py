@@ -148,6 +148,7 @@ class OperatorProcess:
         self.cluster = cluster
         self.log_path = log_path
         self.port = free_port()
+        self.metrics_port = free_port()
         self.resync_seconds = resync_seconds
         self.extra_env = env or {}
         self.kubeconfig = kubeconfig or cluster.kubeconfig
@@ -157,7 +158,15 @@ class OperatorProcess:
         graft = Path(sys.executable).with_name("graft")
         self.log_file = self.log_path.open("ab")
         self.proc = subprocess.Popen(
-            [str(graft), "run", "--liveness", f"http://127.0.0.1:{self.port}/healthz"],
+            [
+                str(graft),
+                "run",
+                "--liveness",
+                f"http://127.0.0.1:{self.port}/healthz",
+                # Several operators run at once here; none may take the default port.
+                "--metrics",
+                f"http://127.0.0.1:{self.metrics_port}/metrics",
+            ],
             env=self.cluster.env(
                 GRAFT_RESYNC_SECONDS=str(self.resync_seconds),
                 **self.extra_env,

@@ -19,6 +19,7 @@ import yaml
 
 import graft
 from graft.api.kinds import ALL_KINDS
+from graft.controller.metrics import DEFAULT_URL, parse_endpoint
 from graft.core import settings
 from graft.core.objects import INSTALLED_LABELS
 from graft.gen import chart, rbac
@@ -127,7 +128,12 @@ EVERYTHING: dict[str, Any] = {
             }
         }
     },
-    "serviceMonitor": {"enabled": True, "labels": {"release": "prometheus"}},
+    "serviceMonitor": {
+        "enabled": True,
+        "port": 9100,
+        "path": "/prom",
+        "labels": {"release": "prometheus"},
+    },
 }
 
 VALUE_SETS: dict[str, tuple[dict[str, Any], tuple[str, ...]]] = {
@@ -182,6 +188,17 @@ def test_rendered_objects_are_valid_kubernetes(helm: str, name: str, tmp_path: P
     assert ("ServiceMonitor" in kinds) is bool(values.get("serviceMonitor", {}).get("enabled"))
 
 
+def container_port(container: Doc, name: str) -> int:
+    port: int = next(p for p in container["ports"] if p["name"] == name)["containerPort"]
+    return port
+
+
+def metrics_arg(container: Doc) -> str:
+    found = [a for a in container["args"] if a.startswith("--metrics=")]
+    assert len(found) == 1, container["args"]
+    return str(found[0].removeprefix("--metrics="))
+
+
 def test_operator_pod(default_docs: list[Doc]) -> None:
     deployment = one(default_docs, "Deployment")
     assert deployment["metadata"]["name"] == rbac.OPERATOR_NAME
@@ -219,6 +236,49 @@ def test_operator_pod(default_docs: list[Doc]) -> None:
     assert f"--liveness=http://0.0.0.0:{port}/healthz" in container["args"]
     for probe in ("livenessProbe", "readinessProbe"):
         assert container[probe]["httpGet"] == {"path": "/healthz", "port": "health"}
+
+
+def test_the_operator_serves_metrics_without_a_service_monitor(default_docs: list[Doc]) -> None:
+    """As `graft run` does by default, on the port the pod declares."""
+    container = operator_container(default_docs)
+    assert metrics_arg(container) == DEFAULT_URL
+    endpoint = parse_endpoint(metrics_arg(container))
+    assert endpoint is not None
+    assert container_port(container, "metrics") == endpoint.port == 9090
+    assert container_port(container, "health") != endpoint.port
+    assert not [d for d in default_docs if d["kind"] in ("Service", "ServiceMonitor")]
+
+
+def test_the_service_monitor_scrapes_the_operators_metrics(helm: str, tmp_path: Path) -> None:
+    docs = render(helm, release="acme", namespace="platform", values=EVERYTHING, tmp_path=tmp_path)
+    deployment = one(docs, "Deployment")
+    container = operator_container(docs)
+    # The operator serves where the values say...
+    assert metrics_arg(container) == "http://0.0.0.0:9100/prom"
+    assert container_port(container, "metrics") == 9100
+    # ...the Service forwards its metrics port to the container's, and selects the operator...
+    service = one(docs, "Service")
+    assert service["metadata"]["namespace"] == "platform"
+    assert service["spec"]["ports"] == [
+        {"name": "metrics", "port": 9100, "targetPort": "metrics", "protocol": "TCP"}
+    ]
+    pod_labels = deployment["spec"]["template"]["metadata"]["labels"]
+    assert service["spec"]["selector"].items() <= pod_labels.items()
+    # ...and the ServiceMonitor selects that Service and scrapes the path the operator serves.
+    monitor = one(docs, "ServiceMonitor")
+    assert (
+        monitor["spec"]["selector"]["matchLabels"].items() <= service["metadata"]["labels"].items()
+    )
+    assert monitor["spec"]["namespaceSelector"] == {"matchNames": ["platform"]}
+    [endpoint] = monitor["spec"]["endpoints"]
+    assert (endpoint["port"], endpoint["path"]) == ("metrics", "/prom")
+    assert monitor["metadata"]["labels"]["release"] == "prometheus"
+
+
+def test_the_health_port_is_not_the_metrics_port(helm: str) -> None:
+    proc = run_helm(helm, "template", "graft", str(CHART), "--set", "serviceMonitor.port=8080")
+    assert proc.returncode != 0
+    assert "serviceMonitor.port: 8080 is the operator's health port" in proc.stderr
 
 
 def test_default_settings_are_the_operators(default_docs: list[Doc]) -> None:

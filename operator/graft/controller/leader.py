@@ -5,7 +5,8 @@ namespace, as Kubernetes' own controllers do it.
 and releases it when it stops, so a rolling update hands over at once. A leader that cannot
 renew for a whole lease duration may already have been replaced: it exits at once (the kubelet
 restarts it as a follower) rather than act next to the new leader. While it waits, a standby
-answers the liveness probe, so a follower is not restarted for waiting.
+answers the liveness probe, so a follower is not restarted for waiting. `graft_operator_leader`
+says whether this process holds the Lease.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from urllib.parse import urlsplit
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
+from graft.controller.metrics import OperatorMetrics
 from graft.core import keys
 
 log = logging.getLogger(__name__)
@@ -57,8 +59,10 @@ class LeaseElector:
         holder: str | None = None,
         lease_seconds: int = LEASE_SECONDS,
         renew_seconds: float = RENEW_SECONDS,
+        metrics: OperatorMetrics | None = None,
     ) -> None:
         self.api = client.CoordinationV1Api(api_client)
+        self.metrics = metrics or OperatorMetrics()
         self.namespace = namespace
         self.name = name
         self.holder = holder or identity()
@@ -147,8 +151,10 @@ class LeaseElector:
             try:
                 if self.try_acquire():
                     log.info("leading: holding lease %s/%s", self.namespace, self.name)
+                    self.metrics.leader.set(1)
                     return
             except (ApiException, OSError) as exc:
+                self.metrics.lease_errors.inc()
                 log.warning("cannot read lease %s/%s: %s", self.namespace, self.name, exc)
             if not said:
                 log.info(
@@ -163,6 +169,10 @@ class LeaseElector:
         """Renew the Lease every few seconds; `on_lost()` when a whole lease duration passed
         without a renewal, or another holder took it."""
 
+        def lost() -> None:
+            self.metrics.leader.set(0)
+            on_lost()
+
         def loop() -> None:
             last = time.monotonic()
             while not self._stop.wait(self.renew_seconds):
@@ -171,13 +181,14 @@ class LeaseElector:
                         last = time.monotonic()
                         continue
                     log.error("lost lease %s/%s to another operator", self.namespace, self.name)
-                    on_lost()
+                    lost()
                     return
                 except (ApiException, OSError) as exc:
+                    self.metrics.lease_errors.inc()
                     log.warning("renewing lease %s/%s failed: %s", self.namespace, self.name, exc)
                 if time.monotonic() - last > self.lease_seconds:
                     log.error("could not renew lease %s/%s in time", self.namespace, self.name)
-                    on_lost()
+                    lost()
                     return
 
         thread = threading.Thread(target=loop, name="lease", daemon=True)
@@ -187,6 +198,7 @@ class LeaseElector:
     def release(self) -> None:
         """Give the Lease up (on a clean stop), so the next operator need not wait it out."""
         self._stop.set()
+        self.metrics.leader.set(0)
         try:
             lease = self.api.read_namespaced_lease(self.name, self.namespace)
             if lease.spec and lease.spec.holder_identity == self.holder:

@@ -21,11 +21,13 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import replace
 from typing import Any
 
 import kopf
+import urllib3
+from kubernetes.client.exceptions import ApiException
 
 from graft.api.kinds import ACCOUNT_PLURALS, Plural
 from graft.controller import (
@@ -42,6 +44,7 @@ from graft.controller import (
 from graft.controller.context import Context
 from graft.controller.kube import Api, TimedApiClient, load_config
 from graft.controller.leader import LeaseElector, NoNamespace, standby_health
+from graft.controller.metrics import OperatorMetrics, Outcome, serving
 from graft.controller.modelclient import Limits, ModelServers
 from graft.controller.serverkeys import load_seed
 from graft.core import keys
@@ -55,6 +58,25 @@ EXIT_LEADERSHIP_LOST = 3
 
 Reconcile = Callable[[Context, str, str], None]
 """reconcile(ctx, namespace, name); namespace is "" for cluster-scoped kinds."""
+
+
+RETRIED_STATUSES = frozenset({409, 429})
+"""API answers that waiting fixes: a conflict (someone wrote the object meanwhile) and
+throttling; 5xx too."""
+
+
+def reconcile_outcome(exc: Exception) -> Outcome:
+    """What a reconcile's exception means, for graft_operator_reconciles_total: `retry` when
+    waiting fixes it (kopf.TemporaryError, a conflict, a throttled, failing or unreachable API
+    server), `error` for everything else (a bug, a forbidden or invalid request)."""
+    if isinstance(exc, kopf.TemporaryError):
+        return Outcome.RETRY
+    if isinstance(exc, ApiException):
+        status = exc.status or 0
+        return Outcome.RETRY if status in RETRIED_STATUSES or status >= 500 else Outcome.ERROR
+    if isinstance(exc, OSError | urllib3.exceptions.HTTPError):
+        return Outcome.RETRY
+    return Outcome.ERROR
 
 
 class Running:
@@ -88,8 +110,9 @@ class Running:
 class Operator:
     """The handlers of one operator process, bound to its context."""
 
-    def __init__(self, ctx: Context) -> None:
+    def __init__(self, ctx: Context, metrics: OperatorMetrics | None = None) -> None:
         self.ctx = replace(ctx, kick=self.kick)
+        self.metrics = metrics or ctx.servers.metrics
         self._locks: dict[tuple[str, str, str], threading.Lock] = {}
         self._locks_guard = threading.Lock()
         self._reconcilers: dict[str, Reconcile] = {}
@@ -113,6 +136,7 @@ class Operator:
         with (
             self.running.track(f"{plural} {namespace}/{name}"),
             self.exclusive(plural, namespace, name),
+            self.metrics.reconcile(plural, reconcile_outcome),
         ):
             self._reconcilers[plural](self.ctx, namespace, name)
 
@@ -421,7 +445,10 @@ class Operator:
 
 
 def run(
-    namespace: list[str] | None = None, liveness: str | None = None, verbose: bool = False
+    namespace: list[str] | None = None,
+    liveness: str | None = None,
+    verbose: bool = False,
+    metrics_url: str = "",
 ) -> int:
     """Run the operator until interrupted; 2 when its settings are wrong."""
     logs.configure(verbose)
@@ -430,10 +457,34 @@ def run(
     except ConfigError as exc:
         log.error("invalid operator settings: %s", exc)
         return 2
+    metrics = OperatorMetrics(workers=settings.workers)
+    with ExitStack() as stack:
+        try:
+            # From the start, not from leadership on: a standby is scraped too (leader 0).
+            stack.enter_context(serving(metrics, metrics_url))
+        except ValueError as exc:
+            log.error("invalid operator settings: %s", exc)
+            return 2
+        except OSError as exc:
+            log.error(
+                "cannot serve metrics at %s: %s; pass another --metrics address, or "
+                "--metrics '' to serve none",
+                metrics_url,
+                exc,
+            )
+            return 2
+        return _lead(settings, metrics, namespace, liveness)
+
+
+def _lead(
+    settings: Settings, metrics: OperatorMetrics, namespace: list[str] | None, liveness: str | None
+) -> int:
+    """Wait for the Lease, then run kopf while holding it."""
     load_config()
     registry = kopf.OperatorRegistry()
     servers = ModelServers(
-        Limits(timeout=settings.server_timeout, load_timeout=settings.server_load_timeout)
+        Limits(timeout=settings.server_timeout, load_timeout=settings.server_load_timeout),
+        metrics,
     )
     api = Api(TimedApiClient(settings.api_timeout))
     elector = LeaseElector(
@@ -441,6 +492,7 @@ def run(
         settings.operator_namespace,
         lease_seconds=settings.lease_seconds,
         renew_seconds=settings.lease_seconds / 3,
+        metrics=metrics,
     )
     try:
         with standby_health(liveness):
@@ -459,7 +511,7 @@ def run(
     try:
         seed = load_seed(api, settings.operator_namespace)
         ctx = Context(api=api, settings=settings, servers=servers, server_key_seed=seed)
-        Operator(ctx).register(registry)
+        Operator(ctx, metrics).register(registry)
         kopf.run(
             registry=registry,
             standalone=True,

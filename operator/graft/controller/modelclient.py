@@ -32,8 +32,10 @@ from concurrent.futures import Executor, Future, ThreadPoolExecutor
 from concurrent.futures import wait as wait_all
 from dataclasses import dataclass
 from functools import partial
-from typing import Any
+from typing import Any, ParamSpec, TypeVar
 from urllib.parse import urlsplit
+
+from graft.controller.metrics import CallOutcome, OperatorMetrics, ServerOperation
 
 log = logging.getLogger(__name__)
 
@@ -230,6 +232,19 @@ Served = list[ServedModel] | ModelServerError
 """What one replica answered: its models, or why it did not say."""
 
 
+P = ParamSpec("P")
+T = TypeVar("T")
+
+
+def call_outcome(exc: Exception) -> CallOutcome:
+    """What a call's exception says about the server, for the metrics."""
+    if isinstance(exc, ModelServerUnreachable):
+        return CallOutcome.UNREACHABLE
+    if isinstance(exc, ModelServerError):
+        return CallOutcome.REFUSED
+    return CallOutcome.ERROR
+
+
 class ModelServers:
     """Calls to model servers on a bounded pool of this client's own threads.
 
@@ -237,11 +252,19 @@ class ModelServers:
     in the background until its own deadline; the reconcile gets the server's previous answer
     (or "no answer yet"), and the `then` it passed is called when the answer is in, so the object
     is reconciled again and finds the answer here (fresh for `Limits.fresh` seconds). One GET /v1/models per replica at
-    a time, however many objects ask; at most one load per replica and addon.
+    a time, however many objects ask; at most one load per replica and addon. Every call is
+    counted and timed in `metrics` when it ends, on the pool's thread (also after the reconcile
+    that asked has moved on).
     """
 
-    def __init__(self, limits: Limits | None = None, pool: Executor | None = None) -> None:
+    def __init__(
+        self,
+        limits: Limits | None = None,
+        metrics: OperatorMetrics | None = None,
+        pool: Executor | None = None,
+    ) -> None:
         self.limits = limits or Limits()
+        self.metrics = metrics or OperatorMetrics()
         self._pool = pool or ThreadPoolExecutor(
             max_workers=self.limits.concurrency, thread_name_prefix="model-servers"
         )
@@ -252,6 +275,17 @@ class ModelServers:
 
     def close(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)
+
+    def _submit(
+        self, operation: ServerOperation, call: Callable[P, T], *args: P.args, **kwargs: P.kwargs
+    ) -> Future[T]:
+        """`call` on the pool, measured."""
+
+        def measured() -> T:
+            with self.metrics.server_call(operation, call_outcome):
+                return call(*args, **kwargs)
+
+        return self._pool.submit(measured)
 
     def served(
         self,
@@ -275,7 +309,8 @@ class ModelServers:
                     continue
                 future = self._asks.get(key)
                 if future is None:
-                    future = self._pool.submit(
+                    future = self._submit(
+                        ServerOperation.MODELS,
                         served_models,
                         url,
                         timeout=lim.timeout,
@@ -341,7 +376,8 @@ class ModelServers:
             if running is not None and not running.done():
                 return running
             lim = self.limits
-            future = self._pool.submit(
+            future = self._submit(
+                ServerOperation.LOAD,
                 load_adapter,
                 url,
                 name,
@@ -376,7 +412,8 @@ class ModelServers:
         of those that failed or did not answer in time."""
         lim = self.limits
         futures = {
-            url: self._pool.submit(
+            url: self._submit(
+                ServerOperation.UNLOAD,
                 unload_adapter,
                 url,
                 name,
