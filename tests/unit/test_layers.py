@@ -10,9 +10,14 @@ A folder's name says who runs its code, and the rules keep it true:
 | controller/ | the operator (I/O)     | api, core, plan, controller      | torch & co.                     |
 | gen/        | the build              | api, core, gen                   | kopf, kubernetes, torch & co.   |
 | dataplane/  | Graft's pods           | api, core, dataplane             | kopf, kubernetes                |
+| gateway/    | the gateway (pure core)| api, core, gateway               | kopf, kubernetes, torch & co.   |
 
 `graft` itself (the version) may be imported anywhere; cli.py dispatches to every folder and is
 not a layer. Imports inside functions and under TYPE_CHECKING count like any other.
+
+The gateway is its own program (any number of replicas, no leader): it never carries the
+operator's kopf, nor a model server's torch. Its pure core imports no cluster client either; the
+watch cache that feeds it API keys and replicas will be the one place allowed `kubernetes`.
 """
 
 from __future__ import annotations
@@ -42,6 +47,7 @@ LAYERS = {
     "controller": Layer(("api", "core", "plan", "controller"), DATA_PLANE_LIBRARIES),
     "gen": Layer(("api", "core", "gen"), CLUSTER_CLIENTS + DATA_PLANE_LIBRARIES),
     "dataplane": Layer(("api", "core", "dataplane"), CLUSTER_CLIENTS),
+    "gateway": Layer(("api", "core", "gateway"), CLUSTER_CLIENTS + DATA_PLANE_LIBRARIES),
 }
 
 
@@ -139,6 +145,12 @@ def test_imports_follow_the_layers(layer: str, path: Path) -> None:
         ("dataplane", "graft.dataplane.fetch", "import kopf\n"),
         ("core", "graft.core.names", "if TYPE_CHECKING:\n    from graft.plan import jobs\n"),
         ("api", "graft.api.reports", "from transformers import AutoTokenizer\n"),
+        ("gateway", "graft.gateway.routing", "import kopf\n"),
+        ("gateway", "graft.gateway.routing", "from kubernetes import watch\n"),
+        ("gateway", "graft.gateway.limits", "from graft.plan.deployment import service\n"),
+        ("gateway", "graft.gateway.errors", "from fastapi import HTTPException\n"),
+        ("gateway", "graft.gateway.apikeys", "from ..controller.kube import Api\n"),
+        ("plan", "graft.plan.deployment", "from graft.gateway import autoscale\n"),
     ],
 )
 def test_a_planted_violation_is_caught(layer: str, module: str, source: str) -> None:
