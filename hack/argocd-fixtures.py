@@ -40,9 +40,7 @@ def refresh(dumped: Path) -> list[str]:
         target = ARGOCD / kind / "testdata" / src.name
         tests_file = ARGOCD / kind / "health_test.yaml"
         cases = yaml.safe_load(tests_file.read_text())
-        case = next(
-            (c for c in cases["tests"] if c["inputPath"] == f"testdata/{src.name}"), None
-        )
+        case = next((c for c in cases["tests"] if c["inputPath"] == f"testdata/{src.name}"), None)
         new = yaml.safe_load(src.read_text())
         if case is not None and target.exists():
             before, after = ready(yaml.safe_load(target.read_text())), ready(new)
