@@ -203,7 +203,11 @@ def test_operator_pod(default_docs: list[Doc]) -> None:
     deployment = one(default_docs, "Deployment")
     assert deployment["metadata"]["name"] == rbac.OPERATOR_NAME
     assert deployment["spec"]["replicas"] == 1
-    assert deployment["spec"]["strategy"]["type"] == "Recreate"
+    # Leader election: the new pod waits as a standby while the old one still serves.
+    assert deployment["spec"]["strategy"] == {
+        "type": "RollingUpdate",
+        "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0},
+    }
     template = deployment["spec"]["template"]
     assert (
         template["metadata"]["labels"].items()
