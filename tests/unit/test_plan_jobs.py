@@ -13,10 +13,12 @@ from graft.plan.jobs import (
     BASE_MODEL_DIR,
     DatasetInput,
     Progress,
+    inspector_job,
     job_name,
     lifecycle_conditions,
     observe_job,
     output_uri,
+    source_digest,
     trainer_job,
     validator_job,
 )
@@ -238,6 +240,79 @@ def test_trainer_job_with_file_uris_needs_no_claims() -> None:
     assert by_name["fetch-dataset"]["args"][1] == "/mnt/configmap/cm/k.jsonl"
     assert "/srv/out/acme/models/x" in by_name["train"]["args"]
     assert "resources" not in by_name["train"]
+
+
+# --- Inspection Job -----------------------------------------------------------------------------
+
+MODEL_OWNER = Owner(name="sql", namespace="acme", uid="u-3", generation=1, kind="Model")
+
+
+def test_inspector_job_reads_the_adapter_in_the_models_namespace() -> None:
+    job = inspector_job(owner=MODEL_OWNER, uri="pvc://graft-artifacts/acme/sql", settings=CONFIG)
+    meta = job["metadata"]
+    assert (meta["name"], meta["namespace"]) == ("sql-inspect", "acme")
+    assert meta["labels"]["graft.dev/model"] == "sql"
+    assert meta["labels"]["app.kubernetes.io/component"] == "model-inspector"
+    assert meta["annotations"] == {
+        "graft.dev/inspected-source": source_digest("pvc://graft-artifacts/acme/sql")
+    }
+    assert meta["ownerReferences"][0]["kind"] == "Model"
+    assert job["spec"]["activeDeadlineSeconds"] == 600
+    pod = job["spec"]["template"]["spec"]
+    assert pod["automountServiceAccountToken"] is False
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    [container] = pod["containers"]
+    assert container["args"] == ["model", "inspect", "/mnt/pvc/graft-artifacts/acme/sql"]
+    assert container["volumeMounts"] == [
+        {"name": "pvc-0", "mountPath": "/mnt/pvc/graft-artifacts", "readOnly": True}
+    ]
+    assert pod["volumes"] == [
+        {
+            "name": "pvc-0",
+            "persistentVolumeClaim": {"claimName": "graft-artifacts", "readOnly": True},
+        }
+    ]
+    # A new source is a new digest: the reconciler replaces a Job that read another one.
+    assert source_digest("pvc://graft-artifacts/acme/sql2") != source_digest(
+        "pvc://graft-artifacts/acme/sql"
+    )
+
+
+def test_the_only_credentials_a_job_gets_are_its_own_accounts() -> None:
+    """Jobs that fetch what a tenant names get no credentials of the operator's: only the
+    account's own storage Secret, by name, in the Job's (the account's) namespace."""
+    jobs = [
+        inspector_job(owner=MODEL_OWNER, uri="s3://bucket/sql", settings=CONFIG),
+        validator_job(
+            owner=DATASET_OWNER,
+            source=DatasetInput(uri="s3://bucket/train.jsonl"),
+            format_="chat",
+            filename="train.jsonl",
+            settings=CONFIG,
+        ),
+        trainer_job(
+            owner=FTJ_OWNER,
+            base_model_uri="s3://bucket/base",
+            dataset=DatasetInput(uri="s3://bucket/train.jsonl"),
+            dataset_sha256="ab" * 32,
+            output="s3://bucket/out",
+            hyperparameters=Hyperparameters(),
+            resources={},
+            settings=CONFIG,
+        ),
+    ]
+    for job in jobs:
+        pod = job["spec"]["template"]["spec"]
+        assert pod["automountServiceAccountToken"] is False
+        assert "serviceAccountName" not in pod
+        for container in containers(job).values():
+            refs = [
+                e["valueFrom"]["secretKeyRef"]["name"]
+                for e in container.get("env", [])
+                if "secretKeyRef" in e.get("valueFrom", {})
+            ] + [e["secretRef"]["name"] for e in container.get("envFrom", []) if "secretRef" in e]
+            assert set(refs) <= {"graft-storage"}, (container["name"], refs)
+        assert not [v for v in pod.get("volumes", []) if "secret" in v or "projected" in v]
 
 
 def test_output_uri() -> None:
