@@ -24,6 +24,22 @@ ROOT = Path(__file__).resolve().parents[1]
 ARGOCD = ROOT / "deploy" / "argocd" / "graft.dev"
 
 
+class _Dumper(yaml.SafeDumper):
+    """Multi-line messages as literal blocks, as a person writes them."""
+
+
+def _str(dumper: yaml.SafeDumper, value: str) -> yaml.ScalarNode:
+    style = "|" if "\n" in value else None
+    return dumper.represent_scalar("tag:yaml.org,2002:str", value, style=style)
+
+
+_Dumper.add_representer(str, _str)
+
+
+def dump(data: Any) -> str:
+    return yaml.dump(data, Dumper=_Dumper, sort_keys=False, width=100)
+
+
 def ready(obj: dict[str, Any]) -> tuple[str, str] | None:
     """(reason, message) of the object's Ready condition, if it has one."""
     for cond in (obj.get("status") or {}).get("conditions") or []:
@@ -50,7 +66,7 @@ def refresh(dumped: Path) -> list[str]:
                     f"{before[0]}:", f"{after[0]}:"
                 )
                 case["healthStatus"]["message"] = message
-                tests_file.write_text(yaml.safe_dump(cases, sort_keys=False, width=100))
+                tests_file.write_text(dump(cases))
         target.write_text(src.read_text())
         if case is None:
             missing.append(f"{kind}/testdata/{src.name}")

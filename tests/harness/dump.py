@@ -8,7 +8,7 @@ resourceVersion, creationTimestamp, kubectl's and kopf's annotations), so it can
 the hand-written fixture of the same name and checked with tests/unit/test_argocd_health.py:
 
     GRAFT_DUMP_FIXTURES=/tmp/fixtures pytest -m integration
-    cp -r /tmp/fixtures/graft.dev deploy/argocd/
+    python3 hack/argocd-fixtures.py /tmp/fixtures   # copies them in, updates the messages
 
 Without the variable every function here returns at once and does nothing: the tests behave
 exactly as they do without this module.

@@ -22,7 +22,7 @@ from typing import Any
 
 import pytest
 
-from harness.dump import dump, dump_current
+from harness.dump import dump
 from harness.httpfake import Behave, serving
 from harness.kube import Cluster, OperatorProcess, condition, wait_for
 from harness.kubelet import KubeletStandIn
@@ -385,16 +385,16 @@ def test_user_access_ends_even_with_the_operator_down(
         # With nobody reconciling, what Argo CD sees: objects with no status yet, and specs
         # newer than their status (real objects for deploy/argocd's fixtures).
         cluster.apply(user_obj("newbie", name, "viewer"))
-        dump_current(cluster, "users.graft.dev", "newbie", name, "new")
+        dump(cluster.get("users.graft.dev", "newbie", name), "new")
         cluster.apply(user_obj("mallory", name, "member"))
-        dump_current(cluster, "users.graft.dev", "mallory", name, "generation-behind")
+        dump(cluster.get("users.graft.dev", "mallory", name), "generation-behind")
         cluster.apply(account_obj(f"{name}-new"))
-        dump_current(cluster, "accounts.graft.dev", f"{name}-new", None, "new")
+        dump(cluster.get("accounts.graft.dev", f"{name}-new"), "new")
         cluster.kubectl(
             "patch", "accounts.graft.dev", name, "--type=merge",
             "-p", '{"spec":{"displayName":"Renamed"}}',
         )  # fmt: skip
-        dump_current(cluster, "accounts.graft.dev", name, None, "generation-behind")
+        dump(cluster.get("accounts.graft.dev", name), "generation-behind")
     finally:
         operator.start()
     wait_for("the new User bound", lambda: ready(cluster, "users.graft.dev", "newbie", name), 60)

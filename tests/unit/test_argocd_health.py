@@ -431,3 +431,16 @@ def test_a_dump_is_a_fixture_without_what_changes_between_runs(
 def test_fixture_names_from_reasons() -> None:
     assert dump.kebab("TooManyAddons") == "too-many-addons"
     assert dump.kebab("RankTooHigh") == "rank-too-high"
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_at_least_five_cases_of_each_kind_are_real_objects(kind: str) -> None:
+    """Dumped by the integration tests (tests/harness/dump.py, hack/argocd-fixtures.py): what
+    the operator really wrote, not what someone thinks it writes. Hand-written ones are for
+    states the API server will not store (an invalid spec) or that no test reaches."""
+    real = [
+        p.name
+        for p in sorted((kind_dir(kind) / "testdata").iterdir())
+        if p.read_text().startswith("# Dumped from a real object")
+    ]
+    assert len(real) >= 5, real
