@@ -4,59 +4,50 @@ HTTP server, and what it reports (the inspection Job's termination message)."""
 from __future__ import annotations
 
 import json
-import threading
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 
 import pytest
 
 from graft.api.reports import InspectionResult
 from graft.dataplane import adapter
+from harness.httpfake import serving
 
 CONFIG = {"r": 16, "target_modules": ["v_proj", "q_proj"], "peft_type": "LORA"}
 
 
 class Server:
-    """Serves `files` by path; records every request line; 500 for paths in `broken`."""
+    """Serves `files` by path (tests/harness/httpfake.py); records every request line; 500 for
+    paths in `broken`."""
 
     def __init__(self) -> None:
         self.files: dict[str, bytes] = {}
         self.broken: set[str] = set()
         self.paths: list[str] = []
-        server = self
+        self.url = ""
 
-        class Handler(BaseHTTPRequestHandler):
-            def do_GET(self) -> None:
-                server.paths.append(self.path)
-                path = self.path.split("?", 1)[0]
-                if path in server.broken:
-                    self._reply(500, b"try later")
-                elif path in server.files:
-                    self._reply(200, server.files[path])
-                else:
-                    self._reply(404, b"not here")
-
-            def _reply(self, code: int, body: bytes) -> None:
-                self.send_response(code)
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
-            def log_message(self, *args: object) -> None:
-                pass
-
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
-        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+    def __call__(self, h: BaseHTTPRequestHandler) -> None:
+        self.paths.append(h.path)
+        path = h.path.split("?", 1)[0]
+        if path in self.broken:
+            code, body = 500, b"try later"
+        elif path in self.files:
+            code, body = 200, self.files[path]
+        else:
+            code, body = 404, b"not here"
+        h.send_response(code)
+        h.send_header("Content-Length", str(len(body)))
+        h.end_headers()
+        h.wfile.write(body)
 
 
 @pytest.fixture
 def server() -> Iterator[Server]:
     s = Server()
-    yield s
-    s.httpd.shutdown()
-    s.httpd.server_close()
+    with serving(s) as url:
+        s.url = url
+        yield s
 
 
 def run(source: str, tmp_path: Path) -> tuple[int, InspectionResult]:

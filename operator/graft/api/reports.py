@@ -76,11 +76,8 @@ class ValidationResult:
     def from_message(cls, text: str) -> ValidationResult | None:
         """The result in a termination message, or None when it holds something else (a
         traceback the kubelet took from the log, nothing at all)."""
-        try:
-            body = json.loads(text)
-        except ValueError:
-            return None
-        if not isinstance(body, dict) or body.get("status") not in ("valid", "invalid", "error"):
+        body = _result_body(text)
+        if body is None:
             return None
         errors = body.get("errors") or []
         return cls(
@@ -103,6 +100,18 @@ class ValidationResult:
         if more > 0:
             lines.append(f"... and {more} more")
         return "\n".join(lines)
+
+
+def _result_body(text: str) -> dict[str, Any] | None:
+    """The JSON object of a result with a valid/invalid/error status, or None when the text is
+    something else (a traceback the kubelet took from the log, nothing at all)."""
+    try:
+        body = json.loads(text)
+    except ValueError:
+        return None
+    if not isinstance(body, dict) or body.get("status") not in ("valid", "invalid", "error"):
+        return None
+    return body
 
 
 def _compact(body: dict[str, Any]) -> str:
@@ -202,11 +211,8 @@ class InspectionResult:
     @classmethod
     def from_message(cls, text: str) -> InspectionResult | None:
         """The result in a termination message, or None when it holds something else."""
-        try:
-            body = json.loads(text)
-        except ValueError:
-            return None
-        if not isinstance(body, dict) or body.get("status") not in ("valid", "invalid", "error"):
+        body = _result_body(text)
+        if body is None:
             return None
         modules = body.get("targetModules") or []
         return cls(

@@ -17,17 +17,15 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import urllib.parse
 from collections.abc import Sequence
-from typing import Any, NoReturn
+from typing import Any
 
 from graft.api.reports import InspectionResult
 from graft.dataplane import termination
 from graft.dataplane.fetch import (
     EXIT_PERMANENT,
     EXIT_TRANSIENT,
-    EXIT_USAGE,
     FetchError,
     local_path,
     open_source,
@@ -130,12 +128,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="SOURCE",
         help="the addon's directory: path, file://, pvc://, http(s)://, s3:// or hf:// URI",
     )
-    parser.add_argument(
-        "--termination-message-path",
-        default=None,
-        help=f"where to write the result (default: ${termination.ENV}, or "
-        f"{termination.DEFAULT_PATH} when it exists)",
-    )
+    termination.add_argument(parser)
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -159,22 +152,15 @@ def run(ns: argparse.Namespace) -> int:
     except FetchError as exc:
         result = InspectionResult(status="error", message=f"cannot read {exc}")
         code = EXIT_PERMANENT if exc.permanent else EXIT_TRANSIENT
-    message = result.to_message()
-    print(message, flush=True)
-    if result.status != "valid":
-        print(f"error: {result.message}", file=sys.stderr, flush=True)
-    termination.write(path, message)
+    error = None if result.status == "valid" else result.message
+    termination.report(path, result.to_message(), error)
     return code
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> NoReturn:
-        self.print_usage(sys.stderr)
-        self.exit(EXIT_USAGE, f"{self.prog}: error: {message}\n")
-
-
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = _Parser(prog="graft model inspect", description=(__doc__ or "").split("\n\n")[0])
+    parser = termination.UsageParser(
+        prog="graft model inspect", description=(__doc__ or "").split("\n\n")[0]
+    )
     add_arguments(parser)
     return run(parser.parse_args(argv))
 

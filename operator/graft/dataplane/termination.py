@@ -14,8 +14,10 @@ Standard library only (and Graft's own wire contracts and settings names).
 
 from __future__ import annotations
 
+import argparse
 import os
 import sys
+from typing import NoReturn
 
 from graft.api.reports import TERMINATION_MESSAGE_LIMIT
 from graft.core.settings import TERMINATION_MESSAGE_PATH_ENV
@@ -51,3 +53,29 @@ def write(path: str | None, message: str) -> None:
             f.write(clip(message))
     except OSError as exc:
         print(f"warning: cannot write termination message to {path}: {exc}", file=sys.stderr)
+
+
+def add_argument(parser: argparse.ArgumentParser, what: str = "result") -> None:
+    """`--termination-message-path`, for an entrypoint that reports through it."""
+    parser.add_argument(
+        "--termination-message-path",
+        default=None,
+        help=f"where to write the {what} (default: ${ENV}, or {DEFAULT_PATH} when it exists)",
+    )
+
+
+def report(path: str | None, message: str, error: str | None = None) -> None:
+    """An entrypoint's outcome: `message` to stdout and the termination message, and `error`
+    (why it is not a success, if it is not) to stderr."""
+    print(message, flush=True)
+    if error is not None:
+        print(f"error: {error}", file=sys.stderr, flush=True)
+    write(path, message)
+
+
+class UsageParser(argparse.ArgumentParser):
+    """Exits 2 on a bad command line (a Job's podFailurePolicy fails the Job at once on it)."""
+
+    def error(self, message: str) -> NoReturn:
+        self.print_usage(sys.stderr)
+        self.exit(2, f"{self.prog}: error: {message}\n")

@@ -16,9 +16,7 @@ and a retry may help (network).
 from __future__ import annotations
 
 import argparse
-import sys
 from collections.abc import Iterator, Sequence
-from typing import NoReturn
 
 from graft.api.reports import ValidationResult
 from graft.dataplane import termination
@@ -27,7 +25,6 @@ from graft.dataplane.dataformat import DEFAULT_MAX_ERRORS, LineError, parse_line
 from graft.dataplane.fetch import (
     EXIT_PERMANENT,
     EXIT_TRANSIENT,
-    EXIT_USAGE,
     FetchError,
     Readable,
     open_source,
@@ -133,12 +130,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--max-bytes", type=positive_int, default=1 << 30, help="(default: %(default)s)"
     )
-    parser.add_argument(
-        "--termination-message-path",
-        default=None,
-        help=f"where to write the result (default: ${termination.ENV}, or "
-        f"{termination.DEFAULT_PATH} when it exists)",
-    )
+    termination.add_argument(parser)
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -169,23 +161,15 @@ def run(ns: argparse.Namespace) -> int:
     except FetchError as exc:
         result = ValidationResult(status="error", message=f"cannot read {exc}")
         code = EXIT_PERMANENT if exc.permanent else EXIT_TRANSIENT
-    message = result.to_message()
-    print(message, flush=True)
-    if result.status != "valid":
-        summary = result.message or result.describe_errors()
-        print(f"error: {summary}", file=sys.stderr, flush=True)
-    termination.write(path, message)
+    error = None if result.status == "valid" else result.message or result.describe_errors()
+    termination.report(path, result.to_message(), error)
     return code
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> NoReturn:
-        self.print_usage(sys.stderr)
-        self.exit(EXIT_USAGE, f"{self.prog}: error: {message}\n")
-
-
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = _Parser(prog="graft dataset validate", description=(__doc__ or "").split("\n\n")[0])
+    parser = termination.UsageParser(
+        prog="graft dataset validate", description=(__doc__ or "").split("\n\n")[0]
+    )
     add_arguments(parser)
     return run(parser.parse_args(argv))
 
