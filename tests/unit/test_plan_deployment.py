@@ -249,3 +249,49 @@ def test_a_held_rollout_keeps_ready_and_says_why_in_progressing() -> None:
     # Any other refusal is a failure to run at all.
     st = status(2, [], blocked=BlockedBy("PodCreationForbidden", "quota", waiting=True))
     assert cond(st, "Ready").status == "False"
+
+
+def test_after_a_refused_surge_ready_holds_until_the_rollout_is_done() -> None:
+    """The reconciles after the refusal create nothing (no refusal to see), yet one replica is
+    still away by design until the last new pod is ready: Ready stays True, Progressing keeps
+    saying why, and both settle when the rollout converges."""
+    from graft.plan.deployment import SURGE_REFUSED
+
+    held = BlockedBy(SURGE_REFUSED, "a pod above spec.replicas was refused (quota)", waiting=True)
+    first = status(2, [ObservedPod("o1", "old", True), ObservedPod("o2", "old", True, True)], held)
+    steps = [
+        # o2 gone, its replacement not ready yet: one old replica serves.
+        [ObservedPod("o1", "old", True), ObservedPod("n1", "h", False)],
+        # o1 deleted in turn, n1 ready, n2 starting.
+        [
+            ObservedPod("o1", "old", True, True),
+            ObservedPod("n1", "h", True),
+            ObservedPod("n2", "h", False),
+        ],
+        # No old pod left; the last new one is still starting.
+        [ObservedPod("n1", "h", True), ObservedPod("n2", "h", False)],
+    ]
+    previous = first.conditions
+    for pods in steps:
+        st = status(2, pods, previous=previous)
+        assert cond(st, "Ready").status == "True", pods
+        assert (cond(st, "Progressing").status, cond(st, "Progressing").reason) == (
+            "True",
+            SURGE_REFUSED,
+        )
+        previous = st.conditions
+    done = status(
+        2, [ObservedPod("n1", "h", True), ObservedPod("n2", "h", True)], previous=previous
+    )
+    assert (cond(done, "Progressing").status, cond(done, "Progressing").reason) == (
+        "False",
+        "Stable",
+    )
+    # Without a refused surge, maxUnavailable 0 means a missing replica is not Ready.
+    plain = status(2, [ObservedPod("n1", "h", True), ObservedPod("n2", "h", False)])
+    assert cond(plain, "Ready").status == "False"
+    # Nor does a refusal long past carry over into the next rollout once one converged.
+    again = status(
+        2, [ObservedPod("n1", "h", True), ObservedPod("o", "old", False)], previous=done.conditions
+    )
+    assert cond(again, "Progressing").reason == "RollingUpdate"

@@ -317,9 +317,24 @@ def deployment_status(
     # A rollout lasts while any pod of an older template is left, terminating ones too; while
     # it does, maxUnavailable replicas may be away and the Deployment is still Ready.
     rolling = any(p.spec_hash != current_hash for p in pods if not p.finished)
-    keep = max(1 if desired else 0, desired - spec.strategy.max_unavailable)
-    ready_ok = ready >= (keep if rolling else desired)
     held = blocked is not None and blocked.reason == SURGE_REFUSED and current_hash is not None
+    # Once a surge pod was refused, the rest of the rollout replaces one pod at a time: one
+    # replica is away by design (the rollout is held, not the Deployment), also in the
+    # reconciles that create nothing and so are not refused again.
+    converged = (
+        len(updated) == len(live) == desired and sum(1 for p in updated if p.ready) == desired
+    )
+    before = next((c for c in previous if c.type == "Progressing"), None)
+    one_at_a_time = held or (
+        not converged
+        and blocked is None
+        and before is not None
+        and before.status == "True"
+        and before.reason == SURGE_REFUSED
+    )
+    unavailable = max(spec.strategy.max_unavailable, 1 if one_at_a_time else 0)
+    keep = max(1 if desired else 0, desired - unavailable)
+    ready_ok = ready >= (keep if rolling or one_at_a_time else desired)
 
     conditions = list(previous)
     if blocked is None or held:
@@ -345,23 +360,21 @@ def deployment_status(
         conditions = cond(conditions, "Ready", False, blocked.reason, blocked.message)
         conditions = cond(conditions, "Progressing", False, blocked.reason, blocked.message)
         state = "Waiting" if blocked.waiting else "Failed"
+    elif converged:
+        conditions = cond(conditions, "Progressing", False, "Stable", counts)
+        state = "Ready"
     else:
-        converged = (
-            len(updated) == len(live) == desired and sum(1 for p in updated if p.ready) == desired
-        )
-        if converged:
-            conditions = cond(conditions, "Progressing", False, "Stable", counts)
-            state = "Ready"
+        if one_at_a_time:
+            why = SURGE_REFUSED  # still replacing one at a time: say so until it is done
+        elif len(updated) < len(live):
+            why = "RollingUpdate"
+        elif len(live) > desired:
+            why = "ScalingDown"
         else:
-            if len(updated) < len(live):
-                why = "RollingUpdate"
-            elif len(live) > desired:
-                why = "ScalingDown"
-            else:
-                why = "ScalingUp"
-            detail = f"{counts}; {len(updated)} of {len(live)} pods on the current template, {desired} wanted"
-            conditions = cond(conditions, "Progressing", True, why, detail)
-            state = "Progressing"
+            why = "ScalingUp"
+        detail = f"{counts}; {len(updated)} of {len(live)} pods on the current template, {desired} wanted"
+        conditions = cond(conditions, "Progressing", True, why, detail)
+        state = "Progressing"
     return DeploymentStatus(
         observed_generation=gen,
         name=full_name,
