@@ -15,6 +15,7 @@ from graft.api.kinds import Plural
 from graft.api.training import DatasetSpec
 from graft.controller.context import Context
 from graft.controller.kube import Api
+from graft.controller.lookup import missing_claim
 from graft.controller.status import publish
 from graft.core.conditions import conditions_of, finished, is_true, now_rfc3339
 from graft.core.names import full_name
@@ -136,11 +137,8 @@ def source_problem(api: Api, namespace: str, spec: DatasetSpec) -> Progress | No
             f"{source.uri} names a whole Hugging Face repository; a Dataset is one file: use the "
             "file's https://huggingface.co/datasets/<org>/<name>/resolve/<revision>/<path> URL",
         )
-    if parsed.scheme == "pvc" and api.get_pvc(namespace, parsed.netloc) is None:
-        return Progress.waiting(
-            "WaitingForVolume",
-            f"PersistentVolumeClaim {parsed.netloc} does not exist (yet) in namespace {namespace}",
-        )
+    if (missing := missing_claim(api, namespace, source.uri or "")) is not None:
+        return Progress.waiting("WaitingForVolume", missing)
     return None
 
 

@@ -16,6 +16,7 @@ from graft.api.training import DatasetSpec, FineTuningJobSpec
 from graft.controller.context import Context
 from graft.controller.dataset import source_problem
 from graft.controller.kube import Api
+from graft.controller.lookup import missing_claim
 from graft.controller.status import publish
 from graft.core.conditions import conditions_of, finished, now_rfc3339
 from graft.core.names import InvalidReference, Ref, full_name, parse_ref
@@ -251,16 +252,9 @@ def inputs_ready(
     if problem is not None:
         return problem
     out_uri = output_uri(settings, namespace, spec.output_model)
-    claims = {urlparse(u).netloc for u in (base_uri, out_uri) if urlparse(u).scheme == "pvc"}
-    for claim in sorted(claims):
-        if api.get_pvc(namespace, claim) is None:
-            return Progress.waiting(
-                "WaitingForVolume",
-                f"PersistentVolumeClaim {claim} does not exist (yet) in namespace {namespace}"
-                + (
-                    "; the operator writes trained adapters there (GRAFT_ARTIFACTS_URI)"
-                    if claim == settings.artifacts_claim()
-                    else ""
-                ),
-            )
+    for uri in (base_uri, out_uri):
+        if (missing := missing_claim(api, namespace, uri)) is not None:
+            if urlparse(uri).netloc == settings.artifacts_claim():
+                missing += "; the operator writes trained adapters there (GRAFT_ARTIFACTS_URI)"
+            return Progress.waiting("WaitingForVolume", missing)
     return dataset, base_uri

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from urllib.parse import urlparse
+
 from pydantic import ValidationError
 
 from graft.api.kinds import Plural
@@ -44,6 +46,15 @@ def model_facts(ctx: Context, ref: Ref) -> ModelFacts | None:
         not_ready=not_ready(obj),
         failed=status.get("state") == "Failed",
     )
+
+
+def missing_claim(api: Api, namespace: str, uri: str) -> str | None:
+    """Why a pvc:// URI cannot be mounted in `namespace` yet (its claim does not exist there),
+    or None: it can, or it is not a pvc:// URI."""
+    parsed = urlparse(uri)
+    if parsed.scheme != "pvc" or api.get_pvc(namespace, parsed.netloc) is not None:
+        return None
+    return f"PersistentVolumeClaim {parsed.netloc} does not exist (yet) in namespace {namespace}"
 
 
 def deployment_facts(namespace: str, name: str, spec: DeploymentSpec) -> DeploymentFacts:

@@ -6,7 +6,6 @@ the model is used. Deletion of a used Model waits (see `release`)."""
 from __future__ import annotations
 
 import logging
-from urllib.parse import urlparse
 
 from pydantic import ValidationError
 
@@ -14,6 +13,7 @@ from graft.api.kinds import Plural
 from graft.api.models import ModelKind, ModelSpec, ModelStatus
 from graft.controller.context import Context
 from graft.controller.kube import Api
+from graft.controller.lookup import missing_claim
 from graft.controller.status import publish
 from graft.core import keys
 from graft.core.conditions import conditions_of, now_rfc3339
@@ -86,14 +86,8 @@ def inspect_adapter(api: Api, obj: Obj, uri: str, settings: Settings) -> Adapter
                 waiting=True,
             )
     if job is None:
-        parsed = urlparse(uri)
-        if parsed.scheme == "pvc" and api.get_pvc(namespace, parsed.netloc) is None:
-            raise ModelProblem(
-                "WaitingForVolume",
-                f"PersistentVolumeClaim {parsed.netloc} does not exist (yet) in namespace "
-                f"{namespace}",
-                waiting=True,
-            )
+        if (missing := missing_claim(api, namespace, uri)) is not None:
+            raise ModelProblem("WaitingForVolume", missing, waiting=True)
         manifest = inspector_job(owner=Owner.of(obj), uri=uri, settings=settings)
         job = api.create_job(manifest) or api.get_job(namespace, jname)
         if job is None:

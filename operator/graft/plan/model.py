@@ -23,7 +23,6 @@ from graft.core.objects import Obj, condition
 from graft.plan.jobs import JobState
 
 SUPPORTED_SCHEMES = ("hf", "s3", "pvc", "http", "https", "file")
-ADAPTER_CONFIG = "adapter_config.json"
 
 
 class ModelProblem(Exception):
