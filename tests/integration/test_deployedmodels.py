@@ -230,6 +230,12 @@ def test_the_adapter_is_read_in_the_tenants_namespace_never_by_the_operator(
     invalid = wait_for("r=0 refused", lambda: model_reason("bad", "InvalidAdapter"), 60)
     dump(invalid, "invalid-adapter")
     assert "no valid LoRA rank r (got 0)" in condition(invalid, "Ready")["message"]  # type: ignore[index]
+    # A failed inspection is final for its source, until its Job is deleted (the README's way
+    # to retry): then the adapter is read again.
+    (bad / "adapter_config.json").write_text('{"r": 4, "target_modules": ["q_proj"]}')
+    cluster.kubectl("delete", "job", invalid["status"]["jobName"], "-n", ns, "--wait=false")
+    fixed_bad = wait_for("bad read again", lambda: model_reason("bad", "Validated"), 60)
+    assert fixed_bad["status"]["loraRank"] == 4
     dm = wait_for(
         "the DeployedModel refused", lambda: reason_of(cluster, ns, "missing", "ModelInvalid")
     )
