@@ -22,6 +22,7 @@ import json
 import os
 import re
 import shlex
+import shutil
 import signal
 import socket
 import subprocess
@@ -183,14 +184,23 @@ def _load(name: str, tmp_path_factory: pytest.TempPathFactory) -> Image:
     return opened
 
 
+# An unpacked runtime image is several GB; pytest keeps the last three sessions' temporary
+# directories, so a CI machine that runs the suite again and again would fill its disk.
+# Each unpacked image is removed when the session ends.
 @pytest.fixture(scope="session")
-def operator_image(tmp_path_factory: pytest.TempPathFactory) -> Image:
-    return _load("operator", tmp_path_factory)
+def operator_image(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Image]:
+    image = _load("operator", tmp_path_factory)
+    yield image
+    assert image.rootfs is not None
+    shutil.rmtree(image.rootfs.parent, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")
-def runtime_image(tmp_path_factory: pytest.TempPathFactory) -> Image:
-    return _load("runtime", tmp_path_factory)
+def runtime_image(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Image]:
+    image = _load("runtime", tmp_path_factory)
+    yield image
+    assert image.rootfs is not None
+    shutil.rmtree(image.rootfs.parent, ignore_errors=True)
 
 
 @pytest.fixture(params=["operator", "runtime"])
