@@ -108,6 +108,10 @@ def _parser() -> argparse.ArgumentParser:
     fetch.register(sub)
     adapter.register(sub)
 
+    from graft.gateway import main as gateway
+
+    gateway.register(sub)
+
     chart = sub.add_parser(
         "chart",
         help="write the Helm chart's generated files: CRD and RBAC templates, Chart.yaml",

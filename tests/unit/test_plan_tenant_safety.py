@@ -7,9 +7,10 @@ import pytest
 from graft.api.serving import MANAGED_ENGINE_FLAGS, DeploymentSpec
 from graft.core import keys
 from graft.core.objects import Owner
+from graft.core.serverkeys import server_key
 from graft.core.settings import ConfigError, Settings, repository
 from graft.plan.account import account_namespace, missing_namespace_labels, network_policy
-from graft.plan.deployment import pod_spec, server_key, spec_problem
+from graft.plan.deployment import pod_spec, spec_problem
 from graft.plan.engines import ServerSpec, overridden_flags, reserved_env
 from graft.plan.jobs import _job
 from graft.plan.podsecurity import RUN_AS_USER, restricted

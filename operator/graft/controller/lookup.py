@@ -13,8 +13,9 @@ from graft.controller.context import Context
 from graft.controller.kube import Api
 from graft.core.names import InvalidReference, Ref, full_name, parse_ref
 from graft.core.objects import Obj, is_ready, is_terminating
+from graft.core.serverkeys import server_key
 from graft.plan.deployedmodel import Candidate, DeploymentFacts, ModelFacts, Verdict, judge
-from graft.plan.deployment import selector_string, server_key
+from graft.plan.deployment import selector_string
 from graft.plan.engines import PORT
 from graft.plan.model import not_ready
 from graft.plan.storage import addon_path

@@ -1,7 +1,7 @@
 """The operator's seed for model-server API keys: a Secret in the operator's own namespace,
 made by the operator the first time it starts and read at every start.
 
-Every Deployment's key is derived from it (graft.plan.deployment.server_key), so the operator
+Every Deployment's key is derived from it (graft.core.serverkeys.server_key), so the operator
 never reads a Secret in a tenant's namespace; its RBAC allows reading this one Secret only.
 """
 

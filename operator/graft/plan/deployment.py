@@ -7,7 +7,6 @@ same inputs always give the same plan, whatever event triggered the reconcile.
 from __future__ import annotations
 
 import hashlib
-import hmac
 import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -118,14 +117,6 @@ def server_key_secret_name(deployment: str) -> str:
     """The Secret with the API key the Deployment's model servers require (a Graft ID plus this
     suffix is a valid Secret name)."""
     return f"{deployment}-server-key"
-
-
-def server_key(seed: bytes, namespace: str, deployment: str) -> str:
-    """The API key of a Deployment's model servers, derived from the operator's seed: the
-    operator (and the gateway, which holds the same seed) never needs to read the Deployment's
-    Secret, so it needs no right to read Secrets in tenants' namespaces."""
-    digest = hmac.new(seed, f"{namespace}/{deployment}".encode(), hashlib.sha256).hexdigest()
-    return f"graft-{digest}"
 
 
 def server_key_secret(owner: Owner, key: str) -> dict[str, Any]:

@@ -1,0 +1,311 @@
+"""The gateway's view of the cluster: a watch cache of the objects it routes and authenticates
+by, and the one write it makes (a scale from zero). The only module of the gateway that imports
+a cluster client.
+
+One thread per watched resource lists it, then watches from the list's resourceVersion (with
+bookmarks), and lists again after a 410 Gone or a broken stream, so a request never waits for
+the API server: it reads the last snapshot. Model-server pods are watched by label
+(app.kubernetes.io/component=model-server), never all pods of the cluster. The model servers'
+key seed is read once from the operator's namespace (the same Secret the operator derives the
+keys from), so the gateway needs no right to read Secrets in tenants' namespaces.
+
+Revocation: deleting an ApiKey or its User reaches the gateway as a watch event, usually within
+a second; the catalog drops the key at once (see graft.gateway.catalog.build).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import logging
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+from kubernetes import client, watch
+from kubernetes.client.exceptions import ApiException
+
+from graft.api.kinds import Plural
+from graft.core import keys
+from graft.core.serverkeys import server_key
+from graft.gateway.catalog import Catalog, DeploymentEntry, build
+from graft.gateway.server import Pod
+
+log = logging.getLogger(__name__)
+
+WATCH_SECONDS = 300
+"""How long one watch request lasts before it is renewed (the API server ends it anyway)."""
+REQUEST_TIMEOUT = 30.0
+GRAFT_KINDS = (
+    Plural.ACCOUNTS,
+    Plural.USERS,
+    "apikeys",
+    Plural.MODELS,
+    Plural.DEPLOYMENTS,
+    Plural.DEPLOYED_MODELS,
+)
+SEED_FIELD = "seed"
+
+
+class _Store:
+    """One resource's objects by namespace/name, kept current by one thread."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.objects: dict[str, Any] = {}
+        self.synced = threading.Event()
+
+
+class ClusterCache:
+    def __init__(
+        self,
+        api: client.ApiClient,
+        operator_namespace: str,
+        on_change: Callable[[], None] = lambda: None,
+    ) -> None:
+        self.api = api
+        self.custom = client.CustomObjectsApi(api)
+        self.core = client.CoreV1Api(api)
+        self.operator_namespace = operator_namespace
+        self.on_change = on_change
+        self.stores = {name: _Store(str(name)) for name in (*GRAFT_KINDS, "pods")}
+        self._lock = threading.Lock()
+        self._catalog: Catalog | None = None
+        self._pods: list[Pod] | None = None
+        self._seed: bytes | None = None
+        self._stop = threading.Event()
+        self._threads: list[threading.Thread] = []
+
+    # --- lifecycle -----------------------------------------------------------------------------
+
+    def start(self) -> None:
+        for name in self.stores:
+            thread = threading.Thread(
+                target=self._follow, args=(name,), name=f"watch-{name}", daemon=True
+            )
+            thread.start()
+            self._threads.append(thread)
+        seed = threading.Thread(target=self._load_seed, name="seed", daemon=True)
+        seed.start()
+        self._threads.append(seed)
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def synced(self) -> bool:
+        return self._seed is not None and all(s.synced.is_set() for s in self.stores.values())
+
+    def wait_synced(self, timeout: float) -> bool:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.synced():
+                return True
+            time.sleep(0.1)
+        return self.synced()
+
+    # --- what the server reads -----------------------------------------------------------------
+
+    def catalog(self) -> Catalog:
+        with self._lock:
+            if self._catalog is None:
+                objects = {n: list(s.objects.values()) for n, s in self.stores.items()}
+                self._catalog = build(
+                    accounts=objects[Plural.ACCOUNTS],
+                    users=objects[Plural.USERS],
+                    api_keys=objects["apikeys"],
+                    models=objects[Plural.MODELS],
+                    deployments=objects[Plural.DEPLOYMENTS],
+                    deployed_models=objects[Plural.DEPLOYED_MODELS],
+                )
+                for problem in self._catalog.problems:
+                    log.warning("skipped: %s", problem)
+            return self._catalog
+
+    def pods(self) -> list[Pod]:
+        with self._lock:
+            if self._pods is None:
+                self._pods = [
+                    p for p in (_pod(o) for o in self.stores["pods"].objects.values()) if p
+                ]
+            return self._pods
+
+    def server_key(self, account: str, deployment: str) -> str | None:
+        return None if self._seed is None else server_key(self._seed, account, deployment)
+
+    async def scale_from_zero(self, deployment: DeploymentEntry) -> bool:
+        return await asyncio.to_thread(self._scale_from_zero, deployment)
+
+    def _scale_from_zero(self, deployment: DeploymentEntry) -> bool:
+        # A JSON patch that tests the current value: when another gateway (or the autoscaler)
+        # changed it first, the API server refuses this one and nothing is overwritten.
+        patch = [
+            {"op": "test", "path": "/spec/replicas", "value": 0},
+            {"op": "replace", "path": "/spec/replicas", "value": 1},
+        ]
+        try:
+            self.custom.patch_namespaced_custom_object_scale(
+                keys.GROUP,
+                keys.VERSION,
+                deployment.account,
+                Plural.DEPLOYMENTS,
+                deployment.id,
+                patch,
+                _request_timeout=REQUEST_TIMEOUT,
+            )
+        except ApiException as exc:
+            if exc.status in (409, 422):  # the test failed: it is not at zero any more
+                return False
+            raise
+        return True
+
+    # --- the watch threads ---------------------------------------------------------------------
+
+    def _changed(self) -> None:
+        with self._lock:
+            self._catalog = None
+            self._pods = None
+        self.on_change()
+
+    def _list(self, name: str) -> tuple[list[dict[str, Any]], str]:
+        if name == "pods":
+            raw = self.core.list_pod_for_all_namespaces(
+                label_selector=f"{keys.COMPONENT}={keys.MODEL_SERVER}",
+                _request_timeout=REQUEST_TIMEOUT,
+            )
+            items = [self.api.sanitize_for_serialization(p) for p in raw.items]
+            return items, raw.metadata.resource_version
+        found = self.custom.list_cluster_custom_object(
+            keys.GROUP, keys.VERSION, name, _request_timeout=REQUEST_TIMEOUT
+        )
+        return list(found.get("items", [])), found["metadata"]["resourceVersion"]
+
+    def _stream(self, name: str, w: watch.Watch, rv: str) -> Any:
+        common: dict[str, Any] = {
+            "resource_version": rv,
+            "timeout_seconds": WATCH_SECONDS,
+            "allow_watch_bookmarks": True,
+            "_request_timeout": WATCH_SECONDS + 30,
+        }
+        if name == "pods":
+            return w.stream(
+                self.core.list_pod_for_all_namespaces,
+                label_selector=f"{keys.COMPONENT}={keys.MODEL_SERVER}",
+                **common,
+            )
+        return w.stream(
+            self.custom.list_cluster_custom_object, keys.GROUP, keys.VERSION, name, **common
+        )
+
+    def _follow(self, name: str) -> None:
+        store = self.stores[name]
+        backoff = 0.5
+        while not self._stop.is_set():
+            try:
+                items, rv = self._list(name)
+                store.objects = {_key(o): o for o in items}
+                store.synced.set()
+                self._changed()
+                backoff = 0.5
+                while not self._stop.is_set():
+                    w = watch.Watch()
+                    gone = False
+                    for event in self._stream(name, w, rv):
+                        kind, obj = event["type"], event["object"]
+                        if not isinstance(obj, dict):
+                            obj = self.api.sanitize_for_serialization(obj)
+                        if kind == "ERROR":
+                            gone = obj.get("code") == 410
+                            break
+                        rv = obj.get("metadata", {}).get("resourceVersion", rv)
+                        if kind == "BOOKMARK":
+                            continue
+                        if kind == "DELETED":
+                            store.objects.pop(_key(obj), None)
+                        else:
+                            store.objects[_key(obj)] = obj
+                        self._changed()
+                        if self._stop.is_set():
+                            break
+                    if gone:
+                        break  # list again
+            except ApiException as exc:
+                if exc.status == 410:
+                    continue
+                log.warning(
+                    "watch %s: %s %s; retrying in %.1fs", name, exc.status, exc.reason, backoff
+                )
+                self._stop.wait(backoff)
+                backoff = min(backoff * 2, 30.0)
+            except Exception as exc:  # a broken stream, a timeout: list again after a pause
+                log.warning("watch %s: %s; retrying in %.1fs", name, exc, backoff)
+                self._stop.wait(backoff)
+                backoff = min(backoff * 2, 30.0)
+
+    def _load_seed(self) -> None:
+        backoff = 0.5
+        while not self._stop.is_set():
+            try:
+                secret = self.core.read_namespaced_secret(
+                    keys.SERVER_KEY_SEED_SECRET,
+                    self.operator_namespace,
+                    _request_timeout=REQUEST_TIMEOUT,
+                )
+                raw = (secret.data or {}).get(SEED_FIELD)
+                if raw:
+                    self._seed = base64.b64decode(raw)
+                    self._changed()
+                    return
+                log.warning("secret %s has no %r yet", keys.SERVER_KEY_SEED_SECRET, SEED_FIELD)
+            except ApiException as exc:
+                # 404: the operator has not made it yet (it does at its first start).
+                log.info(
+                    "waiting for secret %s/%s: %s",
+                    self.operator_namespace,
+                    keys.SERVER_KEY_SEED_SECRET,
+                    exc.reason,
+                )
+            except Exception as exc:
+                log.warning("reading the key seed: %s", exc)
+            self._stop.wait(backoff)
+            backoff = min(backoff * 2, 10.0)
+
+
+def _key(obj: dict[str, Any]) -> str:
+    meta = obj.get("metadata", {})
+    return f"{meta.get('namespace', '')}/{meta.get('name', '')}"
+
+
+def _pod(obj: dict[str, Any]) -> Pod | None:
+    meta, spec, status = obj.get("metadata", {}), obj.get("spec", {}), obj.get("status", {})
+    deployment = (meta.get("labels") or {}).get(keys.DEPLOYMENT)
+    if not deployment or meta.get("deletionTimestamp"):
+        return None
+    port = 8000
+    for container in spec.get("containers", []):
+        for p in container.get("ports", []) or []:
+            if p.get("name") == "http":
+                port = int(p["containerPort"])
+    ready = status.get("phase") == "Running" and any(
+        c.get("type") == "Ready" and c.get("status") == "True"
+        for c in status.get("conditions", []) or []
+    )
+    return Pod(
+        uid=str(meta.get("uid", "")),
+        name=str(meta.get("name", "")),
+        deployment=f"accounts/{meta['namespace']}/deployments/{deployment}",
+        ip=status.get("podIP"),
+        port=port,
+        ready=ready,
+    )
+
+
+def connect() -> client.ApiClient:
+    """An API client from the pod's service account, or else the kubeconfig."""
+    from kubernetes import config
+
+    try:
+        config.load_incluster_config()
+    except config.ConfigException:
+        config.load_kube_config()
+    return client.ApiClient()

@@ -1,0 +1,110 @@
+"""`graft gateway`: start the watch cache, wait until it has listed everything once, then serve
+the OpenAI API and (on its own address) the Prometheus metrics until SIGTERM/SIGINT."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import signal
+from urllib.parse import urlsplit
+
+from graft.core import settings as core_settings
+from graft.gateway.server import Gateway, Settings, serve
+
+log = logging.getLogger("graft.gateway")
+
+DEFAULT_LISTEN = "http://0.0.0.0:8080"
+DEFAULT_METRICS = "http://0.0.0.0:9091/metrics"
+SYNC_TIMEOUT = 120.0
+
+
+def address(url: str, flag: str) -> tuple[str, int]:
+    parts = urlsplit(url)
+    try:
+        port = parts.port
+    except ValueError:
+        port = None
+    if parts.scheme != "http" or not parts.hostname or port is None:
+        raise SystemExit(f"{flag} {url!r}: expected http://<address>:<port>")
+    return parts.hostname, port
+
+
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser("gateway", help="run the OpenAI-compatible gateway (API keys, routing)")
+    p.add_argument(
+        "--listen", default=DEFAULT_LISTEN, help="address of the API (default: %(default)s)"
+    )
+    p.add_argument(
+        "--metrics",
+        default=DEFAULT_METRICS,
+        help="Prometheus endpoint on an address of its own; '' or 'none' for none "
+        "(default: %(default)s)",
+    )
+    p.add_argument(
+        "--namespace",
+        help="the operator's namespace, where the model servers' key seed is "
+        "(default: $GRAFT_OPERATOR_NAMESPACE or graft-system)",
+    )
+    p.add_argument(
+        "--queue-timeout",
+        type=float,
+        default=Settings.queue_timeout,
+        help="seconds a request waits for a replica (scale from zero included) before 503 "
+        "(default: %(default)s)",
+    )
+    p.add_argument("--verbose", action="store_true", help="debug logging")
+    p.set_defaults(func=run)
+
+
+def run(ns: argparse.Namespace) -> int:
+    logging.basicConfig(
+        level=logging.DEBUG if ns.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    for noisy in ("kubernetes", "urllib3", "aiohttp.access"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    host, port = address(ns.listen, "--listen")
+    metrics = (
+        None if ns.metrics.strip().lower() in ("", "none") else address(ns.metrics, "--metrics")
+    )
+    namespace = ns.namespace or core_settings.Settings.from_env(os.environ).operator_namespace
+    return asyncio.run(
+        _main(host, port, metrics, namespace, Settings(queue_timeout=ns.queue_timeout))
+    )
+
+
+async def _main(
+    host: str, port: int, metrics: tuple[str, int] | None, namespace: str, settings: Settings
+) -> int:
+    from graft.gateway.kube import ClusterCache, connect
+
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    cache = ClusterCache(connect(), namespace)
+    gateway = Gateway(cache, settings)
+    cache.on_change = gateway.changes.notify
+    gateway.changes.bind(loop)
+    cache.start()
+    if not await asyncio.to_thread(cache.wait_synced, SYNC_TIMEOUT):
+        # Serve anyway (readiness says 503) rather than crash-loop: the API server may be slow.
+        log.warning(
+            "watch cache not synced after %.0fs; /ready answers 503 until it is", SYNC_TIMEOUT
+        )
+    runner, extra = await serve(gateway, host, port, metrics)
+    log.info(
+        "gateway listening on http://%s:%d%s",
+        host,
+        port,
+        f", metrics on http://{metrics[0]}:{metrics[1]}/metrics" if metrics else "",
+    )
+    await stop.wait()
+    log.info("stopping")
+    cache.stop()
+    for r in extra:
+        await r.cleanup()
+    await runner.cleanup()
+    return 0
