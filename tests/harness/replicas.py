@@ -177,6 +177,7 @@ class StaticView:
         self.keys = keys  # "account/deployment" -> key
         self.on_scale: Callable[[DeploymentEntry], bool] = lambda _: False
         self.scaled: list[str] = []
+        self.tokens: dict[str, str] = {}  # ServiceAccount token -> account
         self.gateway: Gateway | None = None
 
     def catalog(self) -> Catalog:
@@ -190,6 +191,9 @@ class StaticView:
 
     def synced(self) -> bool:
         return True
+
+    async def review_token(self, token: str) -> str | None:
+        return self.tokens.get(token)
 
     async def scale_from_zero(self, deployment: DeploymentEntry) -> bool:
         self.scaled.append(deployment.full_name)

@@ -170,6 +170,15 @@ def test_bad_keys_are_401(world: World) -> None:
     assert response.status_code == 401
 
 
+def test_a_token_the_cluster_vouches_for_acts_for_its_account(world: World) -> None:
+    world.view.tokens["sa-token-of-a"] = "a"
+    assert chat(world.client("sa-token-of-a"), BASE).choices[0].message.content.endswith(BASE)
+    with pytest.raises(openai.PermissionDeniedError):
+        chat(world.client("sa-token-of-a"), SECRET_ADDON)
+    with pytest.raises(openai.AuthenticationError):
+        chat(world.client("some-other-token"), BASE)
+
+
 def test_a_revoked_key_is_refused_at_the_next_request(world: World) -> None:
     client = world.client(world.key_a)
     chat(client, BASE)

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import hashlib
 import logging
 import threading
 import time
@@ -46,6 +47,11 @@ GRAFT_KINDS = (
     Plural.DEPLOYED_MODELS,
 )
 SEED_FIELD = "seed"
+TOKEN_CACHE_SECONDS = 60.0
+"""How long a TokenReview's answer is trusted: a deleted ServiceAccount's token keeps working
+through the gateway at most this long (Kubernetes' own webhook token cache defaults to 2 min)."""
+TOKEN_CACHE_SIZE = 10_000
+SA_PREFIX = "system:serviceaccount:"
 
 
 class _Store:
@@ -76,6 +82,7 @@ class ClusterCache:
         self._seed: bytes | None = None
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
+        self._tokens: dict[str, tuple[float, str | None]] = {}  # sha256 -> (until, account)
 
     # --- lifecycle -----------------------------------------------------------------------------
 
@@ -158,6 +165,59 @@ class ClusterCache:
                 return False
             raise
         return True
+
+    async def review_token(self, token: str) -> str | None:
+        digest = hashlib.sha256(token.encode()).hexdigest()  # never keep the token itself
+        now = time.monotonic()
+        cached = self._tokens.get(digest)
+        if cached is not None and cached[0] > now:
+            return cached[1]
+        account = await asyncio.to_thread(self._review, token)
+        if len(self._tokens) >= TOKEN_CACHE_SIZE:
+            self._tokens = {k: v for k, v in self._tokens.items() if v[0] > now}
+            if len(self._tokens) >= TOKEN_CACHE_SIZE:
+                self._tokens.clear()
+        self._tokens[digest] = (now + TOKEN_CACHE_SECONDS, account)
+        return account
+
+    def _review(self, token: str) -> str | None:
+        """A ServiceAccount of an account's namespace that may read the account's Models acts
+        for that account; any other identity (a user, a ServiceAccount elsewhere) does not."""
+        try:
+            review = client.AuthenticationV1Api(self.api).create_token_review(
+                client.V1TokenReview(spec=client.V1TokenReviewSpec(token=token)),
+                _request_timeout=REQUEST_TIMEOUT,
+            )
+        except ApiException as exc:
+            log.warning("TokenReview failed: %s %s", exc.status, exc.reason)
+            return None
+        status = review.status
+        if not status or not status.authenticated or not status.user:
+            return None
+        username = status.user.username or ""
+        if not username.startswith(SA_PREFIX):
+            return None
+        namespace = username[len(SA_PREFIX) :].split(":", 1)[0]
+        if namespace not in self.catalog().limits:  # every Account has an entry
+            return None
+        access = client.V1SubjectAccessReview(
+            spec=client.V1SubjectAccessReviewSpec(
+                user=username,
+                groups=status.user.groups,
+                uid=status.user.uid,
+                resource_attributes=client.V1ResourceAttributes(
+                    group=keys.GROUP, resource=Plural.MODELS, verb="get", namespace=namespace
+                ),
+            )
+        )
+        try:
+            answer = client.AuthorizationV1Api(self.api).create_subject_access_review(
+                access, _request_timeout=REQUEST_TIMEOUT
+            )
+        except ApiException as exc:
+            log.warning("SubjectAccessReview failed: %s %s", exc.status, exc.reason)
+            return None
+        return namespace if answer.status and answer.status.allowed else None
 
     # --- the watch threads ---------------------------------------------------------------------
 

@@ -73,6 +73,11 @@ class View(Protocol):
 
     def synced(self) -> bool: ...
 
+    async def review_token(self, token: str) -> str | None:
+        """The account of a ServiceAccount token that may use it (TokenReview, then a
+        SubjectAccessReview), or None: not a valid token, or no such right."""
+        ...
+
     async def scale_from_zero(self, deployment: DeploymentEntry) -> bool:
         """Ask for one replica of a Deployment that has none; False when it was not at zero
         any more (someone else asked first) or the write was refused."""
@@ -319,23 +324,27 @@ class Gateway:
             return web.json_response({"status": "waiting for the watch cache"}, status=503)
         return web.json_response({"status": "ok"})
 
-    def _authenticate(self, request: web.Request, catalog: Catalog) -> apikeys.StoredKey:
-        return apikeys.authenticate(
-            apikeys.bearer_token(request.headers.get("Authorization")),
-            catalog.key,
-            datetime.now(UTC),
-        )
+    async def _caller(self, request: web.Request, catalog: Catalog) -> str:
+        """The account the request acts for: from a Graft API key, or from a Kubernetes
+        ServiceAccount token (an in-cluster caller) that the API server vouches for.
+        KeyRejected (401) otherwise."""
+        token = apikeys.bearer_token(request.headers.get("Authorization"))
+        if token is not None and not token.startswith(f"{apikeys.PREFIX}_"):
+            account = await self.view.review_token(token)
+            if account is not None:
+                return account
+        return apikeys.authenticate(token, catalog.key, datetime.now(UTC)).account
 
     async def list_models(self, request: web.Request) -> web.Response:
         catalog = self.view.catalog()
         try:
-            key = self._authenticate(request, catalog)
+            account = await self._caller(request, catalog)
         except apikeys.KeyRejected as exc:
             return _error(_key_error(exc))
         data = [
             {"id": m.id, "object": "model", "created": m.created, "owned_by": m.owned_by}
             | ({"parent": m.parent} if m.parent else {})
-            for m in catalog.visible(key.account)
+            for m in catalog.visible(account)
         ]
         return web.json_response({"object": "list", "data": data})
 
@@ -345,11 +354,10 @@ class Gateway:
         started = time.monotonic()
         catalog = self.view.catalog()
         try:
-            key = self._authenticate(request, catalog)
+            account = await self._caller(request, catalog)
         except apikeys.KeyRejected as exc:
             log.info("401 %s %s: %s", request.method, request.path, exc.reason)
             return _error(_key_error(exc))
-        account = key.account
         body, problem = await _read_json(request)
         if problem is not None:
             return self._fail(account, "-", problem, "bad_request")
