@@ -202,3 +202,85 @@ class OperatorProcess:
                 self.proc.wait()
         if getattr(self, "log_file", None):
             self.log_file.close()
+
+
+class GatewayProcess:
+    """`graft gateway` as a subprocess, on loopback ports of its own."""
+
+    def __init__(
+        self,
+        cluster: Cluster,
+        log_path: Path,
+        kubeconfig: str | None = None,
+        port: int | None = None,
+        metrics_port: int | None = None,
+        queue_timeout: float = 120.0,
+    ) -> None:
+        self.cluster = cluster
+        self.log_path = log_path
+        self.kubeconfig = kubeconfig or cluster.kubeconfig
+        self.port = port or free_port()
+        self.metrics_port = metrics_port or free_port()
+        self.queue_timeout = queue_timeout
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def metrics_url(self) -> str:
+        return f"http://127.0.0.1:{self.metrics_port}/metrics"
+
+    def start(self) -> None:
+        graft = Path(sys.executable).with_name("graft")
+        self.log_file = self.log_path.open("ab")
+        self.proc = subprocess.Popen(
+            [
+                str(graft),
+                "gateway",
+                "--listen",
+                self.url,
+                "--metrics",
+                self.metrics_url,
+                "--queue-timeout",
+                str(self.queue_timeout),
+            ],
+            env=self.cluster.env(KUBECONFIG=self.kubeconfig),
+            stdout=self.log_file,
+            stderr=subprocess.STDOUT,
+        )
+        wait_for("the gateway's watch cache", self._ready, timeout=90)
+
+    def _ready(self) -> bool:
+        import urllib.error
+        import urllib.request
+
+        assert self.proc is not None
+        if self.proc.poll() is not None:
+            raise AssertionError(f"gateway exited with {self.proc.returncode}:\n{self.tail()}")
+        try:
+            with urllib.request.urlopen(f"{self.url}/ready", timeout=1) as r:
+                return bool(r.status == 200)
+        except (OSError, urllib.error.HTTPError):
+            return False
+
+    def metrics(self) -> str:
+        import urllib.request
+
+        with urllib.request.urlopen(self.metrics_url, timeout=5) as r:
+            return str(r.read().decode())
+
+    def tail(self, lines: int = 80) -> str:
+        return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        if getattr(self, "log_file", None):
+            self.log_file.close()

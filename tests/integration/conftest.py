@@ -19,7 +19,15 @@ from typing import Any
 import pytest
 import yaml
 
-from harness.kube import RBAC_DENIAL, ROOT, Cluster, OperatorProcess, wait_for
+from harness.kube import (
+    RBAC_DENIAL,
+    ROOT,
+    Cluster,
+    GatewayProcess,
+    OperatorProcess,
+    free_port,
+    wait_for,
+)
 from harness.kubelet import KubeletStandIn
 
 
@@ -142,11 +150,19 @@ def _current_cluster(kubeconfig: dict[str, Any]) -> str:
 
 
 @pytest.fixture(scope="session")
+def gateway_ports() -> tuple[int, int]:
+    """The API and metrics ports of the session's gateway, chosen before the operator starts:
+    its autoscaler scrapes the gateway's metrics at a URL it is given (GRAFT_GATEWAY_METRICS)."""
+    return free_port(), free_port()
+
+
+@pytest.fixture(scope="session")
 def operator(
     crds: Cluster,
     operator_kubeconfig: str,
     tmp_path_factory: pytest.TempPathFactory,
     artifacts_root: Path,
+    gateway_ports: tuple[int, int],
 ) -> Iterator[OperatorProcess]:
     """The one operator of the test session (two would fight over the same objects).
 
@@ -159,6 +175,11 @@ def operator(
     env = {
         "GRAFT_ARTIFACTS_URI": f"file://{artifacts_root}",
         "GRAFT_JOB_POD_ANNOTATIONS": json.dumps({"kwok.graft.dev/run-duration": "1h"}),
+        # The autoscaler reads the session's gateway (when one runs), every second, and allows
+        # scale-to-zero windows of seconds so that tests need not wait the real 5 minutes.
+        "GRAFT_GATEWAY_METRICS": f"http://127.0.0.1:{gateway_ports[1]}/metrics",
+        "GRAFT_AUTOSCALER_INTERVAL": "1",
+        "GRAFT_MIN_SCALE_TO_ZERO_WINDOW": "5",
     }
     op = OperatorProcess(crds, log, env=env, kubeconfig=operator_kubeconfig)
     op.start()
@@ -168,6 +189,23 @@ def operator(
         op.stop()
         # Keep the log where CI output can point to it.
         print(f"\noperator log: {log}")
+
+
+@pytest.fixture(scope="session")
+def gateway(
+    operator: OperatorProcess,
+    gateway_ports: tuple[int, int],
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[GatewayProcess]:
+    """The session's gateway (`graft gateway`), on the ports the operator's autoscaler knows."""
+    log = tmp_path_factory.mktemp("gateway") / "gateway.log"
+    gw = GatewayProcess(operator.cluster, log, port=gateway_ports[0], metrics_port=gateway_ports[1])
+    gw.start()
+    try:
+        yield gw
+    finally:
+        gw.stop()
+        print(f"\ngateway log: {log}")
 
 
 @pytest.fixture
