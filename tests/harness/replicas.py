@@ -45,7 +45,9 @@ class Loop:
 @dataclass
 class StubReplica:
     """One replica. `models` is what GET /v1/models lists; `behave` can be set to "ok",
-    "503", "400", "drop" (close the connection before answering)."""
+    "503", "400", "drop" (close the connection before answering). A streamed answer has
+    `chunks` events (then the usage event when asked for, then [DONE]). `record=False` keeps no
+    copy of the requests (`received`, `headers`), for benchmarks that send a great many."""
 
     name: str
     models: set[str]
@@ -53,6 +55,7 @@ class StubReplica:
     behave: str = "ok"
     chunks: int = 3
     hold: asyncio.Event | None = None  # streaming: pause after the first chunk until set
+    record: bool = True
     received: list[dict[str, Any]] = field(default_factory=list)
     headers: list[dict[str, str]] = field(default_factory=list)
     cancelled: int = 0
@@ -88,8 +91,9 @@ class StubReplica:
         if not self._authorized(request):
             return web.json_response({"error": {"message": "unauthorized"}}, status=401)
         body = await request.json()
-        self.received.append(body)
-        self.headers.append(dict(request.headers))
+        if self.record:
+            self.received.append(body)
+            self.headers.append(dict(request.headers))
         if self.behave == "503":
             return web.json_response({"error": {"message": "busy"}}, status=503)
         if self.behave == "400":
@@ -210,7 +214,10 @@ class StaticView:
 
 
 class RunningGateway:
-    def __init__(self, loop: Loop, view: StaticView, settings: Settings) -> None:
+    """A Gateway serving `view` on loopback; start and stop it on `loop` (or, with loop=None, on
+    the running loop of a process of its own, as bench/gateway.py does)."""
+
+    def __init__(self, loop: Loop | None, view: StaticView, settings: Settings) -> None:
         self.loop = loop
         self.gateway = Gateway(view, settings)
         view.gateway = self.gateway
