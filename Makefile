@@ -109,8 +109,9 @@ demo-stop: ## stop the operator the demo started
 	$(BIN)/python hack/demo.py stop
 
 .PHONY: bench
-bench: $(STAMP) ## print data-plane figures (hot-load latency, tokens/s, trainer steps/s)
+bench: $(STAMP) ## print data-plane and gateway figures (hot-load latency, tokens/s, trainer steps/s, gateway overhead)
 	$(BIN)/python bench/dataplane.py
+	$(BIN)/python bench/gateway.py
 
 # --- container images (hack/build-images.py, docs/images.md) -----------------------------------
 # Needs root and Go; not the virtualenv. `make test` runs the image tests, so it builds them too.
