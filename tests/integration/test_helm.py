@@ -81,6 +81,7 @@ def resource(kind: str) -> str:
         "ServiceAccount": "serviceaccounts",
         "Deployment": "deployments.apps",
         "Service": "services",
+        "PodDisruptionBudget": "poddisruptionbudgets.policy",
     }[kind]
 
 

@@ -7,6 +7,7 @@ Needs the helm binary (`make controlplane` builds it; .ci/run does before the te
 
 from __future__ import annotations
 
+import argparse
 import copy
 import subprocess
 from pathlib import Path
@@ -20,9 +21,11 @@ import yaml
 import graft
 from graft.api.kinds import ALL_KINDS
 from graft.controller.metrics import DEFAULT_URL, parse_endpoint
-from graft.core import settings
-from graft.core.objects import INSTALLED_LABELS
+from graft.core import keys, settings
+from graft.core.objects import INSTALLED_LABELS, Owner
+from graft.gateway import main as gateway_main
 from graft.gen import chart, rbac
+from graft.plan.account import network_policy
 
 ROOT = Path(__file__).resolve().parents[2]
 CHART = ROOT / chart.CHART_DIR
@@ -73,10 +76,34 @@ def one(docs: list[Doc], kind: str, name: str | None = None) -> Doc:
     return found[0]
 
 
+def component(docs: list[Doc], kind: str, name: str) -> Doc:
+    """The one object of this kind with app.kubernetes.io/component `name` (the chart names
+    objects after the release, so tests that render other releases find them by component)."""
+    found = [
+        d for d in docs if d["kind"] == kind and d["metadata"]["labels"].get(keys.COMPONENT) == name
+    ]
+    assert len(found) == 1, [(d["kind"], d["metadata"]["name"]) for d in found]
+    return found[0]
+
+
+def operator_deployment(docs: list[Doc]) -> Doc:
+    return component(docs, "Deployment", keys.OPERATOR_COMPONENT)
+
+
+def gateway_deployment(docs: list[Doc]) -> Doc:
+    return component(docs, "Deployment", keys.GATEWAY_COMPONENT)
+
+
 def operator_container(docs: list[Doc]) -> Doc:
-    pod = one(docs, "Deployment")["spec"]["template"]["spec"]
+    pod = operator_deployment(docs)["spec"]["template"]["spec"]
     container: Doc = pod["containers"][0]
     return container
+
+
+def gateway_container(docs: list[Doc]) -> Doc:
+    pod = gateway_deployment(docs)["spec"]["template"]["spec"]
+    [container] = pod["containers"]
+    return dict(container)
 
 
 def env_of(docs: list[Doc]) -> dict[str, Any]:
@@ -134,6 +161,43 @@ EVERYTHING: dict[str, Any] = {
         "path": "/prom",
         "labels": {"release": "prometheus"},
     },
+    "gateway": {
+        "enabled": True,
+        "replicaCount": 3,
+        "queueTimeoutSeconds": 42.5,
+        "service": {
+            "type": "LoadBalancer",
+            "port": 8000,
+            "annotations": {"example.com/load-balancer": "internal"},
+        },
+        "podAnnotations": {"example.com/team": "ml"},
+        "resources": {
+            "requests": {"cpu": "250m", "memory": "300Mi"},
+            "limits": {"cpu": 2, "memory": "2Gi"},
+        },
+        "nodeSelector": {"pool": "edge"},
+        "tolerations": [{"key": "edge", "operator": "Exists", "effect": "NoSchedule"}],
+        "affinity": {
+            "podAntiAffinity": {
+                "preferredDuringSchedulingIgnoredDuringExecution": [
+                    {
+                        "weight": 100,
+                        "podAffinityTerm": {
+                            "topologyKey": "kubernetes.io/hostname",
+                            "labelSelector": {"matchLabels": {keys.COMPONENT: "gateway"}},
+                        },
+                    }
+                ]
+            }
+        },
+        "podDisruptionBudget": {"enabled": True, "minAvailable": 2},
+        "serviceMonitor": {
+            "enabled": True,
+            "interval": "15s",
+            "scrapeTimeout": "5s",
+            "labels": {"release": "prometheus"},
+        },
+    },
 }
 
 VALUE_SETS: dict[str, tuple[dict[str, Any], tuple[str, ...]]] = {
@@ -142,6 +206,17 @@ VALUE_SETS: dict[str, tuple[dict[str, Any], tuple[str, ...]]] = {
     "crds-not-kept": ({"crds": {"keep": False}, "replicaCount": 0}, ()),
     "everything": (EVERYTHING, ("--set", "crds.keep=false")),
     "other-release": ({"logLevel": "debug"}, ()),
+    "no-gateway": ({"gateway": {"enabled": False}}, ()),
+    "gateway-node-port": (
+        {
+            "gateway": {
+                "replicaCount": 4,
+                "service": {"type": "NodePort"},
+                "podDisruptionBudget": {"minAvailable": "50%"},
+            }
+        },
+        (),
+    ),
 }
 RELEASES = {"other-release": ("acme", "platform")}
 
@@ -185,7 +260,19 @@ def test_rendered_objects_are_valid_kubernetes(helm: str, name: str, tmp_path: P
     kinds = {d["kind"] for d in docs}
     assert {"ServiceAccount", "ClusterRole", "ClusterRoleBinding", "Deployment"} <= kinds
     assert ("CustomResourceDefinition" in kinds) is (values.get("crds", {}).get("enabled", True))
-    assert ("ServiceMonitor" in kinds) is bool(values.get("serviceMonitor", {}).get("enabled"))
+    gateway = values.get("gateway", {})
+    gateway_on = gateway.get("enabled", True)
+    components = {
+        kind: {d["metadata"]["labels"][keys.COMPONENT] for d in docs if d["kind"] == kind}
+        for kind in ("Deployment", "ServiceMonitor")
+    }
+    assert components["Deployment"] == {"operator", "gateway"} if gateway_on else {"operator"}
+    monitors = set()
+    if values.get("serviceMonitor", {}).get("enabled"):
+        monitors.add("operator")
+    if gateway_on and gateway.get("serviceMonitor", {}).get("enabled"):
+        monitors.add("gateway")
+    assert components["ServiceMonitor"] == monitors
 
 
 def container_port(container: Doc, name: str) -> int:
@@ -200,8 +287,7 @@ def metrics_arg(container: Doc) -> str:
 
 
 def test_operator_pod(default_docs: list[Doc]) -> None:
-    deployment = one(default_docs, "Deployment")
-    assert deployment["metadata"]["name"] == rbac.OPERATOR_NAME
+    deployment = one(default_docs, "Deployment", rbac.OPERATOR_NAME)
     assert deployment["spec"]["replicas"] == 1
     # Leader election: the new pod waits as a standby while the old one still serves.
     assert deployment["spec"]["strategy"] == {
@@ -250,18 +336,23 @@ def test_the_operator_serves_metrics_without_a_service_monitor(default_docs: lis
     assert endpoint is not None
     assert container_port(container, "metrics") == endpoint.port == 9090
     assert container_port(container, "health") != endpoint.port
-    assert not [d for d in default_docs if d["kind"] in ("Service", "ServiceMonitor")]
+    assert not [
+        d
+        for d in default_docs
+        if d["kind"] in ("Service", "ServiceMonitor")
+        and d["metadata"]["labels"][keys.COMPONENT] == keys.OPERATOR_COMPONENT
+    ]
 
 
 def test_the_service_monitor_scrapes_the_operators_metrics(helm: str, tmp_path: Path) -> None:
     docs = render(helm, release="acme", namespace="platform", values=EVERYTHING, tmp_path=tmp_path)
-    deployment = one(docs, "Deployment")
+    deployment = operator_deployment(docs)
     container = operator_container(docs)
     # The operator serves where the values say...
     assert metrics_arg(container) == "http://0.0.0.0:9100/prom"
     assert container_port(container, "metrics") == 9100
     # ...the Service forwards its metrics port to the container's, and selects the operator...
-    service = one(docs, "Service")
+    service = component(docs, "Service", keys.OPERATOR_COMPONENT)
     assert service["metadata"]["namespace"] == "platform"
     assert service["spec"]["ports"] == [
         {"name": "metrics", "port": 9100, "targetPort": "metrics", "protocol": "TCP"}
@@ -269,7 +360,7 @@ def test_the_service_monitor_scrapes_the_operators_metrics(helm: str, tmp_path: 
     pod_labels = deployment["spec"]["template"]["metadata"]["labels"]
     assert service["spec"]["selector"].items() <= pod_labels.items()
     # ...and the ServiceMonitor selects that Service and scrapes the path the operator serves.
-    monitor = one(docs, "ServiceMonitor")
+    monitor = component(docs, "ServiceMonitor", keys.OPERATOR_COMPONENT)
     assert (
         monitor["spec"]["selector"]["matchLabels"].items() <= service["metadata"]["labels"].items()
     )
@@ -316,7 +407,7 @@ def test_values_reach_the_operator(helm: str, tmp_path: Path) -> None:
     assert container["image"] == "registry.example.com/graft-operator:dev"
     assert "--verbose" in container["args"]
     assert any(p["name"] == "metrics" for p in container["ports"])
-    pod = one(docs, "Deployment")["spec"]["template"]
+    pod = operator_deployment(docs)["spec"]["template"]
     assert pod["metadata"]["annotations"] == {"example.com/scrape": "true"}
     assert pod["metadata"]["labels"]["team"] == "ml"
     assert pod["spec"]["serviceAccountName"] == "graft-sa"
@@ -324,18 +415,20 @@ def test_values_reach_the_operator(helm: str, tmp_path: Path) -> None:
     assert pod["spec"]["nodeSelector"] == {"kubernetes.io/os": "linux"}
     assert pod["spec"]["tolerations"][0]["key"] == "dedicated"
     assert "nodeAffinity" in pod["spec"]["affinity"]
-    sa = one(docs, "ServiceAccount")
+    sa = one(docs, "ServiceAccount", "graft-sa")
     assert (sa["metadata"]["name"], sa["metadata"]["namespace"]) == ("graft-sa", "platform")
     assert sa["metadata"]["annotations"] == {"example.com/role": "graft"}
-    binding = one(docs, "ClusterRoleBinding")
+    binding = one(docs, "ClusterRoleBinding", "acme-graft-operator")
     assert binding["metadata"]["name"] == "acme-graft-operator"
     assert binding["subjects"] == [
         {"kind": "ServiceAccount", "name": "graft-sa", "namespace": "platform"}
     ]
-    monitor = one(docs, "ServiceMonitor")
+    monitor = component(docs, "ServiceMonitor", keys.OPERATOR_COMPONENT)
     assert monitor["metadata"]["labels"]["release"] == "prometheus"
-    service = one(docs, "Service")
-    assert service["spec"]["selector"] == one(docs, "Deployment")["spec"]["selector"]["matchLabels"]
+    service = component(docs, "Service", keys.OPERATOR_COMPONENT)
+    assert (
+        service["spec"]["selector"] == operator_deployment(docs)["spec"]["selector"]["matchLabels"]
+    )
 
 
 def test_rbac_is_gen_rbac(default_docs: list[Doc]) -> None:
@@ -346,13 +439,16 @@ def test_rbac_is_gen_rbac(default_docs: list[Doc]) -> None:
         in {"ServiceAccount", "ClusterRole", "ClusterRoleBinding", "Role", "RoleBinding"}
     ]
     generated = rbac.manifests()
-    assert [(d["kind"], d["metadata"]["name"]) for d in shipped] == [
-        (d["kind"], d["metadata"]["name"]) for d in generated
-    ]
-    for got, want in zip(shipped, generated, strict=True):
-        assert {k: v for k, v in got.items() if k != "metadata"} == {
-            k: v for k, v in want.items() if k != "metadata"
+
+    def by_name(docs: list[Doc]) -> dict[tuple[str, str], Doc]:
+        # Helm orders what it renders by kind (ServiceAccounts first), not by file.
+        return {
+            (d["kind"], d["metadata"]["name"]): {k: v for k, v in d.items() if k != "metadata"}
+            for d in docs
         }
+
+    assert len(shipped) == len(generated)
+    assert by_name(shipped) == by_name(generated)
 
 
 def test_a_typo_in_a_value_is_refused_by_name(helm: str) -> None:
@@ -444,6 +540,260 @@ def test_argocd_health_hook_carries_the_generated_checks(helm: str) -> None:
     assert (cm["metadata"]["name"], cm["metadata"]["namespace"]) == ("argocd-cm", "argocd")
     assert cm["data"] == argocd.configmap_data()
     assert not [d for d in render(helm) if d["kind"] == "ConfigMap"]
+
+
+# --- The gateway --------------------------------------------------------------------------------
+
+
+def gateway_args(container: Doc) -> argparse.Namespace:
+    """The container's command line, parsed by `graft gateway`'s own parser."""
+    parser = argparse.ArgumentParser(prog="graft")
+    gateway_main.register(parser.add_subparsers(dest="command"))
+    assert container["command"] == ["graft"]
+    return parser.parse_args(container["args"])
+
+
+def test_gateway_pod(default_docs: list[Doc]) -> None:
+    deployment = one(default_docs, "Deployment", rbac.GATEWAY_NAME)
+    assert deployment["metadata"]["namespace"] == rbac.OPERATOR_NAMESPACE
+    assert deployment["spec"]["replicas"] == 2
+    # Stateless: a rollout adds a ready pod before it stops an old one.
+    assert deployment["spec"]["strategy"]["rollingUpdate"]["maxUnavailable"] == 0
+    template = deployment["spec"]["template"]
+    labels = template["metadata"]["labels"]
+    # The operator finds the gateway's pods by this label, in its own namespace.
+    assert labels[keys.COMPONENT] == keys.GATEWAY_COMPONENT
+    assert deployment["spec"]["selector"]["matchLabels"].items() <= labels.items()
+    operator_selector = operator_deployment(default_docs)["spec"]["selector"]["matchLabels"]
+    assert not operator_selector.items() <= labels.items()
+    pod = template["spec"]
+    assert pod["serviceAccountName"] == rbac.GATEWAY_NAME
+    operator_pod = operator_deployment(default_docs)["spec"]["template"]["spec"]
+    assert pod["securityContext"] == operator_pod["securityContext"]
+    container = gateway_container(default_docs)
+    assert container["image"] == operator_container(default_docs)["image"]
+    assert container["securityContext"] == operator_container(default_docs)["securityContext"]
+    assert {m["mountPath"] for m in container["volumeMounts"]} == {"/tmp"}
+    args = gateway_args(container)
+    assert args.func is gateway_main.run
+    assert args.namespace == rbac.OPERATOR_NAMESPACE  # where the key seed Secret is
+    assert args.queue_timeout == 300
+    assert not args.verbose
+    # The API on the port named http, the metrics on the port named metrics (the autoscaler
+    # scrapes that name), each where the gateway listens.
+    ports = {p["name"]: p["containerPort"] for p in container["ports"]}
+    assert ports == {"http": 8080, "metrics": 9091}
+    assert gateway_main.address(args.listen, "--listen") == ("0.0.0.0", ports["http"])
+    assert gateway_main.address(args.metrics, "--metrics") == ("0.0.0.0", ports["metrics"])
+    assert args.metrics.endswith("/metrics")
+    for probe, path in (
+        ("startupProbe", "/health"),
+        ("livenessProbe", "/health"),
+        ("readinessProbe", "/ready"),
+    ):
+        assert container[probe]["httpGet"] == {"path": path, "port": "http"}, probe
+    # It listens only after up to SYNC_TIMEOUT of waiting for its cache: no restart before.
+    startup = container["startupProbe"]
+    assert startup["periodSeconds"] * startup["failureThreshold"] > gateway_main.SYNC_TIMEOUT
+
+
+def test_gateway_service_and_disruption_budget(default_docs: list[Doc]) -> None:
+    labels = gateway_deployment(default_docs)["spec"]["template"]["metadata"]["labels"]
+    service = one(default_docs, "Service", rbac.GATEWAY_NAME)
+    assert service["spec"]["type"] == "ClusterIP"
+    assert service["spec"]["ports"] == [
+        {"name": "http", "port": 80, "targetPort": "http", "protocol": "TCP"}
+    ]
+    assert service["spec"]["selector"].items() <= labels.items()
+    budget = one(default_docs, "PodDisruptionBudget", rbac.GATEWAY_NAME)
+    assert budget["spec"]["minAvailable"] == 1
+    assert budget["spec"]["selector"]["matchLabels"].items() <= labels.items()
+    # Metrics are served without a ServiceMonitor, but no Service exposes them by default.
+    assert [d["metadata"]["name"] for d in default_docs if d["kind"] == "Service"] == [
+        rbac.GATEWAY_NAME
+    ]
+
+
+def test_values_reach_the_gateway(helm: str, tmp_path: Path) -> None:
+    docs = render(helm, release="acme", namespace="platform", values=EVERYTHING, tmp_path=tmp_path)
+    deployment = one(docs, "Deployment", "acme-graft-gateway")
+    assert deployment["spec"]["replicas"] == 3
+    template = deployment["spec"]["template"]
+    assert template["metadata"]["annotations"] == {"example.com/team": "ml"}
+    assert "team" not in template["metadata"]["labels"]  # podLabels are the operator's
+    pod = template["spec"]
+    assert pod["serviceAccountName"] == "acme-graft-gateway"
+    assert pod["imagePullSecrets"] == [{"name": "regcred"}]
+    assert pod["nodeSelector"] == {"pool": "edge"}
+    assert pod["tolerations"] == EVERYTHING["gateway"]["tolerations"]
+    assert pod["affinity"] == EVERYTHING["gateway"]["affinity"]
+    container = gateway_container(docs)
+    assert container["image"] == "registry.example.com/graft-operator:dev"
+    assert container["resources"] == EVERYTHING["gateway"]["resources"]
+    args = gateway_args(container)
+    assert (args.namespace, args.queue_timeout, args.verbose) == ("platform", 42.5, True)
+    service = one(docs, "Service", "acme-graft-gateway")
+    assert service["spec"]["type"] == "LoadBalancer"
+    assert service["spec"]["ports"][0]["port"] == 8000
+    assert service["metadata"]["annotations"] == {"example.com/load-balancer": "internal"}
+    assert one(docs, "PodDisruptionBudget")["spec"]["minAvailable"] == 2
+    # The metrics Service and the ServiceMonitor scrape the port the gateway serves them on.
+    metrics = one(docs, "Service", "acme-graft-gateway-metrics")
+    assert metrics["spec"]["ports"] == [
+        {"name": "metrics", "port": 9091, "targetPort": "metrics", "protocol": "TCP"}
+    ]
+    assert metrics["spec"]["selector"].items() <= template["metadata"]["labels"].items()
+    monitor = component(docs, "ServiceMonitor", keys.GATEWAY_COMPONENT)
+    assert monitor["metadata"]["labels"]["release"] == "prometheus"
+    assert (
+        monitor["spec"]["selector"]["matchLabels"].items() <= metrics["metadata"]["labels"].items()
+    )
+    assert monitor["spec"]["namespaceSelector"] == {"matchNames": ["platform"]}
+    assert monitor["spec"]["endpoints"] == [
+        {"port": "metrics", "path": "/metrics", "interval": "15s", "scrapeTimeout": "5s"}
+    ]
+    # Only the metrics Service has a port named metrics: the API's Service is not scraped.
+    assert [p["name"] for p in service["spec"]["ports"]] == ["http"]
+
+
+def test_the_gateway_can_be_disabled(helm: str) -> None:
+    docs = render(helm, "--set", "gateway.enabled=false")
+    left = [
+        (d["kind"], d["metadata"]["name"])
+        for d in docs
+        if "gateway" in d["metadata"]["name"]
+        or d["metadata"]["labels"].get(keys.COMPONENT) == keys.GATEWAY_COMPONENT
+    ]
+    assert left == []
+    assert len(render(helm)) - len(docs) == 5 + 3  # RBAC; Deployment, Service, PDB
+
+
+def test_one_gateway_replica_has_no_disruption_budget(helm: str) -> None:
+    """minAvailable 1 of 1 replica would block every node drain."""
+    docs = render(helm, "--set", "gateway.replicaCount=1")
+    assert not [d for d in docs if d["kind"] == "PodDisruptionBudget"]
+    proc = run_helm(
+        helm, "template", "graft", str(CHART), "--set", "gateway.podDisruptionBudget.minAvailable=2"
+    )
+    assert proc.returncode != 0
+    assert "gateway.podDisruptionBudget.minAvailable (2) must be below" in proc.stderr
+
+
+def rules(role: Doc) -> set[tuple[str, str, str, str | None]]:
+    """(group, resource, verb, resourceName) of every request the role allows."""
+    return {
+        (group, resource, verb, name)
+        for rule in role["rules"]
+        for group in rule["apiGroups"]
+        for resource in rule["resources"]
+        for verb in rule["verbs"]
+        for name in rule.get("resourceNames") or [None]
+    }
+
+
+def test_gateway_rbac_is_exactly_what_it_needs(helm: str) -> None:
+    docs = render(helm, release="acme", namespace="platform")
+    read = ("get", "list", "watch")
+    kinds = ("accounts", "users", "apikeys", "models", "deployments", "deployedmodels")
+    cluster_role = one(docs, "ClusterRole", rbac.GATEWAY_NAME)
+    assert rules(cluster_role) == {
+        *(("graft.dev", kind, verb, None) for kind in kinds for verb in read),
+        ("", "pods", "list", None),
+        ("", "pods", "watch", None),
+        ("graft.dev", "deployments/scale", "patch", None),
+        ("authentication.k8s.io", "tokenreviews", "create", None),
+        ("authorization.k8s.io", "subjectaccessreviews", "create", None),
+    }
+    role = one(docs, "Role", "acme-graft-gateway")
+    assert role["metadata"]["namespace"] == "platform"
+    assert rules(role) == {("", "secrets", "get", keys.SERVER_KEY_SEED_SECRET)}
+    subject = {"kind": "ServiceAccount", "name": "acme-graft-gateway", "namespace": "platform"}
+    sa = one(docs, "ServiceAccount", "acme-graft-gateway")
+    assert sa["metadata"]["namespace"] == "platform"
+    for kind, role_kind, role_name in (
+        ("ClusterRoleBinding", "ClusterRole", rbac.GATEWAY_NAME),
+        ("RoleBinding", "Role", "acme-graft-gateway"),
+    ):
+        binding = one(docs, kind, "acme-graft-gateway")
+        assert binding["roleRef"] == {
+            "apiGroup": "rbac.authorization.k8s.io",
+            "kind": role_kind,
+            "name": role_name,
+        }
+        assert binding["subjects"] == [subject]
+    # Bound to no one else, and no one else bound to it.
+    bound = [
+        d
+        for d in docs
+        if d["kind"] in ("ClusterRoleBinding", "RoleBinding") and subject in d["subjects"]
+    ]
+    assert {d["metadata"]["name"] for d in bound} == {"acme-graft-gateway"}
+    to_gateway = [
+        d
+        for d in docs
+        if d["kind"] in ("ClusterRoleBinding", "RoleBinding")
+        and d["roleRef"]["name"] in (rbac.GATEWAY_NAME, "acme-graft-gateway")
+    ]
+    assert {d["metadata"]["name"] for d in to_gateway} == {"acme-graft-gateway"}
+    assert (
+        gateway_deployment(docs)["spec"]["template"]["spec"]["serviceAccountName"]
+        == sa["metadata"]["name"]
+    )
+
+
+def selects(selector: Doc, labels: dict[str, str]) -> bool:
+    """A Kubernetes label selector (matchLabels and matchExpressions) against labels."""
+    if any(labels.get(k) != v for k, v in (selector.get("matchLabels") or {}).items()):
+        return False
+    for expression in selector.get("matchExpressions") or []:
+        key, operator, values = expression["key"], expression["operator"], expression.get("values")
+        if operator == "In" and labels.get(key) not in values:
+            return False
+        if operator == "NotIn" and labels.get(key) in values:
+            return False
+        if operator == "Exists" and key not in labels:
+            return False
+        if operator == "DoesNotExist" and key in labels:
+            return False
+    return True
+
+
+def admitted(policy: Doc, pod_namespace: str, pod_labels: dict[str, str]) -> bool:
+    """Whether an ingress rule of the NetworkPolicy admits a pod from that namespace (whose
+    labels are the API server's kubernetes.io/metadata.name only)."""
+    namespace_labels = {"kubernetes.io/metadata.name": pod_namespace}
+    for rule in policy["spec"]["ingress"]:
+        for peer in rule["from"]:
+            if "namespaceSelector" in peer:
+                if not selects(peer["namespaceSelector"], namespace_labels):
+                    continue
+            elif pod_namespace != policy["metadata"]["namespace"]:
+                continue
+            if selects(peer.get("podSelector", {}), pod_labels):
+                return True
+    return False
+
+
+def test_account_network_policy_admits_the_gateway(helm: str) -> None:
+    """Every account's NetworkPolicy lets the chart's gateway (and operator) pods reach its model
+    servers: the operator builds it for its own namespace, which the chart's Deployment sets."""
+    docs = render(helm, release="acme", namespace="platform")
+    env = env_of(docs)
+    assert env[settings.OPERATOR_NAMESPACE_ENV] == {"fieldRef": {"fieldPath": "metadata.namespace"}}
+    account = Owner(kind="Account", name="team-a", uid="uid-a")
+    policy = network_policy(account, "platform")
+    server = {keys.COMPONENT: keys.MODEL_SERVER}
+    assert selects(policy["spec"]["podSelector"], server)
+    for deployment in (gateway_deployment(docs), operator_deployment(docs)):
+        labels = deployment["spec"]["template"]["metadata"]["labels"]
+        namespace = deployment["metadata"]["namespace"]
+        assert admitted(policy, namespace, labels), deployment["metadata"]["name"]
+        # Not the same labels from any other namespace (a tenant cannot label its way in).
+        assert not admitted(policy, "team-b", labels)
+    other = {**gateway_deployment(docs)["spec"]["template"]["metadata"]["labels"]}
+    other[keys.COMPONENT] = "something-else"
+    assert not admitted(policy, "platform", other)
+    assert admitted(policy, "team-a", {"any": "pod"})  # the account's own namespace
 
 
 # --- examples/ against the CRDs' schemas --------------------------------------------------------

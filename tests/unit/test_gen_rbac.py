@@ -38,11 +38,18 @@ def test_rendered_cluster_roles_are_the_manifests() -> None:
 def test_chart_rbac_template_is_generated_from_this_module() -> None:
     text = RBAC_TEMPLATE.read_text()
     assert text == chart.rbac_template(), "the chart's RBAC is out of date: run `make chart`"
-    for role in rbac.CLUSTER_ROLES:
+    for role in (*rbac.CLUSTER_ROLES, *GATEWAY_ROLES):
         assert "\n".join(rbac.render_rules(role)) in text
 
 
-@pytest.mark.parametrize("role", rbac.CLUSTER_ROLES, ids=lambda r: r.name)
+GATEWAY_ROLES = (rbac.GATEWAY_ROLE, rbac.GATEWAY_NAMESPACE_ROLE)
+
+
+@pytest.mark.parametrize(
+    "role",
+    [*rbac.CLUSTER_ROLES, *GATEWAY_ROLES],
+    ids=[*(r.name for r in rbac.CLUSTER_ROLES), "graft-gateway", "graft-gateway-role"],
+)
 def test_no_wildcards_and_every_rule_says_why(role: rbac.ClusterRole) -> None:
     for rule in role.rules:
         for value in (*rule.api_groups, *rule.resources, *rule.verbs, *rule.resource_names):
@@ -150,3 +157,27 @@ def test_manifests_are_plain_yaml_data() -> None:
     """What `kubectl apply` gets must dump as YAML (no enum values left in it)."""
     text = yaml.safe_dump_all(rbac.manifests())
     assert list(yaml.safe_load_all(text)) == rbac.manifests()
+
+
+def test_gateway_watches_what_its_cache_follows() -> None:
+    """The kinds of the gateway's watch cache, each readable; a right it lacks would leave its
+    cache unsynced (and the gateway not ready) forever."""
+    from graft.gateway import kube
+
+    gateway = rbac.GATEWAY_ROLE
+    assert {str(k) for k in kube.GRAFT_KINDS} == set(rbac.GATEWAY_KINDS)
+    for plural in kube.GRAFT_KINDS:
+        for verb in ("list", "watch"):
+            assert allows(gateway, "graft.dev", plural, verb), (plural, verb)
+        assert not allows(gateway, "graft.dev", plural, "patch")
+    assert allows(gateway, "", "pods", "watch")
+    assert allows(gateway, "graft.dev", "deployments/scale", "patch")
+    assert not allows(gateway, "", "pods", "create")
+
+
+def test_gateway_reads_only_the_key_seed() -> None:
+    for role in GATEWAY_ROLES:
+        for verb in ("get", "list", "watch"):
+            assert not allows(role, "", "secrets", verb, "tenant-secret")
+    assert not allows(rbac.GATEWAY_ROLE, "", "secrets", "get", rbac.SEED_SECRET)
+    assert allows(rbac.GATEWAY_NAMESPACE_ROLE, "", "secrets", "get", rbac.SEED_SECRET)

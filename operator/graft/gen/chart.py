@@ -7,7 +7,7 @@ templates (templates/crds/), not files of the chart's crds/ directory, which Hel
 and never upgrades; they are gated by `crds.enabled`, kept on `helm uninstall` (`crds.keep`), and
 annotated for Argo CD (applied first and server-side: they are too large for a client-side apply's
 last-applied annotation to stay cheap). Everything else in the chart (values, the operator's
-Deployment, helpers) is written by hand.
+and the gateway's Deployments, helpers) is written by hand.
 
 Pure apart from `render_manifests`, which runs the `helm` binary (no Kubernetes client).
 """
@@ -55,7 +55,7 @@ def chart_yaml() -> str:
         "apiVersion": "v2",
         "name": "graft",
         "description": "Graft: fine-tune and serve LoRA addons on your own Kubernetes cluster "
-        "(the operator, its CRDs and RBAC)",
+        "(the operator, the gateway, their CRDs and RBAC)",
         "type": "application",
         "version": graft.__version__,
         "appVersion": graft.__version__,
@@ -114,7 +114,8 @@ def rbac_template() -> str:
     """The ServiceAccount, the four ClusterRoles and the binding, from graft.gen.rbac; the
     names of the ServiceAccount and the binding, and the namespace, come from the release
     (graft.gen.rbac's for release graft in graft-system). The ClusterRoles keep their fixed
-    names: the operator binds Users to graft-admin/-member/-viewer by name."""
+    names: the operator binds Users to graft-admin/-member/-viewer by name. Then, with
+    gateway.enabled, the gateway's own RBAC."""
     sa = '{{ include "graft.serviceAccountName" . }}'
     docs = [
         "\n".join(
@@ -210,7 +211,93 @@ def rbac_template() -> str:
     )
     for role in (*rbac.CLUSTER_ROLES, rbac.OPERATOR_NAMESPACE_ROLE):
         _no_template_syntax("\n".join(rbac.render_rules(role)), f"the rules of {role.name}")
-    return "\n---\n".join(docs) + "\n"
+    gateway = "\n---\n".join(_gateway_rbac_docs())
+    # The separator sits inside the condition: with the gateway disabled, no empty document.
+    gated = "\n{{- if .Values.gateway.enabled }}\n---\n" + gateway + "\n{{- end }}\n"
+    return "\n---\n".join(docs) + gated
+
+
+def _gateway_rbac_docs() -> list[str]:
+    """The gateway's ServiceAccount, ClusterRole, Role and bindings, from graft.gen.rbac, with
+    release-derived names like the operator's (graft-gateway for release graft); the
+    ClusterRole keeps its fixed name."""
+    sa = '{{ include "graft.gatewayName" . }}'
+    name = f"  name: {sa}"
+    labels = ["  labels:", '    {{- include "graft.labels" . | nindent 4 }}']
+    subjects = [
+        "subjects:",
+        "  - kind: ServiceAccount",
+        f"    name: {sa}",
+        "    namespace: {{ .Release.Namespace }}",
+    ]
+    cluster_role, role = rbac.GATEWAY_ROLE, rbac.GATEWAY_NAMESPACE_ROLE
+    for r in (cluster_role, role):
+        _no_template_syntax("\n".join(rbac.render_rules(r)), f"the rules of {r.name}")
+    return [
+        "\n".join(
+            [
+                "# The gateway's identity (`graft gateway`, templates/gateway.yaml).",
+                "apiVersion: v1",
+                "kind: ServiceAccount",
+                "metadata:",
+                name,
+                "  namespace: {{ .Release.Namespace }}",
+                *labels,
+            ]
+        ),
+        "\n".join(
+            [
+                f"# {cluster_role.name}: {cluster_role.description}",
+                f"apiVersion: {rbac.RBAC_API_VERSION}",
+                "kind: ClusterRole",
+                "metadata:",
+                f"  name: {cluster_role.name}",
+                *labels,
+                *rbac.render_rules(cluster_role),
+            ]
+        ),
+        "\n".join(
+            [
+                f"apiVersion: {rbac.RBAC_API_VERSION}",
+                "kind: ClusterRoleBinding",
+                "metadata:",
+                name,
+                *labels,
+                "roleRef:",
+                f"  apiGroup: {keys.RBAC_GROUP}",
+                "  kind: ClusterRole",
+                f"  name: {cluster_role.name}",
+                *subjects,
+            ]
+        ),
+        "\n".join(
+            [
+                f"# {role.name}: {role.description}",
+                f"apiVersion: {rbac.RBAC_API_VERSION}",
+                "kind: Role",
+                "metadata:",
+                name,
+                "  namespace: {{ .Release.Namespace }}",
+                *labels,
+                *rbac.render_rules(role),
+            ]
+        ),
+        "\n".join(
+            [
+                f"apiVersion: {rbac.RBAC_API_VERSION}",
+                "kind: RoleBinding",
+                "metadata:",
+                name,
+                "  namespace: {{ .Release.Namespace }}",
+                *labels,
+                "roleRef:",
+                f"  apiGroup: {keys.RBAC_GROUP}",
+                "  kind: Role",
+                f"  name: {sa}",
+                *subjects,
+            ]
+        ),
+    ]
 
 
 def argocd_data() -> str:

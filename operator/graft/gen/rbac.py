@@ -1,5 +1,6 @@
 """Graft's RBAC, the one source of truth: the operator's ClusterRole, the three ClusterRoles Users
-are bound to, and the operator's ServiceAccount and ClusterRoleBinding (pure).
+are bound to, the operator's ServiceAccount and ClusterRoleBinding, and the gateway's own
+ServiceAccount, ClusterRole and Role (pure).
 
 `graft chart` writes them into the Helm chart (deploy/charts/graft/templates/rbac.yaml, with the
 ServiceAccount's name and namespace templated), `graft manifests` renders deploy/graft.yaml from
@@ -393,6 +394,123 @@ def operator_namespace_role_binding() -> dict[str, Any]:
     }
 
 
+# --- The gateway --------------------------------------------------------------------------------
+# `graft gateway` (graft.gateway): a watch cache of the objects it authenticates and routes by,
+# the model-server pods it proxies to, one write (scale from zero) and the key seed. Its own
+# ServiceAccount, so the API's front door holds none of the operator's rights.
+
+GATEWAY_NAME = "graft-gateway"
+GATEWAY_KINDS = (
+    str(Plural.ACCOUNTS),
+    str(Plural.USERS),
+    "apikeys",
+    str(Plural.MODELS),
+    str(Plural.DEPLOYMENTS),
+    str(Plural.DEPLOYED_MODELS),
+)
+"""The Graft kinds the gateway's watch cache follows (graft.gateway.kube.GRAFT_KINDS); ApiKey by
+its plural, a plain string, so the rule holds whether or not this tree defines the kind yet."""
+
+GATEWAY_RULES: tuple[Rule, ...] = (
+    Rule(
+        "Watch cache: accounts, users and API keys authenticate a request; models, deployments "
+        "and deployed models route it (listed once, then watched; never written).",
+        (keys.GROUP,),
+        GATEWAY_KINDS,
+        READ,
+    ),
+    Rule(
+        "Routing: the model-server pods behind each Deployment, listed and watched by label "
+        "selector across account namespaces (the API server cannot narrow a right by label).",
+        (CORE,),
+        ("pods",),
+        ("list", "watch"),
+    ),
+    Rule(
+        "Scale from zero: a request for a Deployment at 0 replicas sets it to 1 (a JSON patch "
+        "that tests the old value) through the scale subresource, nothing else of its spec.",
+        (keys.GROUP,),
+        ("deployments/scale",),
+        ("patch",),
+    ),
+    Rule(
+        "Authenticate a ServiceAccount's bearer token.",
+        ("authentication.k8s.io",),
+        ("tokenreviews",),
+        ("create",),
+    ),
+    Rule(
+        "Authorize that ServiceAccount, as the API server would, before serving it.",
+        ("authorization.k8s.io",),
+        ("subjectaccessreviews",),
+        ("create",),
+    ),
+)
+GATEWAY_ROLE = ClusterRole(
+    GATEWAY_NAME,
+    "The gateway: read what it authenticates and routes by, scale a Deployment from zero.",
+    GATEWAY_RULES,
+)
+
+GATEWAY_NAMESPACE_ROLE = ClusterRole(
+    GATEWAY_NAME,
+    "The gateway, in the operator's namespace only.",
+    (
+        Rule(
+            "Model-server API keys: read the seed Secret the operator derives them from, and no "
+            "other Secret (tenants' Secrets are never read).",
+            (CORE,),
+            ("secrets",),
+            ("get",),
+            (SEED_SECRET,),
+        ),
+    ),
+)
+
+
+def _gateway_subjects() -> list[dict[str, str]]:
+    return [{"kind": "ServiceAccount", "name": GATEWAY_NAME, "namespace": OPERATOR_NAMESPACE}]
+
+
+def gateway_manifests() -> list[dict[str, Any]]:
+    """The gateway's ServiceAccount, ClusterRole and Role, and their bindings, in the order to
+    apply them (the chart renders them only with gateway.enabled)."""
+    role = GATEWAY_NAMESPACE_ROLE.manifest()
+    role["kind"] = "Role"
+    role["metadata"]["namespace"] = OPERATOR_NAMESPACE
+    return [
+        {
+            "apiVersion": "v1",
+            "kind": "ServiceAccount",
+            "metadata": {
+                "name": GATEWAY_NAME,
+                "namespace": OPERATOR_NAMESPACE,
+                "labels": dict(INSTALLED_LABELS),
+            },
+        },
+        GATEWAY_ROLE.manifest(),
+        {
+            "apiVersion": RBAC_API_VERSION,
+            "kind": "ClusterRoleBinding",
+            "metadata": {"name": GATEWAY_NAME, "labels": dict(INSTALLED_LABELS)},
+            "roleRef": {"apiGroup": keys.RBAC_GROUP, "kind": "ClusterRole", "name": GATEWAY_NAME},
+            "subjects": _gateway_subjects(),
+        },
+        role,
+        {
+            "apiVersion": RBAC_API_VERSION,
+            "kind": "RoleBinding",
+            "metadata": {
+                "name": GATEWAY_NAME,
+                "namespace": OPERATOR_NAMESPACE,
+                "labels": dict(INSTALLED_LABELS),
+            },
+            "roleRef": {"apiGroup": keys.RBAC_GROUP, "kind": "Role", "name": GATEWAY_NAME},
+            "subjects": _gateway_subjects(),
+        },
+    ]
+
+
 def manifests() -> list[dict[str, Any]]:
     """Every RBAC object Graft ships, in the order to apply them."""
     return [
@@ -401,6 +519,7 @@ def manifests() -> list[dict[str, Any]]:
         cluster_role_binding(),
         operator_namespace_role(),
         operator_namespace_role_binding(),
+        *gateway_manifests(),
     ]
 
 

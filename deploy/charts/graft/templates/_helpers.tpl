@@ -1,7 +1,7 @@
 {{/*
 Names and labels. The chart installs cluster-wide objects with fixed names (the CRDs and the
-ClusterRoles graft-operator, graft-admin, graft-member, graft-viewer, which the operator binds
-Users to by name), so one release per cluster.
+ClusterRoles graft-operator, graft-gateway, graft-admin, graft-member, graft-viewer, which the
+operator binds Users to by name), so one release per cluster.
 */}}
 
 {{/* <release> when it contains "graft", else <release>-graft; 54 characters at most. */}}
@@ -37,6 +37,20 @@ app.kubernetes.io/part-of: graft
 app.kubernetes.io/name: graft
 app.kubernetes.io/instance: {{ .Release.Name }}
 app.kubernetes.io/component: operator
+{{- end -}}
+
+{{/* The gateway's Deployment, Service and ServiceAccount: graft-gateway for release graft. */}}
+{{- define "graft.gatewayName" -}}
+{{- printf "%s-gateway" (include "graft.fullname" .) -}}
+{{- end -}}
+
+{{/* The gateway pods' selector. app.kubernetes.io/component=gateway (graft.core.keys.
+GATEWAY_COMPONENT) is also what the operator finds the gateway's pods by, and what each
+account's NetworkPolicy admits to its model servers (from the operator's namespace). */}}
+{{- define "graft.gatewaySelectorLabels" -}}
+app.kubernetes.io/name: graft
+app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/component: gateway
 {{- end -}}
 
 {{- define "graft.image" -}}
