@@ -89,11 +89,8 @@ async def _main(
     cache.on_change = gateway.changes.notify
     gateway.changes.bind(loop)
     cache.start()
-    if not await asyncio.to_thread(cache.wait_synced, SYNC_TIMEOUT):
-        # Serve anyway (readiness says 503) rather than crash-loop: the API server may be slow.
-        log.warning(
-            "watch cache not synced after %.0fs; /ready answers 503 until it is", SYNC_TIMEOUT
-        )
+    # Listen at once: /health answers, and /ready says 503 until the cache has listed
+    # everything once, so a slow API server delays readiness, not liveness.
     runner, extra = await serve(gateway, host, port, metrics)
     log.info(
         "gateway listening on http://%s:%d%s",
@@ -101,8 +98,19 @@ async def _main(
         port,
         f", metrics on http://{metrics[0]}:{metrics[1]}/metrics" if metrics else "",
     )
+
+    async def report_sync() -> None:
+        if await asyncio.to_thread(cache.wait_synced, SYNC_TIMEOUT):
+            log.info("watch cache synced: ready")
+        else:
+            log.warning(
+                "watch cache not synced after %.0fs; /ready says 503 until it is", SYNC_TIMEOUT
+            )
+
+    reporter = asyncio.create_task(report_sync())
     await stop.wait()
     log.info("stopping")
+    reporter.cancel()
     cache.stop()
     for r in extra:
         await r.cleanup()
