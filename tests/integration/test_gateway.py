@@ -325,6 +325,15 @@ def test_scale_to_zero_from_zero_up_under_a_burst_and_down_again(world: World) -
         )
     )
     model = f"accounts/{a}/models/solo"
+    # The /scale subresource an HPA or KEDA would use: replicas and the pods' label selector.
+    scale = eventually(
+        "auto's /scale with a selector",
+        lambda: _scale_with_selector(cluster, a, "auto"),
+        60,
+    )
+    pods = cluster.list("pods", a, scale["status"]["selector"])
+    assert pods
+    assert {p["metadata"]["labels"]["graft.dev/deployment"] for p in pods} == {"auto"}
     eventually(
         "auto scaled to zero after its window",
         lambda: replicas_of(cluster, a, "auto") == 0 and not _pods(cluster, a, "auto"),
@@ -368,6 +377,15 @@ def test_scale_to_zero_from_zero_up_under_a_burst_and_down_again(world: World) -
     assert not errors, errors[:3]
     eventually("down to one replica", lambda: replicas_of(cluster, a, "auto") == 1, 60)
     eventually("down to zero again", lambda: replicas_of(cluster, a, "auto") == 0, 60)
+
+
+def _scale_with_selector(cluster: Cluster, ns: str, name: str) -> dict[str, Any] | None:
+    raw = cluster.kubectl(
+        "get", "--raw", f"/apis/graft.dev/v1alpha1/namespaces/{ns}/deployments/{name}/scale"
+    ).stdout
+    scale: dict[str, Any] = json.loads(raw)
+    assert scale["kind"] == "Scale"
+    return scale if (scale.get("status") or {}).get("selector") else None
 
 
 def _pods(cluster: Cluster, ns: str, dep: str) -> list[dict[str, Any]]:
