@@ -301,7 +301,7 @@ def test_health_covers_every_kind_once() -> None:
 SOURCES = {
     "Account": ("plan/account.py", "controller/account.py"),
     "User": ("plan/user.py", "controller/user.py"),
-    "ApiKey": ("plan/apikey.py",),
+    "ApiKey": ("plan/apikey.py", "controller/apikey.py"),
     "Model": ("plan/model.py", "controller/model.py"),
     "Deployment": ("plan/deployment.py", "controller/deployment.py"),
     "DeployedModel": (

@@ -105,7 +105,7 @@ HEALTH: tuple[Health, ...] = (
             "SecretConflict",  # plan/apikey.py conflict_problem (CONFLICT_REASONS)
             "RoleConflict",
             "RoleBindingConflict",
-            INVALID_SPEC,
+            INVALID_SPEC,  # controller/apikey.py reconcile
         ),
     ),
     Health(
