@@ -416,3 +416,23 @@ def test_an_invalid_spec_fails(store: Store) -> None:
     cond = ready(store)
     assert cond["reason"] == "InvalidSpec"
     assert "timezone" in cond["message"]
+
+
+def test_nobody_is_let_read_a_secret_graft_did_not_make(store: Store) -> None:
+    """A Secret of the key's name that is not the ApiKey's: no access is granted to it, and
+    access granted before (to the ApiKey's own, since deleted) is taken back."""
+    store.put("secrets", {"metadata": {"name": "ci-apikey"}, "data": {"x": "eQ=="}})
+    reconcile(store)
+    assert store.read("roles", "graft-apikey-ci") is None
+    assert store.read("rolebindings", "graft-apikey-ci") is None
+
+    del store.objects[("secrets", "ci-apikey")]
+    reconcile(store)
+    assert_consistent(store)
+    assert store.read("rolebindings", "graft-apikey-ci") is not None
+    del store.objects[("secrets", "ci-apikey")]
+    store.put("secrets", {"metadata": {"name": "ci-apikey"}, "data": {"x": "eQ=="}})
+    reconcile(store)
+    assert ready(store)["reason"] == "SecretConflict"
+    assert store.read("roles", "graft-apikey-ci") is None
+    assert store.read("rolebindings", "graft-apikey-ci") is None

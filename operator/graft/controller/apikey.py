@@ -4,8 +4,10 @@ read, and keep status.keyHash the hash of the key in that Secret.
 A reconcile, in this order (graft.plan.apikey says why it is crash-safe):
 
 1. the ApiKey is owned by its User, so that deleting the User deletes its keys;
-2. the Role and RoleBinding that let the User get the key's Secret: before the key, so that when
-   the User's email changes the old address loses access before a new key exists;
+2. the Role and RoleBinding that let the User get the key's Secret: only when a Secret of that
+   name is missing or this ApiKey's (else they are taken back: nobody reads a Secret Graft did
+   not make for the key), and before the key, so that when the User's email changes the old
+   address loses access before a new key exists;
 3. the key, when there is none or its Secret is gone or does not hold it: the new key's hash into
    status first (on the resourceVersion this reconcile read), then its Secret;
 4. status, and a re-check just after the key expires or after the resync interval.
@@ -42,8 +44,7 @@ from graft.plan.apikey import (
     access_role,
     api_key_status,
     claim,
-    cleanup_problem,
-    conflict_problem,
+    claim_problem,
     expired_problem,
     issued_key,
     key_action,
@@ -95,11 +96,7 @@ def reconcile(ctx: Context, namespace: str, name: str) -> None:
     try:
         if problem is None and user is not None:
             email = UserSpec.model_validate(user.get("spec") or {}).email
-            problem = grant_access(api, obj, owner, spec.user, email)
-            if problem is None:
-                issued, problem = ensure_key(
-                    api, obj, owner, user=spec.user, email=email, issued=issued
-                )
+            issued, problem = issue(api, obj, owner, user=spec.user, email=email, issued=issued)
     except ApiKeyGone:
         return
     report(
@@ -133,6 +130,39 @@ def adopt(api: Api, obj: Obj, user: Obj) -> Obj:
     return patched
 
 
+def issue(
+    api: Api, obj: Obj, owner: Owner, *, user: str, email: str, issued: Issued | None
+) -> tuple[Issued | None, KeyProblem | None]:
+    """Access to the key's Secret for its User, then the key in it. A Secret of that name that
+    is not this ApiKey's is never touched, and nobody is let read it: access this ApiKey granted
+    before is taken back."""
+    name, namespace = secret_name(owner.name), owner.namespace
+    secret = api.get_secret(namespace, name)
+    found = claim(secret, owner)
+    problem = claim_problem(found, "Secret", name, namespace)
+    if problem is not None:
+        revoke_access(api, owner)
+        return issued, problem
+    problem = grant_access(api, obj, owner, user, email)
+    if problem is not None:
+        return issued, problem
+    ours = secret if found == Claim.OURS else None
+    return ensure_key(api, obj, owner, user=user, email=email, issued=issued, secret=ours)
+
+
+def revoke_access(api: Api, owner: Owner) -> None:
+    """Delete this ApiKey's Role and RoleBinding (only its own: by uid)."""
+    name, namespace = access_name(owner.name), owner.namespace
+    for get, delete in (
+        (api.get_role_binding, api.delete_role_binding),
+        (api.get_role, api.delete_role),
+    ):
+        existing = get(namespace, name)
+        if existing is not None and claim(existing, owner) == Claim.OURS:
+            delete(namespace, name, existing["metadata"]["uid"])
+            log.info("revoked %s %s/%s", existing.get("kind") or "access", namespace, name)
+
+
 def grant_access(api: Api, obj: Obj, owner: Owner, user: str, email: str) -> KeyProblem | None:
     """The Role that allows `get` on the key's Secret, and its RoleBinding to the User's email;
     put back (delete + create: a RoleBinding's roleRef cannot change) when they differ."""
@@ -148,11 +178,9 @@ def grant_access(api: Api, obj: Obj, owner: Owner, user: str, email: str) -> Key
     ):
         kind, meta = desired["kind"], desired["metadata"]
         existing = get(meta["namespace"], meta["name"])
-        found = claim(existing, owner)
-        if found == Claim.FOREIGN:
-            return conflict_problem(kind, meta["name"], meta["namespace"])
-        if found == Claim.GOING:
-            return cleanup_problem(kind, meta["name"], meta["namespace"])
+        problem = claim_problem(claim(existing, owner), kind, meta["name"], meta["namespace"])
+        if problem is not None:
+            return problem
         if existing is not None:
             if access_in_sync(existing, desired):
                 continue
@@ -173,19 +201,19 @@ def grant_access(api: Api, obj: Obj, owner: Owner, user: str, email: str) -> Key
 
 
 def ensure_key(
-    api: Api, obj: Obj, owner: Owner, *, user: str, email: str, issued: Issued | None
+    api: Api,
+    obj: Obj,
+    owner: Owner,
+    *,
+    user: str,
+    email: str,
+    issued: Issued | None,
+    secret: Obj | None,
 ) -> tuple[Issued | None, KeyProblem | None]:
-    """The key status names, in its Secret: kept when it is there, else a new one (its hash
-    first, then its Secret)."""
+    """The key status names, in its Secret (`secret`: this ApiKey's, as read; None when there is
+    none): kept when it is there, else a new one (its hash first, then its Secret)."""
     namespace = owner.namespace
-    secret = api.get_secret(namespace, secret_name(owner.name))
-    found = claim(secret, owner)
-    if found == Claim.FOREIGN:
-        return issued, conflict_problem("Secret", secret_name(owner.name), namespace)
-    if found == Claim.GOING:
-        return issued, cleanup_problem("Secret", secret_name(owner.name), namespace)
-    ours = secret if found == Claim.OURS else None
-    decision = key_action(issued, ours, email)
+    decision = key_action(issued, secret, email)
     if decision.action == KeyAction.KEEP:
         return issued, None
 
@@ -199,8 +227,8 @@ def ensure_key(
         PLURAL, namespace, owner.name, key_fields(fresh), resource_version=version
     ):
         raise ApiKeyGone
-    if ours is not None:
-        api.delete_secret(namespace, ours["metadata"]["name"], ours["metadata"]["uid"])
+    if secret is not None:
+        api.delete_secret(namespace, secret["metadata"]["name"], secret["metadata"]["uid"])
     if api.create_secret(key_secret(owner, user, new)) is None:
         raise SecretRace(
             f"Secret {secret_name(owner.name)} in namespace {namespace} appeared meanwhile; "

@@ -361,6 +361,15 @@ def conflict_problem(kind: str, name: str, namespace: str) -> KeyProblem:
     )
 
 
+def claim_problem(found: Claim, kind: str, name: str, namespace: str) -> KeyProblem | None:
+    """Why the object of a child's name keeps this ApiKey from making its own, if it does."""
+    if found == Claim.FOREIGN:
+        return conflict_problem(kind, name, namespace)
+    if found == Claim.GOING:
+        return cleanup_problem(kind, name, namespace)
+    return None
+
+
 def cleanup_problem(kind: str, name: str, namespace: str) -> KeyProblem:
     return KeyProblem(
         "WaitingForCleanup",
