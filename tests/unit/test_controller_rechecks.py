@@ -5,6 +5,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Iterator
+from dataclasses import replace
 
 import kopf
 import pytest
@@ -101,3 +102,23 @@ def test_the_operator_hands_reconcilers_its_rechecks() -> None:
     assert "reconcile_deployments" in timers
     assert "reconcile_apikeys" not in timers
     assert {"reconcile_apikeys", "reconcile_apikeys/spec"} <= changes
+
+
+def test_a_failed_recheck_is_asked_for_again_after_the_resync_interval() -> None:
+    """A reconcile asks for its next re-check only when it succeeds; the operator re-arms one
+    that failed, or the ApiKey would never be looked at again (it has no kopf timer)."""
+    settings = replace(Settings(), resync_seconds=0.2)
+    op = Operator(Context(api=Api.__new__(Api), settings=settings))
+    calls: list[float] = []
+
+    def failing(ctx: Context, namespace: str, name: str) -> None:
+        calls.append(time.monotonic())
+        raise RuntimeError("API server unreachable")
+
+    op._reconcilers["apikeys"] = failing
+    try:
+        op.rechecks.schedule("apikeys", "acme", "ci", 0)
+        wait_until(lambda: len(calls) >= 3)
+        assert calls[2] - calls[1] >= 0.2
+    finally:
+        op.rechecks.stop()

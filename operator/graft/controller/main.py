@@ -113,7 +113,7 @@ class Operator:
     """The handlers of one operator process, bound to its context."""
 
     def __init__(self, ctx: Context, metrics: OperatorMetrics | None = None) -> None:
-        self.rechecks = Rechecks(self.kick)
+        self.rechecks = Rechecks(self.recheck_soon)
         self.ctx = replace(ctx, kick=self.kick, recheck=self.rechecks.schedule)
         self.metrics = metrics or ctx.servers.metrics
         self._locks: dict[tuple[str, str, str], threading.Lock] = {}
@@ -126,6 +126,26 @@ class Operator:
         """Reconcile an object again soon, off the caller's thread (a background load that
         ended asks for it)."""
         self._followups.submit(self.reconcile_soft, plural, namespace, name)
+
+    def recheck_soon(self, plural: str, namespace: str, name: str) -> None:
+        """A re-check a reconcile asked for is due (graft.controller.rechecks)."""
+        self._followups.submit(self.recheck, plural, namespace, name)
+
+    def recheck(self, plural: str, namespace: str, name: str) -> None:
+        """Reconcile on a re-check. A successful reconcile asks for the next one; a failed one
+        is asked for again after the resync interval, since nothing else would (these kinds
+        have no kopf timer)."""
+        try:
+            self.reconcile(plural, namespace, name)
+        except Exception:
+            log.exception(
+                "re-checking %s %s/%s failed; it is retried in %g s",
+                plural,
+                namespace,
+                name,
+                self.ctx.settings.resync_seconds,
+            )
+            self.rechecks.schedule(plural, namespace, name, self.ctx.settings.resync_seconds)
 
     @contextmanager
     def exclusive(self, plural: str, namespace: str, name: str) -> Iterator[None]:
