@@ -534,6 +534,12 @@ def test_every_kind_reconciles_without_rbac_denials(
     objects = [
         configmap,
         user("alice", name, ALICE, "member"),
+        {
+            "apiVersion": GROUP,
+            "kind": "ApiKey",
+            "metadata": {"name": "alice-key", "namespace": name},
+            "spec": {"user": "alice"},
+        },
         model("base", name),
         deployment("chat", name, gpus=1),
         {
@@ -574,7 +580,9 @@ def test_every_kind_reconciles_without_rbac_denials(
     wait_for("alice bound", lambda: ready(admin, "users.graft.dev", "alice", name))
     graft_objects = [o for o in objects if o["apiVersion"] == GROUP]
     kinds = {o["kind"] for o in graft_objects}
-    assert kinds == {"User", "Model", "Deployment", "DeployedModel", "Dataset", "FineTuningJob"}
+    assert kinds == {
+        "User", "ApiKey", "Model", "Deployment", "DeployedModel", "Dataset", "FineTuningJob",
+    }  # fmt: skip
 
     def unreconciled() -> list[str]:
         return [

@@ -301,6 +301,7 @@ def test_health_covers_every_kind_once() -> None:
 SOURCES = {
     "Account": ("plan/account.py", "controller/account.py"),
     "User": ("plan/user.py", "controller/user.py"),
+    "ApiKey": ("plan/apikey.py", "controller/apikey.py"),
     "Model": ("plan/model.py", "controller/model.py"),
     "Deployment": ("plan/deployment.py", "controller/deployment.py"),
     "DeployedModel": (
@@ -327,7 +328,7 @@ def _arg(call: ast.Call, index: int, keyword: str) -> ast.expr | None:
 def published(paths: tuple[str, ...]) -> tuple[set[str], set[str]]:
     """(reasons published as failures, reasons published as waits) by the problem and progress
     constructors in `paths`: Progress.failed/waiting/running, BlockedBy, ModelProblem,
-    UserProblem, Verdict and AccountProblem (its state)."""
+    UserProblem, KeyProblem, Verdict and AccountProblem (its state)."""
     failed: set[str] = set()
     waiting: set[str] = set()
     for rel in paths:
@@ -341,7 +342,7 @@ def published(paths: tuple[str, ...]) -> tuple[set[str], set[str]]:
             is_failure = False
             if owner == "Progress" and name in ("failed", "waiting", "running"):
                 reason, is_failure = _literal(_arg(node, 0, "reason")), name == "failed"
-            elif name in ("BlockedBy", "ModelProblem", "UserProblem"):
+            elif name in ("BlockedBy", "ModelProblem", "UserProblem", "KeyProblem"):
                 reason = _literal(_arg(node, 0, "reason"))
                 is_failure = not _literal(_arg(node, 2, "waiting"))
             elif name == "Verdict" and _literal(_arg(node, 0, "admitted")) is False:

@@ -42,6 +42,7 @@ def test_owner_of_an_object_and_its_reference() -> None:
     [
         ("Account", "graft.dev/account"),
         ("User", "graft.dev/user"),
+        ("ApiKey", "graft.dev/apikey"),
         ("Deployment", "graft.dev/deployment"),
         ("Dataset", "graft.dev/dataset"),
         ("FineTuningJob", "graft.dev/finetuning-job"),

@@ -219,3 +219,11 @@ def test_expiry_is_not_revealed_without_the_secret() -> None:
     rejected = rejection(f"graft_{new.key_id}_{'0' * 64}", store)
     assert rejected.reason == Rejection.WRONG_SECRET
     assert "expired" not in rejected.message
+
+
+def test_the_gateway_checks_keys_with_the_operators_implementation() -> None:
+    """The operator issues keys with graft.core.apikeys; the gateway must not have a copy."""
+    from graft.core import apikeys as core
+
+    for name in ("generate", "hash_key", "display", "is_expired", "KEY_RE", "HASH_RE", "NewKey"):
+        assert getattr(apikeys, name) is getattr(core, name), name

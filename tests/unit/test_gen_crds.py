@@ -9,7 +9,8 @@ from typing import Any
 import pytest
 import yaml
 
-from graft.api.kinds import ALL_KINDS, DEPLOYMENT, Kind
+from graft.api.common import ID_PATTERN
+from graft.api.kinds import ALL_KINDS, API_KEY, DEPLOYMENT, Kind
 from graft.gen import crds as crdgen
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -97,7 +98,8 @@ def test_short_names_are_unique_and_do_not_shadow_builtins() -> None:
     assert len(names) == len(set(names))
     assert not BUILTIN_SHORT_NAMES & set(names)
     assert {k.kind for k in ALL_KINDS} == {
-        "Account", "User", "Model", "Deployment", "DeployedModel", "Dataset", "FineTuningJob",
+        "Account", "User", "ApiKey", "Model", "Deployment", "DeployedModel", "Dataset",
+        "FineTuningJob",
     }  # fmt: skip
 
 
@@ -128,6 +130,36 @@ def test_mutable_specs_have_no_transition_rule_but_a_public_models_source() -> N
                 found[kind.kind] = r["message"]
     assert list(found) == ["Model"]
     assert found["Model"].startswith("the source of a public model cannot change")
+
+
+def test_api_key_contract_the_gateway_reads() -> None:
+    """The gateway reads ApiKeys from a watch cache: these names and formats are its contract."""
+    crd = crdgen.crd(API_KEY)
+    names = crd["spec"]["names"]
+    assert (names["kind"], names["plural"], names["shortNames"]) == ("ApiKey", "apikeys", ["gkey"])
+    assert crd["spec"]["scope"] == "Namespaced"
+    schema = schema_of(API_KEY)
+    spec = schema["properties"]["spec"]
+    assert spec["required"] == ["user"]
+    user = spec["properties"]["user"]
+    assert user["pattern"] == ID_PATTERN
+    assert user["x-kubernetes-validations"] == [
+        {
+            "rule": "self == oldSelf",
+            "message": "spec.user cannot change: create a new ApiKey for the other User",
+        }
+    ]
+    assert spec["properties"]["expiresAt"]["format"] == "date-time"
+    assert spec["properties"]["description"]["maxLength"] <= 256
+    assert "x-kubernetes-validations" not in spec  # expiresAt and description may change
+    status = schema["properties"]["status"]["properties"]
+    assert {"keyId", "keyHash", "secretName", "user", "expiresAt", "conditions"} <= set(status)
+    assert status["keyId"]["pattern"] == "^[0-9a-f]{16}$"
+    assert status["keyHash"]["pattern"] == "^sha256:[0-9a-f]{64}$"
+    assert status["expiresAt"]["format"] == "date-time"
+    columns = [c["name"] for c in crd["spec"]["versions"][0]["additionalPrinterColumns"]]
+    assert columns[:3] == ["User", "Key", "Expires"]
+    assert {"Ready", "Age"} <= set(columns)
 
 
 def test_committed_crds_match_the_api() -> None:

@@ -89,6 +89,14 @@ def test_operator_can_do_what_the_reconcilers_do() -> None:
         ("", "pods", "watch"),
         ("", "services", "patch"),
         ("", "events", "create"),
+        # ApiKey
+        ("", "secrets", "create"),
+        ("", "secrets", "get"),
+        ("", "secrets", "delete"),
+        ("rbac.authorization.k8s.io", "roles", "get"),
+        ("rbac.authorization.k8s.io", "roles", "create"),
+        ("rbac.authorization.k8s.io", "roles", "delete"),
+        ("graft.dev", "apikeys/finalizers", "update"),
     ]
     for group, resource, verb in needed:
         assert allows(op, group, resource, verb), (group, resource, verb)
@@ -107,7 +115,18 @@ def test_operator_binds_only_the_user_roles() -> None:
     for verb in ("create", "update", "patch", "escalate"):
         assert not allows(op, "rbac.authorization.k8s.io", "clusterroles", verb)
         assert not allows(op, "rbac.authorization.k8s.io", "clusterrolebindings", verb)
-    assert not allows(op, "", "secrets", "get")
+    # The Roles it creates (an ApiKey's) grant only what it holds itself: no escalate, no bind.
+    for verb in ("escalate", "bind", "update", "patch"):
+        assert not allows(op, "rbac.authorization.k8s.io", "roles", verb)
+
+
+def test_operator_reads_secrets_only_by_name() -> None:
+    """An ApiKey's Secret is read back by name; the operator can neither enumerate nor stream
+    Secrets, nor change one in place."""
+    op = rbac.OPERATOR_ROLE
+    assert allows(op, "", "secrets", "get")
+    for verb in ("list", "watch", "update", "patch", "deletecollection"):
+        assert not allows(op, "", "secrets", verb)
 
 
 ACCOUNT_KINDS = [k.plural for k in ALL_KINDS if k.namespaced]

@@ -1,4 +1,4 @@
-"""The seven Graft kinds: their spec and status types and what their CRDs say about them."""
+"""The eight Graft kinds: their spec and status types and what their CRDs say about them."""
 
 from __future__ import annotations
 
@@ -13,7 +13,14 @@ from graft.api.serving import (
     DeploymentSpec,
     DeploymentStatus,
 )
-from graft.api.tenancy import AccountSpec, AccountStatus, UserSpec, UserStatus
+from graft.api.tenancy import (
+    AccountSpec,
+    AccountStatus,
+    ApiKeySpec,
+    ApiKeyStatus,
+    UserSpec,
+    UserStatus,
+)
 from graft.api.training import DatasetSpec, DatasetStatus, FineTuningJobSpec, FineTuningJobStatus
 
 
@@ -23,6 +30,7 @@ class Plural(StrEnum):
 
     ACCOUNTS = "accounts"
     USERS = "users"
+    API_KEYS = "apikeys"
     MODELS = "models"
     DEPLOYMENTS = "deployments"
     DEPLOYED_MODELS = "deployedmodels"
@@ -99,6 +107,22 @@ USER = Kind(
     description="An email address with a role in the account whose namespace holds it.",
     columns=(Column("Email", ".spec.email"), Column("Role", ".spec.role")),
 )
+API_KEY = Kind(
+    kind="ApiKey",
+    plural=Plural.API_KEYS,
+    short_names=("gkey",),
+    spec=ApiKeySpec,
+    status=ApiKeyStatus,
+    description=(
+        "A User's key for the gateway: the operator makes it, keeps only its hash in status and "
+        "puts the key once into a Secret that only that User can read."
+    ),
+    columns=(
+        Column("User", ".spec.user"),
+        Column("Key", ".status.redactedKey", description="The key's public part."),
+        Column("Expires", ".status.expiresAt", description="When the key stops working."),
+    ),
+)
 MODEL = Kind(
     kind="Model",
     plural=Plural.MODELS,
@@ -171,6 +195,7 @@ FINE_TUNING_JOB = Kind(
 ALL_KINDS: tuple[Kind, ...] = (
     ACCOUNT,
     USER,
+    API_KEY,
     MODEL,
     DEPLOYMENT,
     DEPLOYED_MODEL,

@@ -1,4 +1,5 @@
-"""Account (the tenant) and User (an email with a role in one account)."""
+"""Account (the tenant), User (an email with a role in one account) and ApiKey (a User's key for
+the data plane)."""
 
 from __future__ import annotations
 
@@ -6,10 +7,11 @@ import re
 from enum import StrEnum
 from typing import Any
 
-from pydantic import ConfigDict, Field, field_validator
+from pydantic import AwareDatetime, ConfigDict, Field, field_validator
 
 from graft.api.common import (
     EXTENDED_RESOURCE_PATTERN,
+    ID_PATTERN,
     GraftModel,
     Quantity,
     StatusBase,
@@ -193,3 +195,67 @@ class UserStatus(StatusBase):
         default=None, description="The ClusterRole bound for this user."
     )
     role_binding: str | None = Field(default=None, description="The RoleBinding that grants it.")
+
+
+# The public ID and the stored hash of an API key, as graft.core.apikeys makes them (a unit test
+# holds the two together: api/ imports nothing else from graft).
+API_KEY_ID_PATTERN = r"^[0-9a-f]{16}$"
+API_KEY_HASH_PATTERN = r"^sha256:[0-9a-f]{64}$"
+
+
+class ApiKeySpec(GraftModel):
+    """Desired state of an ApiKey: a key to the gateway for one User, made by the operator."""
+
+    user: str = Field(
+        pattern=ID_PATTERN,
+        max_length=63,
+        description=(
+            "ID of the User in this account the key belongs to: only that User can read the "
+            "Secret that holds the key, and deleting the User deletes the key. Cannot change."
+        ),
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                {
+                    "rule": "self == oldSelf",
+                    "message": "spec.user cannot change: create a new ApiKey for the other User",
+                }
+            ]
+        },
+    )
+    expires_at: AwareDatetime | None = Field(
+        default=None,
+        description=(
+            "When the key stops working (RFC 3339 with a time zone, e.g. 2026-12-31T23:59:59Z); "
+            "never when unset. May be changed, e.g. to extend a key."
+        ),
+    )
+    description: str | None = Field(
+        default=None, max_length=256, description="What the key is for, for people."
+    )
+
+
+class ApiKeyStatus(StatusBase):
+    """Observed state of an ApiKey: what the gateway needs to check a key, never the key."""
+
+    key_id: str | None = Field(
+        default=None,
+        pattern=API_KEY_ID_PATTERN,
+        description="The key's public ID (16 hex digits, graft_<keyId>_<secret>): how the gateway finds the key.",
+    )
+    key_hash: str | None = Field(
+        default=None,
+        pattern=API_KEY_HASH_PATTERN,
+        description="SHA-256 of the whole key, sha256:<64 hex digits>; the key itself is only in the Secret.",
+    )
+    redacted_key: str | None = Field(
+        default=None,
+        description="The key as messages and kubectl show it, graft_<keyId>_..., without its secret.",
+    )
+    secret_name: str | None = Field(
+        default=None,
+        description="The Secret in this namespace whose apiKey field holds the key; only the key's User can read it.",
+    )
+    user: str | None = Field(default=None, description="Email of the User the key was issued to.")
+    expires_at: AwareDatetime | None = Field(
+        default=None, description="When the key stops working (spec.expiresAt); never when unset."
+    )

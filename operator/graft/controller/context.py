@@ -19,6 +19,10 @@ def _nobody(plural: str, namespace: str, name: str) -> None:
     """The default of `Context.kick`: nobody to tell (tests that call a reconciler directly)."""
 
 
+def _never(plural: str, namespace: str, name: str, delay: float) -> None:
+    """The default of `Context.recheck`: nobody to tell."""
+
+
 @dataclass(frozen=True)
 class Context:
     api: Api
@@ -30,3 +34,6 @@ class Context:
     kick: Callable[[str, str, str], None] = _nobody
     """kick(plural, namespace, name): reconcile this object again soon, off the caller's thread
     (a background load that ended calls it)."""
+    recheck: Callable[[str, str, str, float], None] = _never
+    """recheck(plural, namespace, name, delay): reconcile this object again `delay` seconds from
+    now (graft.controller.rechecks), for kinds without a kopf timer (an ApiKey's expiry)."""

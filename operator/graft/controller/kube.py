@@ -194,10 +194,22 @@ class Api:
             if exc.status not in (404, 409, 422):
                 raise
 
-    def patch_graft_status(self, plural: str, namespace: str, name: str, status: Obj) -> None:
+    def patch_graft_status(
+        self,
+        plural: str,
+        namespace: str,
+        name: str,
+        status: Obj,
+        *,
+        resource_version: str | None = None,
+    ) -> bool:
         """Merge-patch status; keys set to None are removed. namespace "" = cluster-scoped. An
-        object that went meanwhile has no status to write: that is not an error."""
-        body = {"status": status}
+        object that went meanwhile has no status to write: that is not an error (False). With
+        `resource_version`, only that version of the object is patched: a 409 Conflict is raised
+        when someone wrote it since (the caller read stale state; a retry reads it again)."""
+        body: Obj = {"status": status}
+        if resource_version is not None:
+            body["metadata"] = {"resourceVersion": resource_version}
         try:
             if namespace:
                 self.custom.patch_namespaced_custom_object_status(
@@ -216,6 +228,36 @@ class Api:
         except ApiException as exc:
             if not is_not_found(exc):
                 raise
+            return False
+        return True
+
+    def add_graft_owner(self, plural: str, obj: Obj, reference: Obj) -> Obj | None:
+        """Add an ownerReference to a namespaced Graft object, unless someone changed the object
+        since it was read (then None: the next reconcile adds it). Returns the patched object."""
+        meta = obj["metadata"]
+        ops: list[Obj] = [
+            {"op": "test", "path": "/metadata/resourceVersion", "value": meta["resourceVersion"]}
+        ]
+        if meta.get("ownerReferences"):
+            ops.append({"op": "add", "path": "/metadata/ownerReferences/-", "value": reference})
+        else:
+            ops.append({"op": "add", "path": "/metadata/ownerReferences", "value": [reference]})
+        try:
+            patched: Obj = self.custom.patch_namespaced_custom_object(
+                keys.GROUP,
+                keys.VERSION,
+                meta["namespace"],
+                plural,
+                meta["name"],
+                ops,
+                field_manager=keys.FIELD_MANAGER,
+                _content_type="application/json-patch+json",
+            )
+        except ApiException as exc:
+            if exc.status in (404, 409, 422):
+                return None
+            raise
+        return patched
 
     # --- Pods and Services -----------------------------------------------------------------
 
@@ -356,6 +398,20 @@ class Api:
         """Delete the RoleBinding with this uid; False when it is gone or is another one."""
         return self._delete(self.rbac.delete_namespaced_role_binding, name, namespace, uid=uid)
 
+    def get_role(self, namespace: str, name: str) -> Obj | None:
+        return self._read(self.rbac.read_namespaced_role, name, namespace)
+
+    def create_role(self, role: Obj) -> Obj:
+        return self._plain(
+            self.rbac.create_namespaced_role(
+                role["metadata"]["namespace"], role, field_manager=keys.FIELD_MANAGER
+            )
+        )
+
+    def delete_role(self, namespace: str, name: str, uid: str) -> bool:
+        """Delete the Role with this uid; False when it is gone or is another one."""
+        return self._delete(self.rbac.delete_namespaced_role, name, namespace, uid=uid)
+
     def cluster_role_exists(self, name: str) -> bool:
         return self._read(self.rbac.read_cluster_role, name) is not None
 
@@ -404,8 +460,14 @@ class Api:
         return self._read(self.core.read_namespaced_config_map, name, namespace)
 
     def get_secret(self, namespace: str, name: str) -> Obj | None:
-        """Only the operator's own seed Secret, in its own namespace: the RBAC allows no other."""
+        """A Secret by name: the operator's own seed Secret, or the Secret of an ApiKey (to check
+        that it still holds the key status.keyHash names). Never listed or watched: the RBAC
+        allows neither."""
         return self._read(self.core.read_namespaced_secret, name, namespace)
+
+    def delete_secret(self, namespace: str, name: str, uid: str) -> bool:
+        """Delete the Secret with this uid; False when it is gone or is another one."""
+        return self._delete(self.core.delete_namespaced_secret, name, namespace, uid=uid)
 
     def create_secret(self, secret: Obj) -> Obj | None:
         """Create a Secret; None when one of that name exists already."""

@@ -1,4 +1,5 @@
-"""Reads shared by reconcilers: referenced Models, a Deployment's addons and its ready pods."""
+"""Reads shared by reconcilers: referenced Models, a Deployment's addons and its ready pods, a
+User's ApiKeys."""
 
 from __future__ import annotations
 
@@ -70,6 +71,15 @@ def deployment_facts(namespace: str, name: str, spec: DeploymentSpec) -> Deploym
         max_addons=spec.max_addons,
         max_addon_rank=spec.max_addon_rank,
     )
+
+
+def api_keys_of(api: Api, namespace: str, user: str) -> list[str]:
+    """The names of the ApiKeys of a User (spec.user is an ID in the User's own account)."""
+    return [
+        key["metadata"]["name"]
+        for key in api.list_graft(Plural.API_KEYS, namespace)
+        if (key.get("spec") or {}).get("user") == user and not is_terminating(key)
+    ]
 
 
 def deployed_models_of(api: Api, namespace: str, deployment: str) -> list[Obj]:

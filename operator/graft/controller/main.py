@@ -32,6 +32,7 @@ from kubernetes.client.exceptions import ApiException
 from graft.api.kinds import ACCOUNT_PLURALS, Plural
 from graft.controller import (
     account,
+    apikey,
     dataset,
     deployedmodel,
     deployment,
@@ -46,6 +47,7 @@ from graft.controller.kube import Api, TimedApiClient, load_config
 from graft.controller.leader import LeaseElector, NoNamespace, standby_health
 from graft.controller.metrics import OperatorMetrics, Outcome, serving
 from graft.controller.modelclient import Limits, ModelServers
+from graft.controller.rechecks import Rechecks
 from graft.controller.serverkeys import load_seed
 from graft.core import keys
 from graft.core.names import InvalidReference, full_name, parse_ref
@@ -111,7 +113,8 @@ class Operator:
     """The handlers of one operator process, bound to its context."""
 
     def __init__(self, ctx: Context, metrics: OperatorMetrics | None = None) -> None:
-        self.ctx = replace(ctx, kick=self.kick)
+        self.rechecks = Rechecks(self.recheck_soon)
+        self.ctx = replace(ctx, kick=self.kick, recheck=self.rechecks.schedule)
         self.metrics = metrics or ctx.servers.metrics
         self._locks: dict[tuple[str, str, str], threading.Lock] = {}
         self._locks_guard = threading.Lock()
@@ -123,6 +126,26 @@ class Operator:
         """Reconcile an object again soon, off the caller's thread (a background load that
         ended asks for it)."""
         self._followups.submit(self.reconcile_soft, plural, namespace, name)
+
+    def recheck_soon(self, plural: str, namespace: str, name: str) -> None:
+        """A re-check a reconcile asked for is due (graft.controller.rechecks)."""
+        self._followups.submit(self.recheck, plural, namespace, name)
+
+    def recheck(self, plural: str, namespace: str, name: str) -> None:
+        """Reconcile on a re-check. A successful reconcile asks for the next one; a failed one
+        is asked for again after the resync interval, since nothing else would (these kinds
+        have no kopf timer)."""
+        try:
+            self.reconcile(plural, namespace, name)
+        except Exception:
+            log.exception(
+                "re-checking %s %s/%s failed; it is retried in %g s",
+                plural,
+                namespace,
+                name,
+                self.ctx.settings.resync_seconds,
+            )
+            self.rechecks.schedule(plural, namespace, name, self.ctx.settings.resync_seconds)
 
     @contextmanager
     def exclusive(self, plural: str, namespace: str, name: str) -> Iterator[None]:
@@ -234,6 +257,7 @@ class Operator:
         self._register_models(registry)
         self._register_deployed_models(registry)
         self._register_tenancy(registry)
+        self._register_api_keys(registry)
         self._register_training(registry)
 
     # --- Deployment ------------------------------------------------------------------------
@@ -386,6 +410,38 @@ class Operator:
         name = labels.get(keys.ACCOUNT)
         if name:
             self.reconcile_soft(Plural.ACCOUNTS, "", name)
+
+    # --- ApiKey ----------------------------------------------------------------------------
+
+    def _register_api_keys(self, registry: kopf.OperatorRegistry) -> None:
+        # An ApiKey goes with its User through the garbage collector, even while the operator is
+        # down, so like a User it has no kopf timer (which would add kopf's finalizer): its
+        # reconcile schedules its own re-check (ctx.recheck), just after the key expires or
+        # after the resync interval.
+        self.level_triggered(registry, Plural.API_KEYS, apikey.reconcile, resync=False)
+        kopf.on.event(keys.GROUP, keys.VERSION, Plural.USERS, registry=registry)(
+            self.user_event_for_api_keys
+        )
+        self.on_children(
+            registry,
+            (keys.RBAC_GROUP, "v1", "rolebindings"),
+            self.api_key_binding_event,
+            keys.API_KEY_ACCESS,
+        )
+
+    def user_event_for_api_keys(self, namespace: str | None, name: str | None, **_: Any) -> None:
+        """A User appeared, became Ready, changed its email or went: its ApiKeys follow."""
+        if namespace and name:
+            for key in lookup.api_keys_of(self.ctx.api, namespace, name):
+                self.reconcile_soft(Plural.API_KEYS, namespace, key)
+
+    def api_key_binding_event(
+        self, namespace: str | None, labels: Mapping[str, str], **_: Any
+    ) -> None:
+        """Someone changed or deleted the RoleBinding that lets a User read its key: put it back."""
+        name = labels.get(keys.API_KEY)
+        if namespace and name:
+            self.reconcile_soft(Plural.API_KEYS, namespace, name)
 
     # --- Dataset and FineTuningJob ---------------------------------------------------------
 

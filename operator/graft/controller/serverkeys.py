@@ -2,7 +2,7 @@
 made by the operator the first time it starts and read at every start.
 
 Every Deployment's key is derived from it (graft.core.serverkeys.server_key), so the operator
-never reads a Secret in a tenant's namespace; its RBAC allows reading this one Secret only.
+never reads a Deployment's Secret back (the only tenant Secrets it reads are ApiKeys', by name).
 """
 
 from __future__ import annotations

@@ -12,8 +12,14 @@ from typing import Any
 from graft.api.common import CONDITION_MESSAGE_MAX, Condition, ConditionStatus
 
 
+def rfc3339(moment: datetime) -> str:
+    """A timezone-aware moment as Kubernetes writes times: UTC, whole seconds, e.g.
+    2026-03-02T09:14:05Z."""
+    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
 def now_rfc3339() -> str:
-    return datetime.now(UTC).replace(microsecond=0).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return rfc3339(datetime.now(UTC))
 
 
 def set_condition(

@@ -37,11 +37,20 @@ ACCOUNT = f"{GROUP}/account"
 USER = f"{GROUP}/user"
 """Label on a User's RoleBinding: the name of the User it grants."""
 
+API_KEY = f"{GROUP}/apikey"
+"""Label on an ApiKey's Secret, Role and RoleBinding: the name of the ApiKey."""
+
+KEY_ID = f"{GROUP}/key-id"
+"""Label on an ApiKey's Secret: the public ID of the key it holds (never the key)."""
+
 ACCOUNT_NAMESPACE = "account-namespace"
 ACCOUNT_QUOTA = "account-quota"
 ACCOUNT_NETWORK_POLICY = "account-network-policy"
 USER_BINDING = "user-binding"
-"""app.kubernetes.io/component values of the children of Accounts and Users."""
+API_KEY_SECRET = "apikey-secret"
+API_KEY_ACCESS = "apikey-access"
+"""app.kubernetes.io/component values of the children of Accounts, Users and ApiKeys (the
+Secret that holds a key; the Role and RoleBinding that let its User read it)."""
 
 OPERATOR_COMPONENT = "operator"
 GATEWAY_COMPONENT = "gateway"
@@ -92,6 +101,7 @@ FINETUNING_OUTPUT = "finetuning-output"
 OWNER_LABELS = {
     "Account": ACCOUNT,
     "User": USER,
+    "ApiKey": API_KEY,
     "Deployment": DEPLOYMENT,
     "Dataset": DATASET,
     "FineTuningJob": FINETUNING_JOB,

@@ -20,8 +20,8 @@ Obj = dict[str, Any]
 
 @dataclass(frozen=True)
 class Owner:
-    """A Graft object that owns (or made) other objects: an Account, a User, a Deployment, a
-    Dataset or a FineTuningJob. `namespace` is "" for cluster-scoped Accounts."""
+    """A Graft object that owns (or made) other objects: an Account, a User, an ApiKey, a
+    Deployment, a Dataset or a FineTuningJob. `namespace` is "" for cluster-scoped Accounts."""
 
     kind: str
     name: str
@@ -40,15 +40,16 @@ class Owner:
             generation=meta.get("generation") or 0,
         )
 
-    def reference(self) -> Obj:
-        """The ownerReference of a child: the controller, and its deletion waits for the child
-        when the owner is deleted in the foreground."""
+    def reference(self, *, controller: bool = True) -> Obj:
+        """The ownerReference of a child: the controller (unless `controller` is False: an
+        ApiKey belongs to its User, but the User's reconciler does not manage it), and its
+        deletion waits for the child when the owner is deleted in the foreground."""
         return {
             "apiVersion": keys.API_VERSION,
             "kind": self.kind,
             "name": self.name,
             "uid": self.uid,
-            "controller": True,
+            "controller": controller,
             "blockOwnerDeletion": True,
         }
 

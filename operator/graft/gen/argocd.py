@@ -36,6 +36,7 @@ from pathlib import Path
 from graft.api.kinds import (
     ACCOUNT,
     ALL_KINDS,
+    API_KEY,
     DATASET,
     DEPLOYED_MODEL,
     DEPLOYMENT,
@@ -95,6 +96,16 @@ HEALTH: tuple[Health, ...] = (
         (
             "RoleBindingConflict",  # plan/user.py conflict_problem (waiting=False)
             INVALID_SPEC,
+        ),
+    ),
+    Health(
+        API_KEY,
+        (
+            "Expired",  # plan/apikey.py expired_problem: only a later spec.expiresAt helps
+            "SecretConflict",  # plan/apikey.py conflict_problem (CONFLICT_REASONS)
+            "RoleConflict",
+            "RoleBindingConflict",
+            INVALID_SPEC,  # controller/apikey.py reconcile
         ),
     ),
     Health(

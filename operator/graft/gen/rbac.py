@@ -42,13 +42,15 @@ OWNER_KINDS = tuple(
     for p in (
         Plural.ACCOUNTS,
         Plural.USERS,
+        Plural.API_KEYS,
         Plural.DEPLOYMENTS,
         Plural.DATASETS,
         Plural.MODELS,
         Plural.FINE_TUNING_JOBS,
     )
 )
-"""Graft kinds whose objects own children (namespace, RoleBinding, pods, Jobs, Models)."""
+"""Graft kinds whose objects own children (namespace, RoleBinding, ApiKeys and their Secrets,
+pods, Jobs, Models)."""
 
 
 @dataclass(frozen=True)
@@ -138,11 +140,26 @@ OPERATOR_RULES: tuple[Rule, ...] = (
         ("get", "create", "patch"),
     ),
     Rule(
-        "Deployment: the Secret its model servers read their API key from (create only: the "
-        "operator derives the key and reads no tenant's Secret).",
+        "Deployment, ApiKey: create the Secret a Deployment's model servers read their API key "
+        "from (the operator derives it), and the Secret that holds an ApiKey's key.",
         (CORE,),
         ("secrets",),
         ("create",),
+    ),
+    Rule(
+        "ApiKey: read a key's Secret back by name (does it still hold the key status.keyHash "
+        "names?); RBAC also refuses to create the Role that lets the key's User get it to anyone "
+        "who cannot get it. Never list or watch: the operator cannot enumerate Secrets.",
+        (CORE,),
+        ("secrets",),
+        ("get",),
+    ),
+    Rule(
+        "ApiKey: delete a key's Secret that does not hold the key status.keyHash names, before "
+        "a new key replaces it (by uid: only the Secret it read).",
+        (CORE,),
+        ("secrets",),
+        ("delete",),
     ),
     Rule(
         "All reconcilers: Events for the transitions a person wants to see.",
@@ -172,11 +189,19 @@ OPERATOR_RULES: tuple[Rule, ...] = (
         ("get", "list", "watch", "create", "patch", "delete"),
     ),
     Rule(
-        "User: one RoleBinding per User, replaced (delete + create) when the role changes, "
-        "watched so that a changed or deleted one is put back.",
+        "User, ApiKey: one RoleBinding per User (to its role) and per ApiKey (to its Role), "
+        "replaced (delete + create) when it changes, watched so that a changed or deleted one "
+        "is put back.",
         (keys.RBAC_GROUP,),
         ("rolebindings",),
         ("get", "list", "watch", "create", "delete"),
+    ),
+    Rule(
+        "ApiKey: one Role per key that lets its User get the key's one Secret, replaced "
+        "(delete + create) when it changes.",
+        (keys.RBAC_GROUP,),
+        ("roles",),
+        ("get", "create", "delete"),
     ),
     Rule(
         "User: bind only Graft's user roles (bind, instead of holding all their permissions).",
@@ -343,7 +368,8 @@ OPERATOR_NAMESPACE_RULES: tuple[Rule, ...] = (
         ("create",),
     ),
     Rule(
-        "Model-server API keys: read the seed Secret, and no other Secret.",
+        "Model-server API keys: read the seed Secret (a rule of its own, whatever the "
+        "ClusterRole's ApiKey rules become).",
         (CORE,),
         ("secrets",),
         ("get",),

@@ -25,6 +25,19 @@ def binding_name(user: str) -> str:
     return f"graft-user-{user}"
 
 
+def user_subject(email: str) -> Obj:
+    """The RBAC subject of a User: its email as a Kubernetes `User`, as an OIDC provider presents
+    it. Everything Graft grants a User (its role, its ApiKeys' Secrets) names this subject."""
+    return {"apiGroup": keys.RBAC_GROUP, "kind": "User", "name": email}
+
+
+def subjects_of(binding: Obj) -> list[Obj]:
+    """A RoleBinding's subjects as `user_subject` writes them (the API server may add fields)."""
+    return [
+        {k: s.get(k) for k in ("apiGroup", "kind", "name")} for s in binding.get("subjects") or []
+    ]
+
+
 def role_binding(owner: Owner, email: str, role: Role | str) -> Obj:
     """Bind `email` (a Kubernetes User subject, as an OIDC provider presents it) to the role."""
     return {
@@ -41,7 +54,7 @@ def role_binding(owner: Owner, email: str, role: Role | str) -> Obj:
             "kind": "ClusterRole",
             "name": cluster_role_name(role),
         },
-        "subjects": [{"apiGroup": keys.RBAC_GROUP, "kind": "User", "name": email}],
+        "subjects": [user_subject(email)],
     }
 
 
@@ -64,11 +77,7 @@ def binding_action(existing: Obj | None, desired: Obj) -> BindingAction:
         return BindingAction.CONFLICT
     same = (
         existing.get("roleRef") == desired["roleRef"]
-        and [
-            {k: s.get(k) for k in ("apiGroup", "kind", "name")}
-            for s in existing.get("subjects") or []
-        ]
-        == desired["subjects"]
+        and subjects_of(existing) == desired["subjects"]
         and owned_by(existing, d_meta["ownerReferences"][0]["uid"])
         and all(found.get(k) == v for k, v in d_meta["labels"].items())
     )

@@ -1,0 +1,85 @@
+"""Reconciles asked for at a later time, without kopf's timers.
+
+A kopf timer puts kopf's finalizer on every object of its kind, so deleting one waits for the
+operator. An ApiKey must go with its User even while the operator is down (its Secret holds a
+key), so it has no timer; its reconcile asks to be called again instead: just after the key
+expires, or after the resync interval. One thread keeps these times for every object; each
+object has one pending time, the one its latest reconcile asked for. They live in memory only:
+after a restart, kopf's resume handlers reconcile every object, and those ask again.
+"""
+
+from __future__ import annotations
+
+import heapq
+import logging
+import threading
+import time
+from collections.abc import Callable
+
+log = logging.getLogger(__name__)
+
+Key = tuple[str, str, str]
+"""(plural, namespace, name)"""
+
+
+class Rechecks:
+    """`schedule(plural, namespace, name, delay)` calls `fire(plural, namespace, name)` once, on
+    this object's thread, `delay` seconds from now, unless the object is scheduled again before
+    then (the later request replaces the earlier one). `fire` must return at once: it hands the
+    reconcile to a worker."""
+
+    def __init__(
+        self,
+        fire: Callable[[str, str, str], None],
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._fire = fire
+        self._clock = clock
+        self._due: dict[Key, float] = {}
+        self._heap: list[tuple[float, Key]] = []
+        self._wake = threading.Condition()
+        self._thread: threading.Thread | None = None
+        self._stopped = False
+
+    def schedule(self, plural: str, namespace: str, name: str, delay: float) -> None:
+        key = (plural, namespace, name)
+        with self._wake:
+            when = self._clock() + max(0.0, delay)
+            self._due[key] = when
+            heapq.heappush(self._heap, (when, key))
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._run, name="rechecks", daemon=True)
+                self._thread.start()
+            self._wake.notify()
+
+    def pending(self) -> dict[Key, float]:
+        """Seconds until each pending re-check."""
+        with self._wake:
+            now = self._clock()
+            return {key: when - now for key, when in self._due.items()}
+
+    def stop(self) -> None:
+        with self._wake:
+            self._stopped = True
+            self._wake.notify()
+
+    def _next(self) -> Key | None:
+        """The next object that is due, waiting for it; None once stopped."""
+        with self._wake:
+            while not self._stopped:
+                now = self._clock()
+                if self._heap and self._heap[0][0] <= now:
+                    when, key = heapq.heappop(self._heap)
+                    if self._due.get(key) != when:
+                        continue  # replaced by a later request
+                    del self._due[key]
+                    return key
+                self._wake.wait(self._heap[0][0] - now if self._heap else None)
+            return None
+
+    def _run(self) -> None:
+        while (key := self._next()) is not None:
+            try:
+                self._fire(*key)
+            except Exception:
+                log.exception("re-checking %s %s/%s failed", *key)
