@@ -8,6 +8,7 @@ from pydantic import ValidationError
 from graft.api.common import ID_RE
 from graft.api.models import ModelSpec
 from graft.api.serving import DeploymentSpec, Engine
+from graft.api.tenancy import AccountSpec
 
 
 def test_deployment_defaults_and_wire_names() -> None:
@@ -59,3 +60,19 @@ def test_references_accept_id_or_full_name() -> None:
 )
 def test_id_rule(value: str, ok: bool) -> None:
     assert bool(ID_RE.match(value)) is ok
+
+
+def test_account_limits_wire_names_and_bounds() -> None:
+    spec = AccountSpec.model_validate(
+        {"limits": {"requestsPerMinute": 60, "tokensPerMinute": 1000, "concurrentRequests": 2}}
+    )
+    assert spec.limits is not None
+    assert spec.wire()["limits"] == {
+        "requestsPerMinute": 60,
+        "tokensPerMinute": 1000,
+        "concurrentRequests": 2,
+    }
+    assert AccountSpec().limits is None
+    for field in ("requestsPerMinute", "tokensPerMinute", "concurrentRequests"):
+        with pytest.raises(ValidationError, match=field):
+            AccountSpec.model_validate({"limits": {field: 0}})
