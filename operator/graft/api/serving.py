@@ -332,6 +332,7 @@ class AutoscalingStatus(GraftModel):
         "(GRAFT_MIN_SCALE_TO_ZERO_WINDOW) when the spec's is shorter.",
     )
 
+
 class DeploymentStatus(StatusBase):
     """Observed state of a Deployment."""
 
