@@ -48,14 +48,14 @@ import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
+from graft.core.settings import DEFAULT_MIN_SCALE_TO_ZERO_WINDOW
+
 DEFAULT_SCALE_UP_WINDOW = 30.0
 DEFAULT_SCALE_DOWN_WINDOW = 600.0
 DEFAULT_SCALE_TO_ZERO_WINDOW = 3600.0
-MIN_SCALE_TO_ZERO_WINDOW = 300.0
-"""The default floor of scaleToZeroWindow (GRAFT_MIN_SCALE_TO_ZERO_WINDOW): starting a model
-server takes minutes; flapping to zero and back faster than that would make every quiet spell
-cost the next user a cold start. An installation policy, not an API rule, so a test cluster may
-lower it."""
+MIN_SCALE_TO_ZERO_WINDOW = DEFAULT_MIN_SCALE_TO_ZERO_WINDOW
+"""The default floor of scaleToZeroWindow; an installation sets its own with
+GRAFT_MIN_SCALE_TO_ZERO_WINDOW (see core.settings for why there is one)."""
 
 
 @dataclass(frozen=True)
