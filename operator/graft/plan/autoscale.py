@@ -7,7 +7,7 @@ The operator's leader runs it (graft.controller.autoscaler) on the load the gate
 it lives in plan/ because the operator is what runs it, and plan/ is pure.
 
 A sample's count holds until the next sample (the load is a step function sampled by the
-gateway), so the value in effect when a window opens is the last sample at or before its start.
+autoscaler), so the value in effect when a window opens is the last sample at or before its start.
 One sample's desired replica count is ceil(in flight / target).
 
 The rules, in the order they are applied:
@@ -32,10 +32,10 @@ The rules, in the order they are applied:
    replicas that the next burst needs again.
 6. Otherwise: stay.
 
-Every result is clamped to [minReplicas, maxReplicas]. A gateway with less history than a window
-acts on what it has for scaling up and down (it has not seen a peak, so there is none to keep), as
-the HPA does after a restart; only rule 4 insists on a complete window. With no samples at all it
-keeps the current count.
+Every result is clamped to [minReplicas, maxReplicas]. An autoscaler with less history than a
+window acts on what it has for scaling up and down (it has not seen a peak, so there is none to
+keep), as the HPA does after a restart; only rule 4 insists on a complete window. With no
+samples at all it keeps the current count.
 
 The load is a step function, so a sample that repeats the one before it says nothing new:
 `LoadHistory` keeps only the changes, and an idle Deployment with an hour-long window costs one
