@@ -5,5 +5,6 @@ container runtime:
 - kubelet: a stand-in for the kubelet that runs Job pods' containers as local processes;
 - podservers: each model-server pod's own command line, bound to its (loopback) pod IP;
 - tinyadapters: LoRA adapters made in code, without training;
+- gatewaymetrics: a gateway's /metrics body, made by prometheus_client;
 - dump: real objects written as Argo CD health-check fixtures (GRAFT_DUMP_FIXTURES=<dir>).
 """

@@ -128,6 +128,11 @@ EVERYTHING: dict[str, Any] = {
     "resyncSeconds": 2.5,
     "workers": 3,
     "modelServerTimeoutSeconds": 45,
+    "autoscaler": {
+        "intervalSeconds": 2,
+        "minScaleToZeroWindowSeconds": 30,
+        "gatewayMetrics": ["http://10.0.0.1:9100/metrics", "http://10.0.0.2:9100/metrics"],
+    },
     "logLevel": "debug",
     "extraEnv": [
         {"name": "HTTPS_PROXY", "value": "http://proxy:3128"},
@@ -403,6 +408,11 @@ def test_values_reach_the_operator(helm: str, tmp_path: Path) -> None:
     assert parsed.dataset_max_examples == 10
     assert parsed.resync_seconds == 2.5
     assert parsed.workers == 3
+    assert (parsed.autoscaler_interval, parsed.min_scale_to_zero_window) == (2, 30)
+    assert parsed.gateway_metrics == (
+        "http://10.0.0.1:9100/metrics",
+        "http://10.0.0.2:9100/metrics",
+    )
     container = operator_container(docs)
     assert container["image"] == "registry.example.com/graft-operator:dev"
     assert "--verbose" in container["args"]

@@ -107,11 +107,18 @@ def test_every_series_is_there_from_the_start(scraped: Scraped) -> None:
         for outcome in ("ok", "refused", "unreachable", "error"):
             name = "graft_operator_model_server_requests_total"
             assert value(samples, name, operation=op, outcome=outcome) == 0
+    for outcome in ("ok", "refused", "unreachable", "error"):
+        assert value(samples, "graft_operator_autoscaler_scrapes_total", outcome=outcome) == 0
+    for reason in ("ScaledUp", "ScaledDown", "ScaledToZero", "ScaledFromZero", "OutOfBounds"):
+        assert value(samples, "graft_operator_autoscaler_scalings_total", reason=reason) == 0
+    assert value(samples, "graft_operator_autoscaler_deployments") == 0
+    assert value(samples, "graft_operator_autoscaler_gateways") == 0
     assert not any(name.endswith("_created") for name, _ in samples)
-    # Only kinds, outcomes and operations are label values: never an object's name.
+    # Only kinds, outcomes, operations and autoscaling reasons are label values: never an
+    # object's name.
     labels = {k for _, pairs in samples for k, _ in pairs}
-    assert labels <= {"kind", "outcome", "operation", "le", "version", "implementation", "major",
-                      "minor", "patchlevel"}  # fmt: skip
+    assert labels <= {"kind", "outcome", "operation", "reason", "le", "version", "implementation",
+                      "major", "minor", "patchlevel"}  # fmt: skip
 
 
 def test_only_the_path_of_the_url_serves_metrics(scraped: Scraped) -> None:

@@ -78,3 +78,33 @@ def test_operator_settings_from_env(env: dict[str, str], setting: str, value: ob
 def test_engine_images() -> None:
     cfg = Settings(reference_image="r/graft:dev", vllm_image="r/vllm:1")
     assert (cfg.engine_image("Reference"), cfg.engine_image("VLLM")) == ("r/graft:dev", "r/vllm:1")
+
+
+def test_autoscaler_settings() -> None:
+    cfg = Settings.from_env({})
+    assert (cfg.autoscaler_interval, cfg.min_scale_to_zero_window) == (5.0, 300.0)
+    assert cfg.gateway_metrics == ()
+    cfg = Settings.from_env(
+        {
+            "GRAFT_AUTOSCALER_INTERVAL": "0.5",
+            "GRAFT_MIN_SCALE_TO_ZERO_WINDOW": "10",
+            "GRAFT_GATEWAY_METRICS": "http://127.0.0.1:9100/metrics, http://gw:9100/metrics,",
+        }
+    )
+    assert (cfg.autoscaler_interval, cfg.min_scale_to_zero_window) == (0.5, 10.0)
+    assert cfg.gateway_metrics == ("http://127.0.0.1:9100/metrics", "http://gw:9100/metrics")
+
+
+@pytest.mark.parametrize(
+    ("env", "message"),
+    [
+        ({"GRAFT_AUTOSCALER_INTERVAL": "0"}, "GRAFT_AUTOSCALER_INTERVAL='0' must be positive"),
+        ({"GRAFT_MIN_SCALE_TO_ZERO_WINDOW": "5m"}, "GRAFT_MIN_SCALE_TO_ZERO_WINDOW='5m' is not a"),
+        ({"GRAFT_GATEWAY_METRICS": "https://gw:9100/metrics"}, "GRAFT_GATEWAY_METRICS"),
+        ({"GRAFT_GATEWAY_METRICS": "gw:9100"}, "not an http://"),
+        ({"GRAFT_GATEWAY_METRICS": "http://gw:port/metrics"}, "not an http://"),
+    ],
+)
+def test_autoscaler_setting_errors_name_the_variable(env: dict[str, str], message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        Settings.from_env(env)

@@ -11,6 +11,7 @@ from graft.gateway.limits import (
     LimitKind,
     Refusal,
     Ticket,
+    limits_of,
 )
 
 
@@ -241,3 +242,42 @@ def test_concurrent_acquires_never_exceed_the_limits() -> None:
     assert len(tickets) == 50
     assert len({t.serial for t in tickets}) == 50
     assert limiter.in_flight("acme") == 50
+
+
+# --- Account spec.limits -------------------------------------------------------------------------
+
+
+def test_limits_of_an_account_spec() -> None:
+    spec = {
+        "quota": {"gpus": 2},
+        "limits": {"requestsPerMinute": 60, "tokensPerMinute": 10_000, "concurrentRequests": 4},
+    }
+    assert limits_of(spec) == AccountLimits(
+        requests_per_minute=60, tokens_per_minute=10_000, concurrent_requests=4
+    )
+    assert limits_of({"limits": {"tokensPerMinute": 500}}) == AccountLimits(tokens_per_minute=500)
+
+
+def test_an_account_without_limits_is_unlimited() -> None:
+    assert limits_of({}) == AccountLimits()
+    assert limits_of({"limits": None}) == AccountLimits()
+    assert limits_of({"limits": {}}) == AccountLimits()
+
+
+def test_limits_a_newer_crd_adds_are_ignored() -> None:
+    spec = {"limits": {"requestsPerMinute": 5, "imagesPerMinute": 3}}
+    assert limits_of(spec) == AccountLimits(requests_per_minute=5)
+
+
+@pytest.mark.parametrize(
+    ("limits", "named"),
+    [
+        ({"requestsPerMinute": 0}, "requestsPerMinute"),
+        ({"concurrentRequests": -1}, "concurrentRequests"),
+        ({"tokensPerMinute": "many"}, "tokensPerMinute"),
+        ("60", "spec.limits must be an object"),
+    ],
+)
+def test_limits_the_crd_would_refuse_raise_value_error(limits: object, named: str) -> None:
+    with pytest.raises(ValueError, match=named):
+        limits_of({"limits": limits})

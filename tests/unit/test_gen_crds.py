@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 import yaml
 
-from graft.api.common import ID_PATTERN
+from graft.api.common import DURATION_PATTERN, ID_PATTERN
 from graft.api.kinds import ALL_KINDS, API_KEY, DEPLOYMENT, Kind
 from graft.gen import crds as crdgen
 
@@ -188,3 +188,34 @@ def test_structural_translates_exclusive_bounds_and_inlines_refs() -> None:
     assert inner["description"] == "d"
     assert "default" not in inner
     assert inner["properties"]["x"] == {"type": "number", "exclusiveMinimum": True, "minimum": 0}
+
+
+def test_autoscaling_bounds_and_windows_are_checked_at_admission() -> None:
+    autoscaling = schema_of(DEPLOYMENT)["properties"]["spec"]["properties"]["autoscaling"]
+    assert autoscaling["required"] == ["maxReplicas"]
+    rules = autoscaling["x-kubernetes-validations"]
+    assert any("self.minReplicas <= self.maxReplicas" in r["rule"] for r in rules)
+    for window, default in (
+        ("scaleUpWindow", "30s"),
+        ("scaleDownWindow", "10m"),
+        ("scaleToZeroWindow", "1h"),
+    ):
+        node = autoscaling["properties"][window]
+        assert node["default"] == default
+        assert node["minLength"] == 2
+        (rule,) = node["x-kubernetes-validations"]
+        assert rule["rule"] == f"self.matches(r'{DURATION_PATTERN}')"
+        assert window in rule["message"]
+    target = autoscaling["properties"]["target"]["properties"]["concurrentRequests"]
+    assert (target["minimum"], target["exclusiveMinimum"]) == (0, True)
+
+
+def test_the_scale_selector_is_in_status_for_hpa_and_keda() -> None:
+    """labelSelectorPath points at status.selector, which the Deployment status fills: an HPA or
+    a KEDA ScaledObject needs it to target deployments.graft.dev through /scale."""
+    scale = crdgen.crd(DEPLOYMENT)["spec"]["versions"][0]["subresources"]["scale"]
+    path = scale["labelSelectorPath"].lstrip(".").split(".")
+    node = schema_of(DEPLOYMENT)
+    for part in path:
+        node = node["properties"][part]
+    assert node["type"] == "string"

@@ -157,7 +157,7 @@ def test_imports_follow_the_layers(layer: str, path: Path) -> None:
         ("gateway", "graft.gateway.limits", "from graft.plan.deployment import service\n"),
         ("gateway", "graft.gateway.errors", "from fastapi import HTTPException\n"),
         ("gateway", "graft.gateway.apikeys", "from ..controller.kube import Api\n"),
-        ("plan", "graft.plan.deployment", "from graft.gateway import autoscale\n"),
+        ("plan", "graft.plan.deployment", "from graft.gateway import limits\n"),
     ],
 )
 def test_a_planted_violation_is_caught(layer: str, module: str, source: str) -> None:

@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import json
+from typing import Any
 
 import pytest
 
+from graft.api.common import Condition, ConditionStatus
 from graft.api.serving import DeploymentSpec
 from graft.core import keys
 from graft.core.objects import Owner
 from graft.plan.deployment import (
     BlockedBy,
     ObservedPod,
+    autoscaling_of,
     deployment_status,
     model_server_pod,
     pod_spec,
@@ -295,3 +298,93 @@ def test_after_a_refused_surge_ready_holds_until_the_rollout_is_done() -> None:
         2, [ObservedPod("n1", "h", True), ObservedPod("o", "old", False)], previous=done.conditions
     )
     assert cond(again, "Progressing").reason == "RollingUpdate"
+
+
+# --- The autoscaler's part of the status -------------------------------------------------------
+
+
+def merge_patch(target: object, patch: object) -> object:
+    """RFC 7386, as the API server applies the status patch publish() sends (lists replaced)."""
+    if not isinstance(patch, dict):
+        return patch
+    out = dict(target) if isinstance(target, dict) else {}
+    for key, value in patch.items():
+        if value is None:
+            out.pop(key, None)
+        else:
+            out[key] = merge_patch(out.get(key), value)
+    return out
+
+
+def published(previous: dict[str, object], new: dict[str, object]) -> object:
+    """The status after controller.status.publish() wrote `new` over `previous`."""
+    patch: dict[str, object] = {k: None for k in previous if k not in new}
+    patch.update(new)
+    return merge_patch(previous, patch)
+
+
+AUTOSCALED = {"baseModel": "llama", "replicas": 2, "autoscaling": {"maxReplicas": 4}}
+AUTOSCALER_CONDITION = Condition(
+    type="Autoscaling",
+    status=ConditionStatus.TRUE,
+    reason="ScaledUp",
+    message="at least 8 requests in flight for 30s need 2 replicas at 4 each",
+    last_transition_time="T0",
+    observed_generation=3,
+)
+AUTOSCALER_STATUS = {
+    "desiredReplicas": 2,
+    "inFlight": 8,
+    "reason": "ScaledUp",
+    "message": "at least 8 requests in flight for 30s need 2 replicas at 4 each",
+    "lastScaleTime": "2025-01-01T00:00:00Z",
+    "scaleToZeroWindow": "1h",
+}
+
+
+def reconciled(spec: dict[str, Any], before: dict[str, Any]) -> Any:
+    """What a Deployment reconcile leaves in status, given the status it read."""
+    pods = [ObservedPod("a", "h", True), ObservedPod("b", "h", True)]
+    new = deployment_status(
+        owner=OWNER,
+        spec=DeploymentSpec.model_validate(spec),
+        full_name="accounts/acme/deployments/chat",
+        pods=pods,
+        current_hash="h",
+        blocked=None,
+        previous=[Condition.model_validate(c) for c in before.get("conditions") or []],
+        now="T1",
+        autoscaling=autoscaling_of(before),
+    )
+    return published(before, new.wire())
+
+
+def test_a_reconcile_keeps_what_the_autoscaler_wrote() -> None:
+    before = {
+        "observedGeneration": 3,
+        "conditions": [AUTOSCALER_CONDITION.wire()],
+        "autoscaling": AUTOSCALER_STATUS,
+    }
+    after = reconciled(AUTOSCALED, before)
+    assert after["autoscaling"] == AUTOSCALER_STATUS
+    conditions = {c["type"]: c for c in after["conditions"]}
+    assert conditions["Autoscaling"] == AUTOSCALER_CONDITION.wire()
+    assert conditions["Ready"]["status"] == "True"
+    # And a second reconcile changes nothing: no write at all.
+    assert reconciled(AUTOSCALED, after) == after
+
+
+def test_without_spec_autoscaling_its_status_and_condition_go() -> None:
+    before = {"conditions": [AUTOSCALER_CONDITION.wire()], "autoscaling": AUTOSCALER_STATUS}
+    after = reconciled({"baseModel": "llama", "replicas": 2}, before)
+    assert "autoscaling" not in after
+    assert [c["type"] for c in after["conditions"]] == ["Ready", "Progressing"]
+
+
+def test_an_autoscaling_status_of_another_shape_is_dropped_not_fatal() -> None:
+    assert autoscaling_of({"autoscaling": {"desiredReplicas": "many"}}) is None
+    assert autoscaling_of({}) is None
+    assert autoscaling_of(None) is None
+    status = autoscaling_of({"autoscaling": AUTOSCALER_STATUS})
+    assert status is not None
+    assert status.wire() == AUTOSCALER_STATUS

@@ -20,6 +20,15 @@ REF_PATTERN = (
     r"^(accounts/[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?/[a-zA-Z]+/)?[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$"
 )
 
+DURATION_PATTERN = r"^([0-9]+h)?([0-9]+m)?([0-9]+s)?$"
+"""A duration as Go writes it, restricted to whole hours, minutes and seconds in that order, each
+at most once: 30s, 10m, 1h, 1h30m, 90s. Empty is refused by a minimum length of 2 beside it."""
+DURATION_RULE = (
+    "must be a duration of whole hours, minutes and seconds in that order, each at most once, "
+    "e.g. 30s, 10m, 1h or 1h30m"
+)
+DURATION_MAX_LENGTH = 16
+
 
 class GraftModel(BaseModel):
     """Base for every spec and status type: camelCase on the wire, unknown fields refused."""

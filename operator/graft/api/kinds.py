@@ -145,6 +145,12 @@ DEPLOYMENT = Kind(
         Column("Engine", ".spec.engine"),
         Column("Desired", ".spec.replicas", type="integer"),
         Column("Available", ".status.readyReplicas", type="integer"),
+        Column(
+            "Scaling",
+            ".status.autoscaling.reason",
+            description="The autoscaler's latest decision.",
+            priority=1,
+        ),
         Column("Endpoint", ".status.endpoint", priority=1),
     ),
 )

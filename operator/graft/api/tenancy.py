@@ -109,6 +109,39 @@ class AccountQuota(GraftModel):
     models: int | None = Field(default=None, ge=0, description="Most Models in the account.")
 
 
+class RequestLimits(GraftModel):
+    """Data-plane limits of the account, enforced by the gateway (not by the API server)."""
+
+    requests_per_minute: int | None = Field(
+        default=None,
+        ge=1,
+        description=(
+            "Most requests per minute the gateway admits for the account, over all its "
+            "Deployments and API keys: a token bucket that holds one minute's allowance (an idle "
+            "account may burst that much) and refills continuously. Unset: unlimited. A refused "
+            "request gets HTTP 429 with Retry-After."
+        ),
+    )
+    tokens_per_minute: int | None = Field(
+        default=None,
+        ge=1,
+        description=(
+            "Most tokens (prompt plus completion) per minute, as a token bucket like "
+            "requestsPerMinute: a request is charged its prompt when admitted and settled against "
+            "the usage it reports when it ends, so an account that overspends waits until the "
+            "bucket refills. Unset: unlimited."
+        ),
+    )
+    concurrent_requests: int | None = Field(
+        default=None,
+        ge=1,
+        description=(
+            "Most requests of the account in flight at once: further requests get HTTP 429 "
+            "until one ends. Unset: unlimited."
+        ),
+    )
+
+
 class AccountSpec(GraftModel):
     """Desired state of an Account: the top-level tenant, whose ID is also its namespace's name."""
 
@@ -118,6 +151,13 @@ class AccountSpec(GraftModel):
     quota: AccountQuota | None = Field(
         default=None,
         description="Limits enforced on the account's namespace; none when unset.",
+    )
+    limits: RequestLimits | None = Field(
+        default=None,
+        description=(
+            "Rate and concurrency limits the gateway enforces on the account's inference "
+            "requests; none when unset."
+        ),
     )
     deletion_policy: DeletionPolicy = Field(
         default=DeletionPolicy.REFUSE,

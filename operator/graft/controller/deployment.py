@@ -37,6 +37,7 @@ from graft.plan.deployment import (
     BlockedBy,
     ObservedPod,
     PodPlan,
+    autoscaling_of,
     deployment_status,
     invalid_spec_status,
     model_server_pod,
@@ -260,6 +261,7 @@ def reconcile(ctx: Context, namespace: str, name: str) -> None:
         blocked=blocked,
         previous=previous,
         now=now_rfc3339(),
+        autoscaling=autoscaling_of(obj.get("status")),
     )
     if spec.enable_addons and (blocked is None or blocked.reason == SURGE_REFUSED):
         status.addons = served_addons(ctx, namespace, name)

@@ -259,6 +259,30 @@ class Api:
             raise
         return patched
 
+    def scale_graft(
+        self, plural: str, namespace: str, name: str, replicas: int, resource_version: str
+    ) -> bool:
+        """Set spec.replicas through the /scale subresource, as kubectl scale, an HPA or KEDA
+        do, and only if the object is still at `resource_version`: False when it changed
+        meanwhile (409) or went (404); whoever reads it again decides again."""
+        body = {"metadata": {"resourceVersion": resource_version}, "spec": {"replicas": replicas}}
+        try:
+            self.custom.patch_namespaced_custom_object_scale(
+                keys.GROUP,
+                keys.VERSION,
+                namespace,
+                plural,
+                name,
+                body,
+                field_manager=keys.AUTOSCALER_FIELD_MANAGER,
+                _content_type="application/merge-patch+json",
+            )
+        except ApiException as exc:
+            if exc.status in (404, 409):
+                return False
+            raise
+        return True
+
     # --- Pods and Services -----------------------------------------------------------------
 
     def list_pods(self, namespace: str, selector: str) -> list[Obj]:

@@ -42,6 +42,7 @@ from graft.controller import (
     model,
     user,
 )
+from graft.controller.autoscaler import Autoscaler
 from graft.controller.context import Context
 from graft.controller.kube import Api, TimedApiClient, load_config
 from graft.controller.leader import LeaseElector, NoNamespace, standby_health
@@ -121,6 +122,10 @@ class Operator:
         self._reconcilers: dict[str, Reconcile] = {}
         self._followups = ThreadPoolExecutor(max_workers=2, thread_name_prefix="followup")
         self.running = Running()
+        # Its status writes take the reconcile's lock of the Deployment they write.
+        self.autoscaler = Autoscaler(
+            self.ctx.api, self.ctx.settings, self.metrics, exclusive=self.exclusive
+        )
 
     def kick(self, plural: str, namespace: str, name: str) -> None:
         """Reconcile an object again soon, off the caller's thread (a background load that
@@ -264,6 +269,10 @@ class Operator:
 
     def _register_deployments(self, registry: kopf.OperatorRegistry) -> None:
         self.level_triggered(registry, Plural.DEPLOYMENTS, deployment.reconcile)
+        # The autoscaler sizes what this watch shows it (started by `run()`, in the leader).
+        kopf.on.event(keys.GROUP, keys.VERSION, Plural.DEPLOYMENTS, registry=registry)(
+            self.autoscaler.observe
+        )
         self.on_children(registry, ("v1", "pods"), self.model_server_pod_event, keys.MODEL_SERVER)
         kopf.on.event(keys.GROUP, keys.VERSION, Plural.MODELS, registry=registry)(self.model_event)
 
@@ -564,10 +573,15 @@ def _lead(
         os._exit(EXIT_LEADERSHIP_LOST)
 
     elector.keep(on_lost=lost)
+    operator: Operator | None = None
     try:
         seed = load_seed(api, settings.operator_namespace)
         ctx = Context(api=api, settings=settings, servers=servers, server_key_seed=seed)
-        Operator(ctx, metrics).register(registry)
+        operator = Operator(ctx, metrics)
+        operator.register(registry)
+        # Only the leader scales: this process holds the Lease from here on, and exits when it
+        # loses it.
+        operator.autoscaler.start()
         kopf.run(
             registry=registry,
             standalone=True,
@@ -576,5 +590,7 @@ def _lead(
             liveness_endpoint=liveness,
         )
     finally:
+        if operator is not None:
+            operator.autoscaler.stop()
         elector.release()
     return 0

@@ -1,8 +1,8 @@
 """The operator's own Prometheus metrics (`graft run --metrics`), in a registry of their own.
 
 One `OperatorMetrics` per process, made by `run()` and handed to what it measures: the reconcile
-wrapper (graft.controller.main), the model-server client (graft.controller.modelclient) and the
-leader election (graft.controller.leader). This module knows neither kopf nor the kubernetes
+wrapper (graft.controller.main), the model-server client (graft.controller.modelclient), the
+leader election (graft.controller.leader) and the autoscaler (graft.controller.autoscaler). This module knows neither kopf nor the kubernetes
 client: whoever measures a call says which outcome an exception means.
 
 Every label is bounded by the code, never by the cluster: kinds, outcomes and operations are
@@ -89,6 +89,11 @@ RECONCILE_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30
 """Seconds; a reconcile that waits on an API timeout (30 s by default) lands in the tail."""
 SERVER_CALL_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
 """Seconds; a call ends by its deadline: 5 s, or 120 s for a load, by default."""
+SCRAPE_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2, 3, 5)
+"""Seconds; a scrape of a gateway ends by its deadline (3 s)."""
+
+SCALING_REASONS = ("ScaledUp", "ScaledDown", "ScaledToZero", "ScaledFromZero", "OutOfBounds")
+"""Why the autoscaler changed a Deployment's replicas (graft.plan.autoscaler.Reason)."""
 
 
 class OperatorMetrics:
@@ -153,6 +158,45 @@ class OperatorMetrics:
             buckets=SERVER_CALL_BUCKETS,
             registry=r,
         )
+        self.autoscaler_scrapes = Counter(
+            f"{PREFIX}_autoscaler_scrapes",
+            "Scrapes of the gateways' metrics by the autoscaler that ended, by outcome (ok; "
+            "refused: an answer that is not the metrics, or too large; unreachable: no complete "
+            "answer within the deadline; error)",
+            ["outcome"],
+            registry=r,
+        )
+        self.autoscaler_scrape_seconds = Histogram(
+            f"{PREFIX}_autoscaler_scrape_duration_seconds",
+            "How long a scrape of one gateway's metrics took",
+            buckets=SCRAPE_BUCKETS,
+            registry=r,
+        )
+        self.autoscaler_gateways = Gauge(
+            f"{PREFIX}_autoscaler_gateways",
+            "Gateways the autoscaler asked in its latest pass",
+            registry=r,
+        )
+        self.autoscaler_gateways_answered = Gauge(
+            f"{PREFIX}_autoscaler_gateways_answered",
+            "Gateways that answered the autoscaler's latest pass",
+            registry=r,
+        )
+        self.autoscaler_deployments = Gauge(
+            f"{PREFIX}_autoscaler_deployments",
+            "Deployments with spec.autoscaling that the autoscaler sizes",
+            registry=r,
+        )
+        self.autoscaler_scalings = Counter(
+            f"{PREFIX}_autoscaler_scalings",
+            "Changes of a Deployment's replicas by the autoscaler, by reason",
+            ["reason"],
+            registry=r,
+        )
+        for call_outcome in CallOutcome:
+            self.autoscaler_scrapes.labels(outcome=call_outcome)
+        for reason in SCALING_REASONS:
+            self.autoscaler_scalings.labels(reason=reason)
         for kind in KIND_OF_PLURAL.values():
             self.reconcile_seconds.labels(kind=kind)
             self.reconciles_in_flight.labels(kind=kind)

@@ -86,6 +86,21 @@ def request(
     """One HTTP call: (status, decoded JSON or text). Raises ModelServerUnreachable when the
     server does not answer completely within `timeout` seconds, ModelServerError when its answer
     is larger than `max_body` bytes."""
+    status, raw = fetch(url, body, timeout=timeout, max_body=max_body, api_key=api_key)
+    return status, _decode(raw)
+
+
+def fetch(
+    url: str,
+    body: dict[str, Any] | None,
+    *,
+    timeout: float,
+    max_body: int = MAX_BODY_BYTES,
+    api_key: str | None = None,
+    accept: str = "application/json",
+) -> tuple[int, bytes]:
+    """One HTTP call to a workload Graft does not trust (a model server, a gateway's metrics):
+    (status, body bytes), with the total deadline, size cap and no redirects of `request`."""
     parts = urlsplit(url)
     if parts.scheme != "http" or not parts.hostname:
         raise ModelServerError(f"{url}: only http://<pod IP>:<port> URLs are called")
@@ -104,7 +119,7 @@ def request(
     watchdog.daemon = True
     watchdog.start()
     try:
-        headers = {"Accept": "application/json"}
+        headers = {"Accept": accept}
         data = None
         if body is not None:
             data = json.dumps(body).encode()
@@ -127,7 +142,7 @@ def request(
             raise ModelServerError(f"{url}: answer larger than {max_body} bytes")
         if expired.is_set():
             raise ModelServerUnreachable(f"{url}: no complete answer within {timeout:g} s")
-        return resp.status, _decode(raw)
+        return resp.status, raw
     except ModelServerError:
         raise
     except (OSError, http.client.HTTPException) as exc:

@@ -13,6 +13,8 @@ RBAC_GROUP = "rbac.authorization.k8s.io"
 ANNOTATION_PREFIX = GROUP
 FINALIZER = f"{GROUP}/finalizer"
 FIELD_MANAGER = "graft"
+AUTOSCALER_FIELD_MANAGER = "graft-autoscaler"
+"""The field manager of spec.replicas when the autoscaler sets it: managedFields say who did."""
 
 MANAGED_BY = "app.kubernetes.io/managed-by"
 MANAGED_BY_VALUE = "graft"

@@ -28,6 +28,9 @@ Operator settings (`Settings`):
 | GRAFT_OPERATOR_NAMESPACE | graft-system | the operator's own namespace (its key seed Secret; from the downward API) |
 | GRAFT_LEASE_SECONDS | 15 | leader election: how long a silent leader's Lease holds off the others |
 | GRAFT_STUCK_SECONDS | 300 | liveness fails when every worker has been in one reconcile this long |
+| GRAFT_AUTOSCALER_INTERVAL | 5 | seconds between two passes of the autoscaler (scrape the gateways, decide, scale) |
+| GRAFT_MIN_SCALE_TO_ZERO_WINDOW | 300 | seconds: the shortest scaleToZeroWindow this installation honours; a Deployment asking for less gets this (and its status says so) |
+| GRAFT_GATEWAY_METRICS | (discover) | comma-separated metrics URLs of the gateways (http://<host>:<port>/metrics); unset: the Ready pods labelled app.kubernetes.io/component=gateway in the operator's namespace, on their container port named "metrics" |
 
 Variables of the programs that run in pods (graft.dataplane), read by that program when it runs:
 GRAFT_TERMINATION_MESSAGE_PATH (`TERMINATION_MESSAGE_PATH_ENV`), GRAFT_PVC_ROOT (`PVC_ROOT_ENV`)
@@ -41,7 +44,7 @@ import json
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TypeVar
-from urllib.parse import urlparse
+from urllib.parse import urlparse, urlsplit
 
 from graft import __version__
 
@@ -63,6 +66,9 @@ STUCK_ENV = "GRAFT_STUCK_SECONDS"
 LEASE_ENV = "GRAFT_LEASE_SECONDS"
 OPERATOR_NAMESPACE_ENV = "GRAFT_OPERATOR_NAMESPACE"
 ALLOWED_IMAGES_ENV = "GRAFT_ALLOWED_IMAGES"
+AUTOSCALER_INTERVAL_ENV = "GRAFT_AUTOSCALER_INTERVAL"
+MIN_SCALE_TO_ZERO_WINDOW_ENV = "GRAFT_MIN_SCALE_TO_ZERO_WINDOW"
+GATEWAY_METRICS_ENV = "GRAFT_GATEWAY_METRICS"
 
 TERMINATION_MESSAGE_PATH_ENV = "GRAFT_TERMINATION_MESSAGE_PATH"
 PVC_ROOT_ENV = "GRAFT_PVC_ROOT"
@@ -88,6 +94,11 @@ DEFAULT_API_TIMEOUT_SECONDS = 30.0
 DEFAULT_STUCK_SECONDS = 300.0
 DEFAULT_LEASE_SECONDS = 15
 DEFAULT_OPERATOR_NAMESPACE = "graft-system"
+DEFAULT_AUTOSCALER_INTERVAL = 5.0
+DEFAULT_MIN_SCALE_TO_ZERO_WINDOW = 300.0
+"""Starting a model server takes minutes; flapping to zero and back faster than that would make
+every quiet spell cost the next user a cold start. A policy of the installation, not a rule of
+the API: a test cluster lowers it."""
 
 
 N = TypeVar("N", int, float)
@@ -121,6 +132,10 @@ class Settings:
     operator_namespace: str = DEFAULT_OPERATOR_NAMESPACE
     allowed_images: tuple[str, ...] = ()
     """Beyond the repositories of the images above, which are always allowed."""
+    autoscaler_interval: float = DEFAULT_AUTOSCALER_INTERVAL
+    min_scale_to_zero_window: float = DEFAULT_MIN_SCALE_TO_ZERO_WINDOW
+    gateway_metrics: tuple[str, ...] = ()
+    """Where the gateways' metrics are; empty: find the gateway pods."""
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> Settings:
@@ -171,6 +186,13 @@ class Settings:
             lease_seconds=_positive(env, LEASE_ENV, DEFAULT_LEASE_SECONDS, int),
             operator_namespace=env.get(OPERATOR_NAMESPACE_ENV) or DEFAULT_OPERATOR_NAMESPACE,
             allowed_images=_allowed_images(env.get(ALLOWED_IMAGES_ENV) or ""),
+            autoscaler_interval=_positive(
+                env, AUTOSCALER_INTERVAL_ENV, DEFAULT_AUTOSCALER_INTERVAL, float
+            ),
+            min_scale_to_zero_window=_positive(
+                env, MIN_SCALE_TO_ZERO_WINDOW_ENV, DEFAULT_MIN_SCALE_TO_ZERO_WINDOW, float
+            ),
+            gateway_metrics=_gateway_metrics(env.get(GATEWAY_METRICS_ENV) or ""),
         )
 
     def artifacts_claim(self) -> str | None:
@@ -213,6 +235,22 @@ def _allowed_images(text: str) -> tuple[str, ...]:
         if any(c.isspace() for c in entry) or entry in ("/",):
             raise ConfigError(f"{ALLOWED_IMAGES_ENV}: {entry!r} is not an image or prefix")
     return entries
+
+
+def _gateway_metrics(text: str) -> tuple[str, ...]:
+    urls = tuple(u.strip() for u in text.split(",") if u.strip())
+    for url in urls:
+        parts = urlsplit(url)
+        try:
+            # .port raises ValueError for a port that is not a number.
+            valid = parts.scheme == "http" and bool(parts.hostname) and (parts.port or 0) >= 0
+        except ValueError:
+            valid = False
+        if not valid:
+            raise ConfigError(
+                f"{GATEWAY_METRICS_ENV}: {url!r} is not an http://<host>:<port>/<path> URL"
+            )
+    return urls
 
 
 def _positive(env: Mapping[str, str], name: str, default: N, kind: Callable[[str], N]) -> N:

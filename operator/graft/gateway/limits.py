@@ -30,9 +30,12 @@ from __future__ import annotations
 import math
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
+from typing import Any
+
+from graft.api.tenancy import RequestLimits
 
 CONCURRENCY_RETRY_AFTER = 1
 """Seconds a request refused for concurrency is told to wait: a slot frees when some request
@@ -43,7 +46,8 @@ SECONDS_PER_MINUTE = 60.0
 
 @dataclass(frozen=True)
 class AccountLimits:
-    """An account's data-plane limits; None means unlimited."""
+    """An account's data-plane limits; None means unlimited. An Account's spec.limits, read by
+    `limits_of`."""
 
     requests_per_minute: int | None = None
     tokens_per_minute: int | None = None
@@ -54,6 +58,23 @@ class AccountLimits:
             value = getattr(self, name)
             if value is not None and value < 1:
                 raise ValueError(f"{name} must be at least 1 (or unset for no limit), not {value}")
+
+
+def limits_of(account_spec: Mapping[str, Any]) -> AccountLimits:
+    """The limits in an Account's spec (as the API server returns it: `spec.limits` with
+    requestsPerMinute, tokensPerMinute, concurrentRequests); unlimited where unset. Keys a newer
+    CRD may add are ignored (this gateway does not enforce them); a value the CRD would refuse
+    (0, a string) raises ValueError naming the field."""
+    raw = account_spec.get("limits") or {}
+    if not isinstance(raw, Mapping):
+        raise ValueError(f"spec.limits must be an object, not {raw!r}")
+    known = {f.alias for f in RequestLimits.model_fields.values()}
+    spec = RequestLimits.model_validate({k: v for k, v in raw.items() if k in known})
+    return AccountLimits(
+        requests_per_minute=spec.requests_per_minute,
+        tokens_per_minute=spec.tokens_per_minute,
+        concurrent_requests=spec.concurrent_requests,
+    )
 
 
 class LimitKind(StrEnum):

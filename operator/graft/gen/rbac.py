@@ -128,10 +128,18 @@ OPERATOR_RULES: tuple[Rule, ...] = (
     ),
     # Deployment.
     Rule(
-        "Deployment: create, replace and delete model-server pods; watch them for readiness.",
+        "Deployment: create, replace and delete model-server pods; watch them for readiness. "
+        "Autoscaler: list the gateway pods (in the operator's namespace) to scrape their metrics.",
         (CORE,),
         ("pods",),
         ("get", "list", "watch", "create", "delete"),
+    ),
+    Rule(
+        "Autoscaler: set the replicas of Deployments with spec.autoscaling through /scale (as "
+        "kubectl scale, an HPA or KEDA would).",
+        (keys.GROUP,),
+        (f"{Plural.DEPLOYMENTS}/scale",),
+        ("patch",),
     ),
     Rule(
         "Deployment: the Service in front of its pods (server-side apply).",

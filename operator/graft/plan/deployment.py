@@ -13,11 +13,16 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from graft.api.common import Condition
-from graft.api.serving import MANAGED_ENGINE_FLAGS, DeploymentSpec, DeploymentStatus
+from graft.api.serving import (
+    MANAGED_ENGINE_FLAGS,
+    AutoscalingStatus,
+    DeploymentSpec,
+    DeploymentStatus,
+)
 from graft.core import keys
 from graft.core.conditions import set_condition
 from graft.core.names import is_dns1035_label
-from graft.core.objects import Owner, labels
+from graft.core.objects import Obj, Owner, labels
 from graft.plan.engines import (
     API_KEY_FIELD,
     PORT,
@@ -269,12 +274,40 @@ def spec_problem(spec: DeploymentSpec, image_allowed: Callable[[str], bool]) -> 
     return None
 
 
+AUTOSCALING = "Autoscaling"
+"""The condition the autoscaler (graft.controller.autoscaler) keeps on a Deployment with
+spec.autoscaling: True while it acts on metrics, False (NoMetrics) while it has none."""
+
+
+def autoscaling_of(status: Obj | None) -> AutoscalingStatus | None:
+    """status.autoscaling as the object has it; None when absent or not in today's shape (the
+    autoscaler writes it again)."""
+    raw = (status or {}).get("autoscaling")
+    if not isinstance(raw, dict):
+        return None
+    try:
+        return AutoscalingStatus.model_validate(raw)
+    except ValueError:
+        return None
+
+
+def without_autoscaling(conditions: list[Condition]) -> list[Condition]:
+    return [c for c in conditions if c.type != AUTOSCALING]
+
+
 def invalid_spec_status(
     owner: Owner, full_name: str, message: str, previous: list[Condition], now: str
 ) -> DeploymentStatus:
-    """The status of a Deployment whose spec Graft cannot read (admitted by an older CRD)."""
+    """The status of a Deployment whose spec Graft cannot read (admitted by an older CRD); the
+    autoscaler cannot read it either, so its condition goes too."""
     conditions = set_condition(
-        previous, "Ready", False, "InvalidSpec", message, generation=owner.generation, now=now
+        without_autoscaling(previous),
+        "Ready",
+        False,
+        "InvalidSpec",
+        message,
+        generation=owner.generation,
+        now=now,
     )
     return DeploymentStatus(
         observed_generation=owner.generation, name=full_name, state="Failed", conditions=conditions
@@ -291,8 +324,14 @@ def deployment_status(
     blocked: BlockedBy | None,
     previous: list[Condition],
     now: str,
+    autoscaling: AutoscalingStatus | None = None,
 ) -> DeploymentStatus:
-    """The whole status from what was observed (after the plan ran)."""
+    """The whole status from what was observed (after the plan ran).
+
+    status.autoscaling and the Autoscaling condition are the autoscaler's, written between
+    reconciles: `autoscaling` (what the object has) and the condition in `previous` are carried
+    over as they are, since publish() writes the whole status and removes what it lacks. Without
+    spec.autoscaling both go."""
     live = [p for p in pods if not p.terminating and not p.finished]
     updated = [p for p in live if current_hash is not None and p.spec_hash == current_hash]
     ready = sum(1 for p in live if p.ready)
@@ -327,7 +366,7 @@ def deployment_status(
     keep = max(1 if desired else 0, desired - unavailable)
     ready_ok = ready >= (keep if rolling or one_at_a_time else desired)
 
-    conditions = list(previous)
+    conditions = list(previous) if spec.autoscaling else without_autoscaling(previous)
     if blocked is None or held:
         conditions = cond(
             conditions,
@@ -376,4 +415,5 @@ def deployment_status(
         updated_replicas=len(updated),
         selector=selector_string(owner.name),
         endpoint=endpoint(owner),
+        autoscaling=autoscaling if spec.autoscaling else None,
     )

@@ -3,9 +3,11 @@
 Input: the spec (min and max replicas, the target of concurrent requests per replica, three
 windows), load samples (time, requests in flight in total: running on a replica or waiting for
 one), the current replica count and `now`. Output: a replica count and a sentence for a person.
+The operator's leader runs it (graft.controller.autoscaler) on the load the gateways export;
+it lives in plan/ because the operator is what runs it, and plan/ is pure.
 
 A sample's count holds until the next sample (the load is a step function sampled by the
-gateway), so the value in effect when a window opens is the last sample at or before its start.
+autoscaler), so the value in effect when a window opens is the last sample at or before its start.
 One sample's desired replica count is ceil(in flight / target).
 
 The rules, in the order they are applied:
@@ -21,19 +23,23 @@ The rules, in the order they are applied:
    rule for scaling up (it uses the lowest recommendation in the window), with a default of 30 s
    instead of the HPA's 0.
 4. To zero: when minReplicas is 0, no request was in flight at any moment of the last
-   scaleToZeroWindow (default 1 h, at least 5 min) and none arrived in it either. The samples
-   must cover the whole window: a gateway that started 10 minutes ago does not know the hour
-   before, and does not guess.
+   scaleToZeroWindow (default 1 h, at least the installation's floor, 5 min by default) and none
+   arrived in it either. The samples must cover the whole window: an operator that became the
+   leader 10 minutes ago does not know the hour before, and does not guess.
 5. Down: to the *highest* desired count seen over the last scaleDownWindow (default 10 min), when
    that is below the current count, but never below 1 (zero is rule 4's decision alone). This is
    the HPA's rule for scaling down: the window remembers the recent peak, so a dip does not drop
    replicas that the next burst needs again.
 6. Otherwise: stay.
 
-Every result is clamped to [minReplicas, maxReplicas]. A gateway with less history than a window
-acts on what it has for scaling up and down (it has not seen a peak, so there is none to keep), as
-the HPA does after a restart; only rule 4 insists on a complete window. With no samples at all it
-keeps the current count.
+Every result is clamped to [minReplicas, maxReplicas]. An autoscaler with less history than a
+window acts on what it has for scaling up and down (it has not seen a peak, so there is none to
+keep), as the HPA does after a restart; only rule 4 insists on a complete window. With no
+samples at all it keeps the current count.
+
+The load is a step function, so a sample that repeats the one before it says nothing new:
+`LoadHistory` keeps only the changes, and an idle Deployment with an hour-long window costs one
+sample, not 720.
 """
 
 from __future__ import annotations
@@ -42,12 +48,14 @@ import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
+from graft.core.settings import DEFAULT_MIN_SCALE_TO_ZERO_WINDOW
+
 DEFAULT_SCALE_UP_WINDOW = 30.0
 DEFAULT_SCALE_DOWN_WINDOW = 600.0
 DEFAULT_SCALE_TO_ZERO_WINDOW = 3600.0
-MIN_SCALE_TO_ZERO_WINDOW = 300.0
-"""Starting a model server takes minutes; flapping to zero and back faster than that would make
-every quiet spell cost the next user a cold start."""
+MIN_SCALE_TO_ZERO_WINDOW = DEFAULT_MIN_SCALE_TO_ZERO_WINDOW
+"""The default floor of scaleToZeroWindow; an installation sets its own with
+GRAFT_MIN_SCALE_TO_ZERO_WINDOW (see core.settings for why there is one)."""
 
 
 @dataclass(frozen=True)
@@ -58,6 +66,9 @@ class AutoscaleSpec:
     scale_up_window: float = DEFAULT_SCALE_UP_WINDOW  # seconds
     scale_down_window: float = DEFAULT_SCALE_DOWN_WINDOW
     scale_to_zero_window: float = DEFAULT_SCALE_TO_ZERO_WINDOW
+    min_scale_to_zero_window: float = MIN_SCALE_TO_ZERO_WINDOW
+    """The floor scale_to_zero_window may not go below (the operator raises a shorter window to
+    it before building the spec, and says so in status)."""
 
     def __post_init__(self) -> None:
         problems = []
@@ -72,9 +83,14 @@ class AutoscaleSpec:
             problems.append(f"target must be above 0, not {self.target_concurrency}")
         if self.scale_up_window < 0 or self.scale_down_window < 0:
             problems.append("scaleUpWindow and scaleDownWindow must not be negative")
-        if self.scale_to_zero_window < MIN_SCALE_TO_ZERO_WINDOW:
+        if self.min_scale_to_zero_window < 0:
             problems.append(
-                f"scaleToZeroWindow must be at least {MIN_SCALE_TO_ZERO_WINDOW:.0f}s, "
+                f"the scaleToZeroWindow floor must not be negative, not "
+                f"{self.min_scale_to_zero_window:g}s"
+            )
+        if self.scale_to_zero_window < self.min_scale_to_zero_window:
+            problems.append(
+                f"scaleToZeroWindow must be at least {self.min_scale_to_zero_window:g}s, "
                 f"not {self.scale_to_zero_window:g}s"
             )
         if problems:
@@ -185,8 +201,10 @@ def recommend(
 
 
 class LoadHistory:
-    """The samples a recommender needs, and no more: those inside the longest window plus the
-    one in effect when it opened. Not thread-safe; one owner records and reads."""
+    """The samples a recommender needs, and no more: the changes inside the longest window plus
+    the sample in effect when it opened. A sample equal to the one before it is not kept (the
+    earlier one holds until the next change), so memory grows with how often the load moves,
+    not with how long the windows are. Not thread-safe; one owner records and reads."""
 
     def __init__(self, keep: float) -> None:
         self.keep = keep
@@ -197,7 +215,8 @@ class LoadHistory:
             raise ValueError(
                 f"samples must be recorded in time order: {at} after {self._samples[-1].at}"
             )
-        self._samples.append(LoadSample(at, in_flight))
+        if not self._samples or self._samples[-1].in_flight != in_flight:
+            self._samples.append(LoadSample(at, in_flight))
         self._prune(at)
 
     def samples(self) -> list[LoadSample]:

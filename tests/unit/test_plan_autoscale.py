@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import pytest
 
-from graft.gateway.autoscale import (
+from graft.plan.autoscale import (
     AutoscaleSpec,
     LoadHistory,
     LoadSample,
@@ -164,6 +164,8 @@ def test_steady_load_keeps_the_count() -> None:
         ({"target_concurrency": 0}, "target"),
         ({"scale_up_window": -1}, "scaleUpWindow"),
         ({"scale_to_zero_window": 299}, "at least 300s"),
+        ({"scale_to_zero_window": 59, "min_scale_to_zero_window": 60}, "at least 60s"),
+        ({"min_scale_to_zero_window": -1}, "floor must not be negative"),
     ],
 )
 def test_invalid_specs_are_refused(kwargs: dict[str, float], message: str) -> None:
@@ -180,6 +182,34 @@ def test_history_keeps_the_window_and_the_sample_in_effect_when_it_opens() -> No
     assert kept[0].at == T0 + 130  # in effect at 190 - 60 = 130
     assert kept[-1].at == T0 + 190
     assert len(kept) == 7
+
+
+def test_the_floor_of_the_zero_window_is_a_parameter() -> None:
+    # An installation with a 30 s floor (an integration test) may scale to zero after 30 s.
+    spec = AutoscaleSpec(
+        max_replicas=10,
+        target_concurrency=4,
+        scale_to_zero_window=30,
+        min_scale_to_zero_window=30,
+    )
+    samples = series((0, 2), (10, 0))
+    assert recommend(spec, samples, current=1, now=T0 + 39).replicas == 1
+    rec = recommend(spec, samples, current=1, now=T0 + 40)
+    assert rec.replicas == 0
+    assert "30s" in rec.reason
+
+
+def test_history_keeps_only_changes() -> None:
+    history = LoadHistory(keep=SPEC.longest_window)
+    for t in range(0, 7200, 5):
+        history.record(T0 + t, 3 if 100 <= t < 200 else 0)
+    # 0 from the start, 3 at 100, 0 again at 200: the sample in effect when the hour opened (0
+    # since 200) and nothing else.
+    assert history.samples() == [LoadSample(T0 + 200, 0)]
+    history.record(T0 + 7200, 1)
+    assert history.samples() == [LoadSample(T0 + 200, 0), LoadSample(T0 + 7200, 1)]
+    # The same decisions as with every sample kept: idle for the whole hour before 7200.
+    assert recommend(SPEC, history.samples(), current=1, now=T0 + 7195).replicas == 0
 
 
 def test_history_refuses_samples_out_of_order() -> None:
