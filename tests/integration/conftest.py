@@ -112,35 +112,40 @@ def shipped_rbac(crds: Cluster) -> Cluster:
     return crds
 
 
-@pytest.fixture(scope="session")
-def operator_kubeconfig(shipped_rbac: Cluster, tmp_path_factory: pytest.TempPathFactory) -> str:
-    """A kubeconfig that authenticates as the operator's ServiceAccount, with a bearer token."""
-    from graft.gen import rbac
-
-    token = shipped_rbac.kubectl(
-        "create", "token", rbac.OPERATOR_NAME, "-n", rbac.OPERATOR_NAMESPACE, "--duration=4h"
+def service_account_kubeconfig(
+    admin_cluster: Cluster, name: str, namespace: str, path: Path
+) -> str:
+    """A kubeconfig that authenticates as a ServiceAccount, with a bearer token."""
+    token = admin_cluster.kubectl(
+        "create", "token", name, "-n", namespace, "--duration=4h"
     ).stdout.strip()
-    admin = yaml.safe_load(Path(shipped_rbac.kubeconfig).read_text())
+    admin = yaml.safe_load(Path(admin_cluster.kubeconfig).read_text())
     cluster = next(c for c in admin["clusters"] if c["name"] == _current_cluster(admin))
     config = {
         "apiVersion": "v1",
         "kind": "Config",
         "clusters": [cluster],
-        "users": [{"name": rbac.OPERATOR_NAME, "user": {"token": token}}],
-        "contexts": [
-            {
-                "name": rbac.OPERATOR_NAME,
-                "context": {"cluster": cluster["name"], "user": rbac.OPERATOR_NAME},
-            }
-        ],
-        "current-context": rbac.OPERATOR_NAME,
+        "users": [{"name": name, "user": {"token": token}}],
+        "contexts": [{"name": name, "context": {"cluster": cluster["name"], "user": name}}],
+        "current-context": name,
     }
-    path = tmp_path_factory.mktemp("operator-sa") / "kubeconfig"
     path.write_text(yaml.safe_dump(config))
     path.chmod(0o600)
     whoami = Cluster(kubeconfig=str(path)).kubectl("auth", "whoami", "-o", "json").stdout
-    assert json.loads(whoami)["status"]["userInfo"]["username"] == rbac.SERVICE_ACCOUNT
+    username = json.loads(whoami)["status"]["userInfo"]["username"]
+    assert username == f"system:serviceaccount:{namespace}:{name}"
     return str(path)
+
+
+@pytest.fixture(scope="session")
+def operator_kubeconfig(shipped_rbac: Cluster, tmp_path_factory: pytest.TempPathFactory) -> str:
+    """A kubeconfig that authenticates as the operator's ServiceAccount, with a bearer token."""
+    from graft.gen import rbac
+
+    path = tmp_path_factory.mktemp("operator-sa") / "kubeconfig"
+    return service_account_kubeconfig(
+        shipped_rbac, rbac.OPERATOR_NAME, rbac.OPERATOR_NAMESPACE, path
+    )
 
 
 def _current_cluster(kubeconfig: dict[str, Any]) -> str:
@@ -197,14 +202,29 @@ def gateway(
     gateway_ports: tuple[int, int],
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[GatewayProcess]:
-    """The session's gateway (`graft gateway`), on the ports the operator's autoscaler knows."""
-    log = tmp_path_factory.mktemp("gateway") / "gateway.log"
-    gw = GatewayProcess(operator.cluster, log, port=gateway_ports[0], metrics_port=gateway_ports[1])
+    """The session's gateway (`graft gateway`), on the ports the operator's autoscaler knows,
+    as its shipped ServiceAccount under the generated RBAC (as the operator runs)."""
+    from graft.gen import rbac
+
+    work = tmp_path_factory.mktemp("gateway")
+    kubeconfig = service_account_kubeconfig(
+        operator.cluster, rbac.GATEWAY_NAME, rbac.OPERATOR_NAMESPACE, work / "kubeconfig"
+    )
+    log = work / "gateway.log"
+    gw = GatewayProcess(
+        operator.cluster,
+        log,
+        kubeconfig=kubeconfig,
+        port=gateway_ports[0],
+        metrics_port=gateway_ports[1],
+    )
     gw.start()
     try:
         yield gw
     finally:
         gw.stop()
+        denials = [line for line in gw.tail(100000).splitlines() if RBAC_DENIAL.search(line)]
+        assert not denials, "the gateway hit RBAC denials:\n" + "\n".join(denials[:20])
         print(f"\ngateway log: {log}")
 
 

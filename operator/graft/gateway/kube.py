@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import hashlib
+import json
 import logging
 import threading
 import time
@@ -189,7 +190,7 @@ class ClusterCache:
                 _request_timeout=REQUEST_TIMEOUT,
             )
         except ApiException as exc:
-            log.warning("TokenReview failed: %s %s", exc.status, exc.reason)
+            log.warning("TokenReview failed: %s %s", exc.status, _message(exc))
             return None
         status = review.status
         if not status or not status.authenticated or not status.user:
@@ -215,7 +216,7 @@ class ClusterCache:
                 access, _request_timeout=REQUEST_TIMEOUT
             )
         except ApiException as exc:
-            log.warning("SubjectAccessReview failed: %s %s", exc.status, exc.reason)
+            log.warning("SubjectAccessReview failed: %s %s", exc.status, _message(exc))
             return None
         return namespace if answer.status and answer.status.allowed else None
 
@@ -293,7 +294,7 @@ class ClusterCache:
                 if exc.status == 410:
                     continue
                 log.warning(
-                    "watch %s: %s %s; retrying in %.1fs", name, exc.status, exc.reason, backoff
+                    "watch %s: %s %s; retrying in %.1fs", name, exc.status, _message(exc), backoff
                 )
                 self._stop.wait(backoff)
                 backoff = min(backoff * 2, 30.0)
@@ -323,12 +324,20 @@ class ClusterCache:
                     "waiting for secret %s/%s: %s",
                     self.operator_namespace,
                     keys.SERVER_KEY_SEED_SECRET,
-                    exc.reason,
+                    _message(exc),
                 )
             except Exception as exc:
                 log.warning("reading the key seed: %s", exc)
             self._stop.wait(backoff)
             backoff = min(backoff * 2, 10.0)
+
+
+def _message(exc: ApiException) -> str:
+    """The API server's own message (a 403 names the identity and the missing permission)."""
+    try:
+        return str(json.loads(exc.body).get("message") or exc.reason)
+    except (TypeError, ValueError, AttributeError):
+        return str(exc.reason)
 
 
 def _key(obj: dict[str, Any]) -> str:
