@@ -71,8 +71,9 @@ class World:
 
 
 def chat(client: openai.OpenAI, model: str, **kw: Any) -> Any:
+    kw.setdefault("max_tokens", 8)
     return client.chat.completions.create(
-        model=model, messages=[{"role": "user", "content": "hello"}], max_tokens=8, **kw
+        model=model, messages=[{"role": "user", "content": "hello"}], **kw
     )
 
 
@@ -99,9 +100,13 @@ def world(
             f"Account {account}", lambda n=account: ready(cluster, "accounts.graft.dev", n), 90
         )
     with ExitStack() as stack:
+        servers = []
         for ns in (a, b):
-            stack.enter_context(
-                PodServers(cluster, ns, "app.kubernetes.io/component=model-server", root / ns)
+            (root / ns).mkdir()
+            servers.append(
+                stack.enter_context(
+                    PodServers(cluster, ns, "app.kubernetes.io/component=model-server", root / ns)
+                )
             )
             kubelet = KubeletStandIn(cluster.kubeconfig, ns, root / f"kubelet-{ns}").start()
             stack.callback(kubelet.stop)
@@ -157,6 +162,7 @@ def world(
                 lambda ns=ns, name=name: ready(cluster, "deployedmodels.graft.dev", name, ns),
                 240,
             )
+        assert not [e for s in servers for e in s.errors]
         w = World(
             cluster,
             gateway,
@@ -233,7 +239,6 @@ def test_bad_and_revoked_keys_get_401_within_seconds(world: World) -> None:
     key = api_key_of(cluster, a, "short-lived")
     client = world.client(key)
     eventually("the new key works", lambda: _works(client, f"accounts/{a}/models/base"))
-    dump(cluster.get("apikeys.graft.dev", "short-lived", a), "apikey-issued")
     cluster.kubectl("delete", "apikeys.graft.dev", "short-lived", "-n", a, "--wait=false")
     started = time.monotonic()
     eventually(
@@ -342,7 +347,7 @@ def test_scale_to_zero_from_zero_up_under_a_burst_and_down_again(world: World) -
     auto = cluster.get("deployments.graft.dev", "auto", a)
     assert auto is not None
     assert auto["status"]["autoscaling"]["reason"] == "ScaledToZero", auto["status"]
-    dump(auto, "deployment-scaled-to-zero")
+    dump(auto, "autoscaled-to-zero")
 
     client = world.client(world.key_a)
     started = time.monotonic()
@@ -369,7 +374,7 @@ def test_scale_to_zero_from_zero_up_under_a_burst_and_down_again(world: World) -
         eventually(
             "a second replica under the burst", lambda: replicas_of(cluster, a, "auto") == 2, 60
         )
-        dump(cluster.get("deployments.graft.dev", "auto", a), "deployment-scaled-up")
+        dump(cluster.get("deployments.graft.dev", "auto", a), "autoscaled-up")
     finally:
         stop.set()
         for t in threads:

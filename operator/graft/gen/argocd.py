@@ -13,7 +13,8 @@ What a script decides, in order:
 2. the Ready condition (else status.observedGeneration) is from an older metadata.generation:
    Progressing, the operator has not looked at the current spec yet;
 3. kinds that end (Dataset, FineTuningJob): Failed=True is Degraded, whatever its reason;
-4. Ready=True: Healthy; but a kind with a /scale subresource scaled to zero is Suspended, and a
+4. Ready=True: Healthy; but a kind with a /scale subresource scaled to zero is Suspended (unless
+   its autoscaler put it there: then it is Healthy, idle until the next request), and a
    Deployment whose Progressing condition is True (a rollout or scaling) is Progressing;
 5. Ready=False with a terminal reason (one only a spec change fixes; `TERMINAL`): Degraded;
 6. scaled to zero: Suspended;
@@ -257,7 +258,21 @@ end
 """
 
 _SCALED_TO_ZERO = """
-local scaledToZero = obj.spec ~= nil and obj.spec.{field} == 0
+local autoscaled = obj.spec ~= nil and obj.spec.autoscaling ~= nil
+local scaledToZero = obj.spec ~= nil and obj.spec.{field} == 0 and not autoscaled
+local idle = obj.spec ~= nil and obj.spec.{field} == 0 and autoscaled
+"""
+
+_IDLE = """\
+  if idle then
+    local said = "ScaledToZero: scaled to zero by the autoscaler"
+    if status.autoscaling ~= nil and status.autoscaling.reason ~= nil then
+      said = tostring(status.autoscaling.reason) .. ": " .. tostring(status.autoscaling.message)
+    end
+    hs.status = "Healthy"
+    hs.message = said .. " (autoscaled; a request brings a replica back)"
+    return hs
+  end
 """
 
 _SUSPENDED = """\
@@ -314,6 +329,7 @@ def render_lua(health: Health) -> str:
     out += '\nif ready.status == "True" then\n'
     if field is not None:
         out += _indent(_SUSPENDED.format(field=field))
+        out += _IDLE
     if health.rollout:
         out += _ROLLOUT
     out += _HEALTHY

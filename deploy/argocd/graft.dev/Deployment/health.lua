@@ -58,12 +58,23 @@ if generation ~= nil and observed ~= nil and observed < generation then
   return hs
 end
 
-local scaledToZero = obj.spec ~= nil and obj.spec.replicas == 0
+local autoscaled = obj.spec ~= nil and obj.spec.autoscaling ~= nil
+local scaledToZero = obj.spec ~= nil and obj.spec.replicas == 0 and not autoscaled
+local idle = obj.spec ~= nil and obj.spec.replicas == 0 and autoscaled
 
 if ready.status == "True" then
   if scaledToZero then
     hs.status = "Suspended"
     hs.message = "scaled to zero (spec.replicas: 0); " .. says(ready)
+    return hs
+  end
+  if idle then
+    local said = "ScaledToZero: scaled to zero by the autoscaler"
+    if status.autoscaling ~= nil and status.autoscaling.reason ~= nil then
+      said = tostring(status.autoscaling.reason) .. ": " .. tostring(status.autoscaling.message)
+    end
+    hs.status = "Healthy"
+    hs.message = said .. " (autoscaled; a request brings a replica back)"
     return hs
   end
   local progressing = find(conditions, "Progressing")
