@@ -32,7 +32,7 @@ from graft.api.kinds import Plural
 from graft.core.names import InvalidReference, is_id, parse_ref
 from graft.gateway import errors
 from graft.gateway.apikeys import StoredKey
-from graft.gateway.limits import AccountLimits
+from graft.gateway.limits import AccountLimits, limits_of
 
 Obj = Mapping[str, Any]
 
@@ -195,15 +195,6 @@ def _expiry(value: Any) -> datetime | None:
     return datetime.fromisoformat(str(value).replace("Z", "+00:00"))
 
 
-def account_limits(spec: Obj) -> AccountLimits:
-    limits = spec.get("limits") or {}
-    return AccountLimits(
-        requests_per_minute=limits.get("requestsPerMinute"),
-        tokens_per_minute=limits.get("tokensPerMinute"),
-        concurrent_requests=limits.get("concurrentRequests"),
-    )
-
-
 def build(
     *,
     accounts: Iterable[Obj] = (),
@@ -220,7 +211,7 @@ def build(
     for obj in accounts:
         name = obj["metadata"]["name"]
         try:
-            cat.limits[name] = account_limits(obj.get("spec") or {})
+            cat.limits[name] = limits_of(obj.get("spec") or {})
         except (ValueError, TypeError) as exc:
             cat.problems.append(f"account {name}: limits ignored: {exc}")
 
