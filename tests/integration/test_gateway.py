@@ -247,6 +247,32 @@ def test_bad_and_revoked_keys_get_401_within_seconds(world: World) -> None:
     print(f"revoked in {time.monotonic() - started:.2f}s")
 
 
+def test_an_in_cluster_service_account_token_acts_for_its_account(world: World) -> None:
+    """A ServiceAccount of the account's namespace that may read its Models calls them with its
+    own token (TokenReview + SubjectAccessReview by the gateway); one without that right, or of
+    another namespace, cannot."""
+    cluster, a, b = world.cluster, world.a, world.b
+    cluster.kubectl("create", "serviceaccount", "app", "-n", a)
+    cluster.kubectl("create", "serviceaccount", "idle", "-n", a)
+    cluster.kubectl(
+        "create", "role", "read-models", "-n", a,
+        "--verb=get,list", "--resource=models.graft.dev",
+    )  # fmt: skip
+    cluster.kubectl(
+        "create", "rolebinding", "app-reads-models", "-n", a,
+        "--role=read-models", f"--serviceaccount={a}:app",
+    )  # fmt: skip
+    token = cluster.kubectl("create", "token", "app", "-n", a, "--duration=10m").stdout.strip()
+    idle = cluster.kubectl("create", "token", "idle", "-n", a, "--duration=10m").stdout.strip()
+    model = f"accounts/{a}/models/base"
+    answer = eventually("the app's token works", lambda: _works(world.client(token), model))
+    assert answer
+    with pytest.raises(openai.PermissionDeniedError):
+        chat(world.client(token), f"accounts/{b}/models/secret")
+    assert _refused(world.client(idle), model)
+    assert _refused(world.client("not-a-token-at-all"), model)
+
+
 def test_the_account_limit_answers_429_with_retry_after(world: World) -> None:
     cluster, a = world.cluster, world.a
     patch = json.dumps({"spec": {"limits": {"requestsPerMinute": 2}}})
