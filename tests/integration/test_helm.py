@@ -138,13 +138,14 @@ def _docs(path: str) -> list[dict[str, Any]]:
 
 def example_objects() -> list[dict[str, Any]]:
     """The Graft objects of examples/ that become Ready on the local control plane: the
-    Account and its User (account.yaml), the base Model and its Deployment (quickstart.yaml; kwok
-    runs the model-server pods) and the Dataset (training/dataset.yaml; the kubelet stand-in
-    runs its validation Job). Not the FineTuningJob: its trainer would fetch SmolLM2 from the
-    Hugging Face Hub, which this machine cannot reach."""
+    Account, its User and the User's ApiKey (account.yaml), the base Model and its Deployment
+    (quickstart.yaml; kwok runs the model-server pods) and the Dataset (training/dataset.yaml;
+    the kubelet stand-in runs its validation Job). Not the FineTuningJob: its trainer would
+    fetch SmolLM2 from the Hugging Face Hub, which this machine cannot reach."""
     docs = _docs("account.yaml") + _docs("quickstart.yaml")
     docs += [d for d in _docs("training/dataset.yaml") if d["kind"] == "Dataset"]
-    assert [d["kind"] for d in docs] == ["Account", "User", "Model", "Deployment", "Dataset"]
+    kinds = ["Account", "User", "ApiKey", "Model", "Deployment", "Dataset"]
+    assert [d["kind"] for d in docs] == kinds
     return docs
 
 
