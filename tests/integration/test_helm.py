@@ -192,7 +192,10 @@ class Cleanup:
             self.cluster,
             self.log,
             resync_seconds=1.0,
-            env={"GRAFT_OPERATOR_NAMESPACE": NAMESPACE},
+            env={
+                "GRAFT_OPERATOR_NAMESPACE": NAMESPACE,
+                "GRAFT_OPERATOR_SERVICE_ACCOUNT": OPERATOR,
+            },
         )
         op.start()
         try:
@@ -350,8 +353,10 @@ def test_helm_install_upgrade_uninstall(
         resync_seconds=2.0,
         kubeconfig=kubeconfig,
         env={
-            # As the chart's Deployment sets it (downward API): the seed Secret lives there.
+            # As the chart's Deployment sets them (downward API): the seed Secret lives there,
+            # and each Account binds its namespace's Secrets to this ServiceAccount.
             "GRAFT_OPERATOR_NAMESPACE": NAMESPACE,
+            "GRAFT_OPERATOR_SERVICE_ACCOUNT": OPERATOR,
             # Job pods wait for the kubelet stand-in instead of being ended by kwok.
             "GRAFT_JOB_POD_ANNOTATIONS": json.dumps({"kwok.graft.dev/run-duration": "1h"}),
         },
@@ -377,6 +382,20 @@ def test_helm_install_upgrade_uninstall(
         bindings = cluster.list("rolebindings", user["metadata"]["namespace"])
         # Binding graft-member needs the chart's `bind` rule on the user ClusterRoles.
         assert any(b["roleRef"]["name"] == "graft-member" for b in bindings), bindings
+        # The ApiKey's Secret (read back, and the Role on it) needs the Account's binding of
+        # graft-operator-account-secrets to this release's ServiceAccount (the chart's `bind`
+        # rule on that ClusterRole), and the operator holds those rights there only.
+        demo = account["metadata"]["name"]
+        (secrets,) = [b for b in bindings if b["metadata"]["name"] == "graft-operator-secrets"]
+        assert secrets["roleRef"]["name"] == "graft-operator-account-secrets"
+        assert [
+            {k: s.get(k) for k in ("kind", "name", "namespace")} for s in secrets["subjects"]
+        ] == [{"kind": "ServiceAccount", "name": OPERATOR, "namespace": NAMESPACE}]
+        assert cluster.get("secret", "alice-ci-apikey", demo) is not None
+        who = f"--as=system:serviceaccount:{NAMESPACE}:{OPERATOR}"
+        for ns, expected in ((demo, "yes"), ("default", "no"), (NAMESPACE, "no")):
+            answer = cluster.kubectl("auth", "can-i", "get", "secrets", "-n", ns, who, check=False)
+            assert answer.stdout.strip() == expected, (ns, answer.stdout, answer.stderr)
 
         # --- upgrade: a changed CRD (an added printer column) is applied -----------------------
         changed = tmp_path / "chart"
