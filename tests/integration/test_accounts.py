@@ -20,11 +20,20 @@ from typing import Any
 
 import pytest
 
+from graft.gen import rbac
 from harness.dump import dump
 from harness.kube import RBAC_DENIAL, Cluster, OperatorProcess, condition, wait_for
 
 GROUP = "graft.dev/v1alpha1"
 ALICE, BOB, CAROL = "alice@example.com", "bob@example.com", "carol@example.com"
+OPERATOR = rbac.SERVICE_ACCOUNT  # system:serviceaccount:graft-system:graft-operator
+SECRETS_BINDING = "graft-operator-secrets"
+SECRETS_ROLE = "graft-operator-account-secrets"
+OPERATOR_SUBJECT = {
+    "kind": "ServiceAccount",
+    "name": rbac.OPERATOR_NAME,
+    "namespace": rbac.OPERATOR_NAMESPACE,
+}
 
 
 # --- Fixtures: the operator under its shipped ServiceAccount ------------------------------------
@@ -171,6 +180,28 @@ def events_of(cluster: Cluster, kind: str, name: str, ns: str = "default") -> li
     return items
 
 
+def subjects(binding: dict[str, Any]) -> list[dict[str, Any]]:
+    return [{k: s.get(k) for k in ("kind", "name", "namespace")} for s in binding["subjects"]]
+
+
+def assert_operator_secrets_only_in(cluster: Cluster, account_ns: str) -> None:
+    """What the API server's SubjectAccessReview says the operator's ServiceAccount may do with
+    Secrets: get and delete them, by name, in the account's namespace; in its own, get only the
+    key seed; nowhere else anything but create."""
+    assert can_i(cluster, OPERATOR, "get", "secrets", account_ns)
+    assert can_i(cluster, OPERATOR, "delete", "secrets", account_ns)
+    for verb in ("list", "watch", "update", "patch"):
+        assert not can_i(cluster, OPERATOR, verb, "secrets", account_ns), verb
+    for other in ("default", "kube-system"):
+        for verb in ("get", "delete", "list"):
+            assert not can_i(cluster, OPERATOR, verb, "secrets", other), (verb, other)
+    # Create stays cluster-wide (a Deployment's server key needs no Account); it reads nothing.
+    assert can_i(cluster, OPERATOR, "create", "secrets", "default")
+    own = rbac.OPERATOR_NAMESPACE
+    assert can_i(cluster, OPERATOR, "get", f"secret/{rbac.SEED_SECRET}", own)
+    assert not can_i(cluster, OPERATOR, "get", "secrets", own)
+
+
 def quota_spec(cluster: Cluster, ns: str) -> dict[str, Any] | None:
     rq = cluster.get("resourcequota", "graft-quota", ns)
     return None if rq is None else rq["spec"]["hard"]
@@ -204,6 +235,20 @@ def test_account_owns_its_namespace_and_quota(admin: Cluster, new_account: Any) 
         "requests.memory": "64Gi",
         "requests.nvidia.com/gpu": "2",
     }
+
+    # The operator may get and delete Secrets (its ApiKeys') in the account's namespace, and
+    # only there: the Account binds it that ClusterRole in its own namespace.
+    binding = admin.get("rolebinding", SECRETS_BINDING, name)
+    assert binding is not None
+    assert binding["roleRef"] == {
+        "apiGroup": "rbac.authorization.k8s.io",
+        "kind": "ClusterRole",
+        "name": SECRETS_ROLE,
+    }
+    assert subjects(binding) == [OPERATOR_SUBJECT]
+    (owner,) = binding["metadata"]["ownerReferences"]
+    assert (owner["kind"], owner["uid"]) == ("Account", acct["metadata"]["uid"])
+    assert_operator_secrets_only_in(admin, name)
 
     # Usage shows up in status.
     admin.apply(deployment("one", name))
@@ -275,6 +320,54 @@ def test_existing_namespace_is_never_adopted(admin: Cluster, new_account: Any) -
         assert not survivor["metadata"].get("deletionTimestamp")
     finally:
         admin.kubectl("delete", "namespace", name, "--wait=false", check=False)
+
+
+def test_the_operators_secrets_binding_is_put_back(admin: Cluster, new_account: Any) -> None:
+    """Deleted, or pointed at someone else, the RoleBinding that lets the operator read the
+    account's Secrets is made again (the operator watches it), and grants nobody else."""
+    name = new_account("sec")
+    account_ready(admin, name)
+    first = admin.get("rolebinding", SECRETS_BINDING, name)
+    assert first is not None
+
+    admin.kubectl("delete", "rolebinding", SECRETS_BINDING, "-n", name)
+
+    def remade() -> dict[str, Any] | None:
+        found = admin.get("rolebinding", SECRETS_BINDING, name)
+        return found if found and found["metadata"]["uid"] != first["metadata"]["uid"] else None
+
+    wait_for("the binding made again", remade, timeout=30)
+    wait_for(
+        "the operator to get secrets again",
+        lambda: can_i(admin, OPERATOR, "get", "secrets", name),
+        timeout=10,
+    )
+
+    intruder = "system:serviceaccount:default:intruder"
+    admin.kubectl(
+        "patch", "rolebinding", SECRETS_BINDING, "-n", name, "--type=json",
+        "-p", json.dumps(
+            [{"op": "replace", "path": "/subjects/0",
+              "value": {"kind": "ServiceAccount", "name": "intruder", "namespace": "default"}}]
+        ),
+    )  # fmt: skip
+    wait_for(
+        "the binding to name the operator again",
+        lambda: (
+            subjects(admin.get("rolebinding", SECRETS_BINDING, name) or {"subjects": []})
+            == [OPERATOR_SUBJECT]
+        ),
+        timeout=30,
+    )
+    wait_for(
+        "the intruder to lose access",
+        lambda: not can_i(admin, intruder, "get", "secrets", name),
+        timeout=10,
+    )
+    assert_operator_secrets_only_in(admin, name)
+    assert "RoleBindingReplaced" in {e["reason"] for e in events_of(admin, "Account", name)}
+    acct = account_ready(admin, name)
+    assert (condition(acct, "Ready") or {})["reason"] == "Provisioned"
 
 
 # --- Quota enforced by the API server -----------------------------------------------------------

@@ -138,13 +138,14 @@ def _docs(path: str) -> list[dict[str, Any]]:
 
 def example_objects() -> list[dict[str, Any]]:
     """The Graft objects of examples/ that become Ready on the local control plane: the
-    Account and its User (account.yaml), the base Model and its Deployment (quickstart.yaml; kwok
-    runs the model-server pods) and the Dataset (training/dataset.yaml; the kubelet stand-in
-    runs its validation Job). Not the FineTuningJob: its trainer would fetch SmolLM2 from the
-    Hugging Face Hub, which this machine cannot reach."""
+    Account, its User and the User's ApiKey (account.yaml), the base Model and its Deployment
+    (quickstart.yaml; kwok runs the model-server pods) and the Dataset (training/dataset.yaml;
+    the kubelet stand-in runs its validation Job). Not the FineTuningJob: its trainer would
+    fetch SmolLM2 from the Hugging Face Hub, which this machine cannot reach."""
     docs = _docs("account.yaml") + _docs("quickstart.yaml")
     docs += [d for d in _docs("training/dataset.yaml") if d["kind"] == "Dataset"]
-    assert [d["kind"] for d in docs] == ["Account", "User", "Model", "Deployment", "Dataset"]
+    kinds = ["Account", "User", "ApiKey", "Model", "Deployment", "Dataset"]
+    assert [d["kind"] for d in docs] == kinds
     return docs
 
 
@@ -191,7 +192,10 @@ class Cleanup:
             self.cluster,
             self.log,
             resync_seconds=1.0,
-            env={"GRAFT_OPERATOR_NAMESPACE": NAMESPACE},
+            env={
+                "GRAFT_OPERATOR_NAMESPACE": NAMESPACE,
+                "GRAFT_OPERATOR_SERVICE_ACCOUNT": OPERATOR,
+            },
         )
         op.start()
         try:
@@ -349,8 +353,10 @@ def test_helm_install_upgrade_uninstall(
         resync_seconds=2.0,
         kubeconfig=kubeconfig,
         env={
-            # As the chart's Deployment sets it (downward API): the seed Secret lives there.
+            # As the chart's Deployment sets them (downward API): the seed Secret lives there,
+            # and each Account binds its namespace's Secrets to this ServiceAccount.
             "GRAFT_OPERATOR_NAMESPACE": NAMESPACE,
+            "GRAFT_OPERATOR_SERVICE_ACCOUNT": OPERATOR,
             # Job pods wait for the kubelet stand-in instead of being ended by kwok.
             "GRAFT_JOB_POD_ANNOTATIONS": json.dumps({"kwok.graft.dev/run-duration": "1h"}),
         },
@@ -376,6 +382,20 @@ def test_helm_install_upgrade_uninstall(
         bindings = cluster.list("rolebindings", user["metadata"]["namespace"])
         # Binding graft-member needs the chart's `bind` rule on the user ClusterRoles.
         assert any(b["roleRef"]["name"] == "graft-member" for b in bindings), bindings
+        # The ApiKey's Secret (read back, and the Role on it) needs the Account's binding of
+        # graft-operator-account-secrets to this release's ServiceAccount (the chart's `bind`
+        # rule on that ClusterRole), and the operator holds those rights there only.
+        demo = account["metadata"]["name"]
+        (secrets,) = [b for b in bindings if b["metadata"]["name"] == "graft-operator-secrets"]
+        assert secrets["roleRef"]["name"] == "graft-operator-account-secrets"
+        assert [
+            {k: s.get(k) for k in ("kind", "name", "namespace")} for s in secrets["subjects"]
+        ] == [{"kind": "ServiceAccount", "name": OPERATOR, "namespace": NAMESPACE}]
+        assert cluster.get("secret", "alice-ci-apikey", demo) is not None
+        who = f"--as=system:serviceaccount:{NAMESPACE}:{OPERATOR}"
+        for ns, expected in ((demo, "yes"), ("default", "no"), (NAMESPACE, "no")):
+            answer = cluster.kubectl("auth", "can-i", "get", "secrets", "-n", ns, who, check=False)
+            assert answer.stdout.strip() == expected, (ns, answer.stdout, answer.stderr)
 
         # --- upgrade: a changed CRD (an added printer column) is applied -----------------------
         changed = tmp_path / "chart"

@@ -371,7 +371,13 @@ def test_the_reason_scanner_finds_what_it_should() -> None:
     assert {"BaseModelNotFound", "PodCreationForbidden", "InvalidBaseModel"} <= waiting
     failed, waiting = published(SOURCES["Account"])
     assert failed == {"NamespaceConflict"}
-    assert waiting == {"NamespaceTerminating", "QuotaPending", "DeletionBlocked"}
+    assert waiting == {
+        "NamespaceTerminating",
+        "QuotaPending",
+        "DeletionBlocked",
+        "ClusterRoleMissing",
+        "SecretsBindingRefused",
+    }
 
 
 @pytest.mark.parametrize("kind", KINDS)

@@ -384,6 +384,9 @@ def test_the_health_port_is_not_the_metrics_port(helm: str) -> None:
 def test_default_settings_are_the_operators(default_docs: list[Doc]) -> None:
     env = env_of(default_docs)
     assert env["GRAFT_OPERATOR_NAMESPACE"] == {"fieldRef": {"fieldPath": "metadata.namespace"}}
+    assert env[settings.OPERATOR_SERVICE_ACCOUNT_ENV] == {
+        "fieldRef": {"fieldPath": "spec.serviceAccountName"}
+    }
     names = {k: v for k, v in env.items() if isinstance(v, str)}
     parsed = settings.Settings.from_env(names)
     assert parsed == settings.Settings(), "the chart's defaults must be the operator's own"
@@ -433,6 +436,17 @@ def test_values_reach_the_operator(helm: str, tmp_path: Path) -> None:
     assert binding["subjects"] == [
         {"kind": "ServiceAccount", "name": "graft-sa", "namespace": "platform"}
     ]
+    # Each Account binds its namespace's Secrets to this pod's own ServiceAccount, which the
+    # operator learns from the downward API, whatever the release or the value call it.
+    assert env[settings.OPERATOR_SERVICE_ACCOUNT_ENV] == {
+        "fieldRef": {"fieldPath": "spec.serviceAccountName"}
+    }
+    assert env[settings.OPERATOR_NAMESPACE_ENV] == {"fieldRef": {"fieldPath": "metadata.namespace"}}
+    secrets = one(docs, "ClusterRole", keys.ACCOUNT_SECRETS_CLUSTER_ROLE)
+    assert {v for rule in secrets["rules"] for v in rule["verbs"]} == {"get", "delete"}
+    assert not [
+        d for d in docs if (d.get("roleRef") or {}).get("name") == keys.ACCOUNT_SECRETS_CLUSTER_ROLE
+    ], "only Accounts bind it, in their namespaces"
     monitor = component(docs, "ServiceMonitor", keys.OPERATOR_COMPONENT)
     assert monitor["metadata"]["labels"]["release"] == "prometheus"
     service = component(docs, "Service", keys.OPERATOR_COMPONENT)

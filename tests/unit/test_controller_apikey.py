@@ -24,10 +24,14 @@ from kubernetes.client.exceptions import ApiException
 from graft.controller import apikey
 from graft.controller.context import Context
 from graft.core.apikeys import KEY_RE, hash_key
+from graft.core.objects import Owner
 from graft.core.settings import Settings
+from graft.plan import apikey as apikey_plan
+from graft.plan.account import SECRETS_BINDING_NAME, secrets_binding
 
 NS = "acme"
 ALICE = "alice@example.com"
+ACCOUNT = Owner(kind="Account", name=NS, uid="uid-account")
 
 Obj = dict[str, Any]
 
@@ -48,6 +52,10 @@ class Store:
         self.events: list[tuple[str, str, str]] = []
         self.status_patches: list[Obj] = []
         self.secrets_made: list[str] = []  # every key ever put in a Secret
+        self.forbidden: set[str] = set()
+        """The calls ("get", "delete" a Secret, "role": create a Role granting one) the API
+        server refuses the operator, as it does where the Account's RoleBinding
+        graft-operator-secrets is missing or not honoured yet."""
 
     # --- bookkeeping ------------------------------------------------------------------------
 
@@ -126,7 +134,12 @@ class Store:
         current["metadata"]["resourceVersion"] = str(next(self.versions))
         return True
 
+    def _allowed(self, call: str) -> None:
+        if call in self.forbidden:
+            raise ApiException(status=403, reason="Forbidden")
+
     def get_secret(self, namespace: str, name: str) -> Obj | None:
+        self._allowed("get")
         return self.read("secrets", name)
 
     def create_secret(self, secret: Obj) -> Obj | None:
@@ -140,12 +153,14 @@ class Store:
         return made
 
     def delete_secret(self, namespace: str, name: str, uid: str) -> bool:
+        self._allowed("delete")
         return self._delete("secrets", name, uid)
 
     def get_role(self, namespace: str, name: str) -> Obj | None:
         return self.read("roles", name)
 
     def create_role(self, role: Obj) -> Obj:
+        self._allowed("role")  # RBAC: nobody grants `get` on a Secret it cannot get itself
         made = self._create("roles", role)
         if made is None:
             raise ApiException(status=409, reason="AlreadyExists")
@@ -171,9 +186,15 @@ class Store:
         self.events.append((type_, reason, message))
 
 
+def operator_binding(service_account: str = "graft-operator") -> Obj:
+    """The RoleBinding the Account makes in its namespace (graft.plan.account.secrets_binding)."""
+    return secrets_binding(ACCOUNT, service_account, "graft-system")
+
+
 @pytest.fixture
 def store() -> Store:
     s = Store()
+    s.put("rolebindings", operator_binding())
     s.put(
         "users",
         {
@@ -196,7 +217,8 @@ def store() -> Store:
     return s
 
 
-def reconcile(store: Store) -> None:
+def reconcile(store: Store) -> list[float]:
+    """Reconcile the ApiKey; the re-checks it asked for, in seconds."""
     rechecks: list[float] = []
     ctx = Context(
         api=store,  # type: ignore[arg-type]
@@ -204,6 +226,7 @@ def reconcile(store: Store) -> None:
         recheck=lambda plural, ns, name, delay: rechecks.append(delay),
     )
     apikey.reconcile(ctx, NS, "ci")
+    return rechecks
 
 
 def ready(store: Store) -> Obj:
@@ -436,3 +459,69 @@ def test_nobody_is_let_read_a_secret_graft_did_not_make(store: Store) -> None:
     assert ready(store)["reason"] == "SecretConflict"
     assert store.read("roles", "graft-apikey-ci") is None
     assert store.read("rolebindings", "graft-apikey-ci") is None
+
+
+# --- The operator's access to the account's Secrets -----------------------------------------------
+
+
+def test_no_key_until_the_account_lets_the_operator_read_its_secrets(store: Store) -> None:
+    """Without the Account's RoleBinding the API server would refuse every Secret call: the key
+    waits, touching no Secret, Role or RoleBinding, and is issued once the binding is there."""
+    del store.objects[("rolebindings", SECRETS_BINDING_NAME)]
+    store.forbidden = {"get", "delete", "role"}
+    rechecks = reconcile(store)
+    cond = ready(store)
+    assert (cond["status"], cond["reason"]) == ("False", "WaitingForAccount")
+    assert SECRETS_BINDING_NAME in cond["message"]
+    obj = store.read("apikeys", "ci")
+    assert obj is not None
+    assert obj["status"]["state"] == "Waiting"
+    assert store.secrets_made == []
+    assert store.read("roles", "graft-apikey-ci") is None
+    assert store.read("rolebindings", "graft-apikey-ci") is None
+    assert rechecks == [apikey_plan.ACCOUNT_RECHECK_SECONDS]
+
+    store.put("rolebindings", operator_binding())
+    store.forbidden = set()
+    reconcile(store)
+    assert_consistent(store)
+
+
+def test_a_binding_for_another_service_account_is_not_enough(store: Store) -> None:
+    store.put("rolebindings", operator_binding("someone-else"))
+    reconcile(store)
+    assert ready(store)["reason"] == "WaitingForAccount"
+    assert store.secrets_made == []
+
+
+@pytest.mark.parametrize(
+    ("refused", "before"),
+    [
+        ({"get", "delete", "role"}, "nothing"),
+        ({"role"}, "nothing"),
+        ({"get", "delete", "role"}, "lost"),
+        # A rotation refused between the new hash in status and the new Secret.
+        ({"delete"}, "changed"),
+    ],
+)
+def test_a_refused_secret_waits_instead_of_failing(
+    store: Store, refused: set[str], before: str
+) -> None:
+    """The binding is there but the API server does not honour it (yet): a condition and a
+    re-check soon, not a reconcile that fails on a 403; once it does, the key is consistent."""
+    if before != "nothing":
+        reconcile(store)
+        if before == "lost":
+            del store.objects[("secrets", "ci-apikey")]
+        else:
+            store.objects[("secrets", "ci-apikey")]["data"]["apiKey"] = "eQ=="
+    store.forbidden = refused
+    rechecks = reconcile(store)
+    cond = ready(store)
+    assert cond["reason"] == "WaitingForAccount"
+    assert "Forbidden" in cond["message"]
+    assert rechecks == [apikey_plan.ACCOUNT_RECHECK_SECONDS]
+    store.forbidden = set()
+    reconcile(store)
+    assert_consistent(store)
+    assert_no_key_outside_secrets(store)

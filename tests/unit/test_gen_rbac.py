@@ -10,7 +10,9 @@ import yaml
 
 from graft.api.kinds import ALL_KINDS
 from graft.api.tenancy import Role
+from graft.core import keys
 from graft.core.names import cluster_role_name
+from graft.core.settings import Settings
 from graft.gen import chart, rbac
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -89,10 +91,8 @@ def test_operator_can_do_what_the_reconcilers_do() -> None:
         ("", "pods", "watch"),
         ("", "services", "patch"),
         ("", "events", "create"),
-        # ApiKey
+        # ApiKey (get and delete on Secrets: ACCOUNT_SECRETS_ROLE, in account namespaces)
         ("", "secrets", "create"),
-        ("", "secrets", "get"),
-        ("", "secrets", "delete"),
         ("rbac.authorization.k8s.io", "roles", "get"),
         ("rbac.authorization.k8s.io", "roles", "create"),
         ("rbac.authorization.k8s.io", "roles", "delete"),
@@ -100,16 +100,36 @@ def test_operator_can_do_what_the_reconcilers_do() -> None:
     ]
     for group, resource, verb in needed:
         assert allows(op, group, resource, verb), (group, resource, verb)
+    secrets = rbac.ACCOUNT_SECRETS_ROLE
+    for verb in ("get", "delete"):
+        assert allows(secrets, "", "secrets", verb, "ci-apikey")
+    # The Account binds it to the operator in its namespace.
+    name = keys.ACCOUNT_SECRETS_CLUSTER_ROLE
+    assert secrets.name == name
+    assert allows(op, "rbac.authorization.k8s.io", "clusterroles", "bind", name)
+    assert allows(op, "rbac.authorization.k8s.io", "clusterroles", "get", name)
+    assert allows(op, "rbac.authorization.k8s.io", "rolebindings", "create")
+    assert allows(op, "rbac.authorization.k8s.io", "rolebindings", "delete")
 
 
-def test_operator_binds_only_the_user_roles() -> None:
+def test_operator_binds_only_the_user_roles_and_its_account_secrets_role() -> None:
     op = rbac.OPERATOR_ROLE
     for role in Role:
         name = cluster_role_name(role)
         assert allows(op, "rbac.authorization.k8s.io", "clusterroles", "bind", name)
         assert allows(op, "rbac.authorization.k8s.io", "clusterroles", "get", name)
         assert rbac.USER_ROLES[role.value].name == name
-    for other in ("cluster-admin", "admin", rbac.OPERATOR_NAME, None):
+    bindable = {
+        name
+        for rule in op.rules
+        if "clusterroles" in rule.resources and "bind" in rule.verbs
+        for name in rule.resource_names
+    }
+    assert bindable == {*rbac.USER_CLUSTER_ROLES, keys.ACCOUNT_SECRETS_CLUSTER_ROLE}
+    for rule in op.rules:
+        if "clusterroles" in rule.resources:
+            assert rule.resource_names, f"bind or get on every ClusterRole: {rule.why}"
+    for other in ("cluster-admin", "admin", "edit", rbac.OPERATOR_NAME, rbac.GATEWAY_NAME, None):
         assert not allows(op, "rbac.authorization.k8s.io", "clusterroles", "bind", other)
     # It cannot grant itself anything else either.
     for verb in ("create", "update", "patch", "escalate"):
@@ -120,13 +140,47 @@ def test_operator_binds_only_the_user_roles() -> None:
         assert not allows(op, "rbac.authorization.k8s.io", "roles", verb)
 
 
-def test_operator_reads_secrets_only_by_name() -> None:
-    """An ApiKey's Secret is read back by name; the operator can neither enumerate nor stream
-    Secrets, nor change one in place."""
+def test_operator_holds_no_cluster_wide_right_to_read_or_delete_secrets() -> None:
+    """Cluster-wide, the operator may only create Secrets (a Deployment's server key, an
+    ApiKey's key); it reads and deletes them only where an Account binds it
+    ACCOUNT_SECRETS_ROLE, and then by name: it can neither enumerate nor stream Secrets, nor
+    change one in place, anywhere."""
     op = rbac.OPERATOR_ROLE
-    assert allows(op, "", "secrets", "get")
-    for verb in ("list", "watch", "update", "patch", "deletecollection"):
-        assert not allows(op, "", "secrets", verb)
+    assert allows(op, "", "secrets", "create")
+    for verb in ("get", "list", "watch", "update", "patch", "delete", "deletecollection"):
+        assert not allows(op, "", "secrets", verb), verb
+        assert not allows(op, "", "secrets", verb, "ci-apikey"), verb
+    secrets = rbac.ACCOUNT_SECRETS_ROLE
+    assert {v for r in secrets.rules for v in r.verbs} == {"get", "delete"}
+    assert {(g, res) for r in secrets.rules for g in r.api_groups for res in r.resources} == {
+        ("", "secrets")
+    }
+    # In its own namespace: the seed Secret, by name.
+    own = rbac.OPERATOR_NAMESPACE_ROLE
+    assert allows(own, "", "secrets", "get", rbac.SEED_SECRET)
+    assert not allows(own, "", "secrets", "get", "ci-apikey")
+    for verb in ("list", "watch", "delete", "update", "patch"):
+        assert not allows(own, "", "secrets", verb, rbac.SEED_SECRET)
+
+
+def test_the_account_secrets_role_is_only_bound_in_account_namespaces() -> None:
+    """Graft ships no binding of it (no ClusterRoleBinding, no RoleBinding): only an Account's
+    RoleBinding graft-operator-secrets, in the account's namespace, grants it."""
+    name = keys.ACCOUNT_SECRETS_CLUSTER_ROLE
+    assert name in {m["metadata"]["name"] for m in rbac.manifests() if m["kind"] == "ClusterRole"}
+    refs = [m["roleRef"]["name"] for m in rbac.manifests() if "roleRef" in m]
+    assert name not in refs
+
+
+def test_the_default_identity_is_the_operators_settings() -> None:
+    """`graft run` without GRAFT_OPERATOR_NAMESPACE / GRAFT_OPERATOR_SERVICE_ACCOUNT binds
+    the ServiceAccount these manifests make."""
+    settings = Settings()
+    sa = rbac.service_account()["metadata"]
+    assert (sa["namespace"], sa["name"]) == (
+        settings.operator_namespace,
+        settings.operator_service_account,
+    )
 
 
 ACCOUNT_KINDS = [k.plural for k in ALL_KINDS if k.namespaced]

@@ -13,10 +13,13 @@ from graft.core import keys
 from graft.core.objects import Owner
 from graft.plan.account import (
     QUOTA_NAME,
+    SECRETS_BINDING_NAME,
     NamespaceState,
     account_namespace,
     account_status,
+    cluster_role_missing_problem,
     deletion_blocked,
+    grants_secrets,
     namespace_problem,
     namespace_state,
     quota_enforced,
@@ -26,6 +29,9 @@ from graft.plan.account import (
     quota_usage,
     remaining_resources,
     resource_quota,
+    secrets_binding,
+    secrets_binding_in_sync,
+    secrets_binding_refused_problem,
 )
 from graft.plan.user import (
     BindingAction,
@@ -86,6 +92,92 @@ def test_namespace_conflict_says_what_to_do() -> None:
     assert "never adopts" in problem.message
     assert "choose another account ID" in problem.message
     assert namespace_problem(NamespaceState.OWNED, "acme") is None
+
+
+# --- The operator's access to the account's Secrets ---------------------------------------------
+
+OPERATOR_SA = {"kind": "ServiceAccount", "name": "graft-operator", "namespace": "graft-system"}
+
+
+def test_secrets_binding_binds_the_secrets_role_to_the_operator_in_the_account_only() -> None:
+    binding = secrets_binding(ACCOUNT, "graft-operator", "graft-system")
+    meta = binding["metadata"]
+    assert (binding["kind"], meta["name"], meta["namespace"]) == (
+        "RoleBinding",
+        SECRETS_BINDING_NAME,
+        "acme",
+    )
+    assert binding["roleRef"] == {
+        "apiGroup": "rbac.authorization.k8s.io",
+        "kind": "ClusterRole",
+        "name": keys.ACCOUNT_SECRETS_CLUSTER_ROLE,
+    }
+    assert binding["subjects"] == [OPERATOR_SA]
+    assert meta["labels"][keys.COMPONENT] == keys.ACCOUNT_SECRETS_BINDING
+    assert meta["labels"][keys.ACCOUNT] == "acme"
+    (ref,) = meta["ownerReferences"]
+    assert (ref["kind"], ref["uid"], ref["controller"]) == ("Account", "uid-acme", True)
+    # The chart's ServiceAccount of another release, in another namespace.
+    other = secrets_binding(ACCOUNT, "acme-graft-operator", "platform")
+    assert other["subjects"] == [
+        {"kind": "ServiceAccount", "name": "acme-graft-operator", "namespace": "platform"}
+    ]
+
+
+def test_secrets_binding_in_sync_compares_role_subject_labels_and_owner() -> None:
+    desired = secrets_binding(ACCOUNT, "graft-operator", "graft-system")
+    assert not secrets_binding_in_sync(None, desired)
+    # As the API server returns it: an empty apiGroup on the ServiceAccount subject.
+    served = secrets_binding(ACCOUNT, "graft-operator", "graft-system")
+    served["subjects"] = [{**OPERATOR_SA, "apiGroup": ""}]
+    served["metadata"]["uid"] = "uid-binding"
+    assert secrets_binding_in_sync(served, desired)
+    assert not secrets_binding_in_sync(
+        secrets_binding(ACCOUNT, "someone-else", "graft-system"), desired
+    )
+    earlier = Owner(kind="Account", name="acme", uid="uid-earlier", generation=1)
+    assert not secrets_binding_in_sync(
+        secrets_binding(earlier, "graft-operator", "graft-system"), desired
+    )
+    unlabelled = secrets_binding(ACCOUNT, "graft-operator", "graft-system")
+    unlabelled["metadata"]["labels"] = {}
+    assert not secrets_binding_in_sync(unlabelled, desired)
+    to_admin = secrets_binding(ACCOUNT, "graft-operator", "graft-system")
+    to_admin["roleRef"]["name"] = "cluster-admin"
+    assert not secrets_binding_in_sync(to_admin, desired)
+    going = secrets_binding(ACCOUNT, "graft-operator", "graft-system")
+    going["metadata"]["deletionTimestamp"] = "now"
+    assert not secrets_binding_in_sync(going, desired)
+
+
+def test_grants_secrets_is_whether_the_operator_may_read_the_accounts_secrets() -> None:
+    binding = secrets_binding(ACCOUNT, "graft-operator", "graft-system")
+    assert grants_secrets(binding, "graft-operator", "graft-system")
+    assert not grants_secrets(None, "graft-operator", "graft-system")
+    assert not grants_secrets(binding, "acme-graft-operator", "graft-system")
+    assert not grants_secrets(binding, "graft-operator", "platform")
+    other_role = {**binding, "roleRef": {**binding["roleRef"], "name": "graft-viewer"}}
+    assert not grants_secrets(other_role, "graft-operator", "graft-system")
+    going = {**binding, "metadata": {**binding["metadata"], "deletionTimestamp": "now"}}
+    assert not grants_secrets(going, "graft-operator", "graft-system")
+
+
+def test_secret_access_problems_are_waits_that_say_what_to_do() -> None:
+    missing = cluster_role_missing_problem("acme")
+    assert (missing.reason, missing.state) == ("ClusterRoleMissing", "Waiting")
+    assert keys.ACCOUNT_SECRETS_CLUSTER_ROLE in missing.message
+    assert "install Graft's RBAC" in missing.message
+    refused = secrets_binding_refused_problem("acme", "cannot bind")
+    assert (refused.reason, refused.state) == ("SecretsBindingRefused", "Waiting")
+    assert "cannot bind" in refused.message
+    assert "`bind`" in refused.message
+    status = account_status(
+        owner=ACCOUNT, namespace="acme", hard={}, quota=None, problem=missing, previous=[], now="T"
+    )
+    wire = status.wire()
+    assert wire["state"] == "Waiting"
+    assert wire["namespace"] == "acme"  # the namespace is the account's all the same
+    assert wire["conditions"][0]["reason"] == "ClusterRoleMissing"
 
 
 # --- The quota ----------------------------------------------------------------------------------

@@ -17,7 +17,9 @@ from graft.api.tenancy import API_KEY_HASH_PATTERN, API_KEY_ID_PATTERN, ApiKeySp
 from graft.core import keys
 from graft.core.apikeys import generate, hash_key
 from graft.core.objects import Owner
+from graft.plan.account import secrets_binding
 from graft.plan.apikey import (
+    ACCOUNT_RECHECK_SECONDS,
     EXPIRY_SLACK_SECONDS,
     Claim,
     Issued,
@@ -25,7 +27,9 @@ from graft.plan.apikey import (
     KeyProblem,
     access_binding,
     access_in_sync,
+    access_refused_problem,
     access_role,
+    account_access_problem,
     api_key_status,
     claim,
     conflict_problem,
@@ -338,6 +342,28 @@ def test_a_recheck_is_scheduled_at_expiry_not_polled() -> None:
     assert recheck_after(NOW + timedelta(seconds=10), NOW, 60) == 10 + EXPIRY_SLACK_SECONDS
     assert recheck_after(NOW + timedelta(days=30), NOW, 60) == 60
     assert recheck_after(NOW - timedelta(seconds=1), NOW, 60) == 60
+
+
+def test_a_key_waits_for_its_accounts_binding() -> None:
+    """The operator may read Secrets only where the Account bound it that right."""
+    account = Owner(kind="Account", name="acme", uid="uid-acme")
+    binding = secrets_binding(account, "graft-operator", "graft-system")
+    assert account_access_problem(binding, "acme", "graft-operator", "graft-system") is None
+    for found, sa in ((None, "graft-operator"), (binding, "acme-graft-operator")):
+        problem = account_access_problem(found, "acme", sa, "graft-system")
+        assert problem is not None
+        assert (problem.reason, problem.state) == ("WaitingForAccount", "Waiting")
+        assert "graft-operator-secrets" in problem.message
+        assert "Account acme" in problem.message
+    refused = access_refused_problem("acme", 'secrets "ci-apikey" is forbidden')
+    assert (refused.reason, refused.state) == ("WaitingForAccount", "Waiting")
+    assert "is forbidden" in refused.message
+    # Looked at again soon (a new RoleBinding may take a moment to be honoured), or at expiry.
+    assert recheck_after(None, NOW, 60, refused) == ACCOUNT_RECHECK_SECONDS
+    assert recheck_after(NOW + timedelta(seconds=1), NOW, 60, refused) == 1 + EXPIRY_SLACK_SECONDS
+    assert recheck_after(None, NOW, 2, refused) == 2
+    other = KeyProblem("WaitingForUser", "", waiting=True)
+    assert recheck_after(None, NOW, 60, other) == 60
 
 
 # --- Status ---------------------------------------------------------------------------------------

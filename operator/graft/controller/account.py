@@ -1,8 +1,11 @@
-"""Account reconciler: the account's namespace and ResourceQuota, its status, the deletion guard.
+"""Account reconciler: the account's namespace, ResourceQuota, NetworkPolicy and the operator's
+RoleBinding there, its status, the deletion guard.
 
 `reconcile()` reads the Account, its namespace and its ResourceQuota fresh each time, creates the
-namespace if it is missing (never adopting one that exists), applies or removes the quota, and
-writes status once, only when it changed. `finalize()` runs while a deleted Account waits on
+namespace if it is missing (never adopting one that exists), keeps its Pod Security labels, its
+NetworkPolicy and the RoleBinding that lets the operator read its ApiKeys' Secrets (and no
+others: graft.plan.account), applies or removes the quota, and writes status once, only when it
+changed. `finalize()` runs while a deleted Account waits on
 Graft's finalizer: it refuses (condition and Event) while the namespace holds Graft resources,
 unless spec.deletionPolicy is Delete; then it deletes the namespace and lets the Account go.
 """
@@ -11,10 +14,12 @@ from __future__ import annotations
 
 import logging
 
+from kubernetes.client.exceptions import ApiException
+
 from graft.api.kinds import ACCOUNT_PLURALS, Plural
 from graft.api.tenancy import AccountSpec, DeletionPolicy
 from graft.controller.context import Context
-from graft.controller.kube import Api
+from graft.controller.kube import Api, error_message
 from graft.controller.status import publish
 from graft.core import keys
 from graft.core.conditions import conditions_of, now_rfc3339
@@ -22,10 +27,12 @@ from graft.core.objects import Obj, Owner, is_terminating
 from graft.plan.account import (
     NETWORK_POLICY_NAME,
     QUOTA_NAME,
+    SECRETS_BINDING_NAME,
     AccountProblem,
     NamespaceState,
     account_namespace,
     account_status,
+    cluster_role_missing_problem,
     deletion_blocked,
     describe_hard,
     is_graft_account_object,
@@ -38,6 +45,9 @@ from graft.plan.account import (
     quota_in_sync,
     quota_problem,
     resource_quota,
+    secrets_binding,
+    secrets_binding_in_sync,
+    secrets_binding_refused_problem,
 )
 
 log = logging.getLogger(__name__)
@@ -78,8 +88,9 @@ def reconcile(ctx: Context, namespace: str, name: str) -> None:
     problem = namespace_problem(state, name)
     if state == NamespaceState.OWNED:
         secure_namespace(ctx, owner, namespace_obj)
+        access = grant_secret_access(ctx, obj, owner)
         quota = sync_quota(api, obj, owner, hard)
-        problem = quota_problem(hard, quota)
+        problem = access or quota_problem(hard, quota)
     report(api, obj, owner=owner, hard=hard, quota=quota, problem=problem)
 
 
@@ -93,6 +104,48 @@ def secure_namespace(ctx: Context, owner: Owner, namespace: Obj | None) -> None:
     existing = api.get_network_policy(owner.name, NETWORK_POLICY_NAME)
     if not network_policy_in_sync(existing, desired):
         api.apply(desired)
+
+
+def grant_secret_access(ctx: Context, obj: Obj, owner: Owner) -> AccountProblem | None:
+    """The RoleBinding that grants the operator's ServiceAccount its Secret rights in the
+    account's namespace, put back (delete + create: a roleRef cannot change) when it differs;
+    why the account's ApiKeys cannot work yet, if they cannot."""
+    api, settings = ctx.api, ctx.settings
+    desired = secrets_binding(owner, settings.operator_service_account, settings.operator_namespace)
+    existing = api.get_role_binding(owner.name, SECRETS_BINDING_NAME)
+    if not secrets_binding_in_sync(existing, desired):
+        try:
+            if existing is not None:
+                api.delete_role_binding(
+                    owner.name, SECRETS_BINDING_NAME, existing["metadata"]["uid"]
+                )
+            api.create_role_binding(desired)
+        except ApiException as exc:
+            if exc.status != 403:
+                raise
+            message = error_message(exc)
+            if "is being terminated" in message:
+                return None  # the namespace is going away, and the Account with it
+            log.warning(
+                "could not bind the operator's Secret rights in %s: %s", owner.name, message
+            )
+            return secrets_binding_refused_problem(owner.name, message)
+        subject = desired["subjects"][0]
+        who = f"ServiceAccount {subject['namespace']}/{subject['name']}"
+        if existing is None:
+            log.info("bound %s to its Secret rights in namespace %s", who, owner.name)
+        else:
+            log.info("replaced RoleBinding %s/%s", owner.name, SECRETS_BINDING_NAME)
+            api.event(
+                obj,
+                "Normal",
+                "RoleBindingReplaced",
+                f"RoleBinding {SECRETS_BINDING_NAME} put back: {who} may get and delete Secrets "
+                f"in namespace {owner.name} (ClusterRole {desired['roleRef']['name']})",
+            )
+    if not api.cluster_role_exists(desired["roleRef"]["name"]):
+        return cluster_role_missing_problem(owner.name)
+    return None
 
 
 def sync_quota(api: Api, obj: Obj, owner: Owner, hard: dict[str, str]) -> Obj | None:

@@ -4,6 +4,9 @@ read, and keep status.keyHash the hash of the key in that Secret.
 A reconcile, in this order (graft.plan.apikey says why it is crash-safe):
 
 1. the ApiKey is owned by its User, so that deleting the User deletes its keys;
+   then it waits (`WaitingForAccount`) until its Account's RoleBinding graft-operator-secrets
+   lets the operator get and delete Secrets in the namespace (it may nowhere else), and when the
+   API server still refuses that access, instead of failing on the 403;
 2. the Role and RoleBinding that let the User get the key's Secret: only when a Secret of that
    name is missing or this ApiKey's (else they are taken back: nobody reads a Secret Graft did
    not make for the key), and before the key, so that when the User's email changes the old
@@ -22,17 +25,19 @@ from __future__ import annotations
 import logging
 from datetime import UTC, datetime
 
+from kubernetes.client.exceptions import ApiException
 from pydantic import ValidationError
 
 from graft.api.kinds import Plural
 from graft.api.tenancy import ApiKeySpec, UserSpec
 from graft.controller.context import Context
-from graft.controller.kube import Api
+from graft.controller.kube import Api, error_message
 from graft.controller.status import publish
 from graft.core.apikeys import generate
 from graft.core.conditions import conditions_of, rfc3339
 from graft.core.names import full_name
 from graft.core.objects import Obj, Owner, is_terminating
+from graft.plan.account import SECRETS_BINDING_NAME
 from graft.plan.apikey import (
     Claim,
     Issued,
@@ -41,7 +46,9 @@ from graft.plan.apikey import (
     access_binding,
     access_in_sync,
     access_name,
+    access_refused_problem,
     access_role,
+    account_access_problem,
     api_key_status,
     claim,
     claim_problem,
@@ -93,12 +100,26 @@ def reconcile(ctx: Context, namespace: str, name: str) -> None:
     if user is not None and not is_terminating(user) and not user_references(obj):
         obj = adopt(api, obj, user)
     problem = expired_problem(issued, spec.expires_at, now) or user_problem(obj, spec.user, user)
+    if problem is None:
+        settings = ctx.settings
+        problem = account_access_problem(
+            api.get_role_binding(namespace, SECRETS_BINDING_NAME),
+            namespace,
+            settings.operator_service_account,
+            settings.operator_namespace,
+        )
     try:
         if problem is None and user is not None:
             email = UserSpec.model_validate(user.get("spec") or {}).email
             issued, problem = issue(api, obj, owner, user=spec.user, email=email, issued=issued)
     except ApiKeyGone:
         return
+    except ApiException as exc:
+        if exc.status != 403:
+            raise
+        # The account's RoleBinding is there, but the API server does not honour it (yet):
+        # whatever this reconcile wrote, the next one finds it consistent (graft.plan.apikey).
+        problem = access_refused_problem(namespace, error_message(exc))
     report(
         api,
         obj,
@@ -110,7 +131,10 @@ def reconcile(ctx: Context, namespace: str, name: str) -> None:
         now=now,
     )
     ctx.recheck(
-        PLURAL, namespace, name, recheck_after(spec.expires_at, now, ctx.settings.resync_seconds)
+        PLURAL,
+        namespace,
+        name,
+        recheck_after(spec.expires_at, now, ctx.settings.resync_seconds, problem),
     )
 
 

@@ -1,5 +1,5 @@
 """Reads shared by reconcilers: referenced Models, a Deployment's addons and its ready pods, a
-User's ApiKeys."""
+User's ApiKeys and the ApiKeys that wait for their Account."""
 
 from __future__ import annotations
 
@@ -13,8 +13,9 @@ from graft.api.serving import DeploymentSpec
 from graft.controller.context import Context
 from graft.controller.kube import Api
 from graft.core.names import InvalidReference, Ref, full_name, parse_ref
-from graft.core.objects import Obj, is_ready, is_terminating
+from graft.core.objects import Obj, condition, is_ready, is_terminating
 from graft.core.serverkeys import server_key
+from graft.plan.apikey import WAITING_FOR_ACCOUNT
 from graft.plan.deployedmodel import Candidate, DeploymentFacts, ModelFacts, Verdict, judge
 from graft.plan.deployment import selector_string
 from graft.plan.engines import PORT
@@ -79,6 +80,17 @@ def api_keys_of(api: Api, namespace: str, user: str) -> list[str]:
         key["metadata"]["name"]
         for key in api.list_graft(Plural.API_KEYS, namespace)
         if (key.get("spec") or {}).get("user") == user and not is_terminating(key)
+    ]
+
+
+def api_keys_waiting_for_account(api: Api, namespace: str) -> list[str]:
+    """The names of the ApiKeys of an account that wait for the operator's access to its
+    Secrets (Ready reason WaitingForAccount)."""
+    return [
+        key["metadata"]["name"]
+        for key in api.list_graft(Plural.API_KEYS, namespace)
+        if (condition(key, "Ready") or {}).get("reason") == WAITING_FOR_ACCOUNT
+        and not is_terminating(key)
     ]
 
 

@@ -392,6 +392,12 @@ class Operator:
         self.on_children(
             registry, ("v1", "resourcequotas"), self.account_quota_event, keys.ACCOUNT_QUOTA
         )
+        self.on_children(
+            registry,
+            (keys.RBAC_GROUP, "v1", "rolebindings"),
+            self.account_secrets_binding_event,
+            keys.ACCOUNT_SECRETS_BINDING,
+        )
 
     def account_event(self, name: str | None, body: Mapping[str, Any], **_: Any) -> None:
         """A deleted Account is looked at on its own events (its finalizer)."""
@@ -419,6 +425,19 @@ class Operator:
         name = labels.get(keys.ACCOUNT)
         if name:
             self.reconcile_soft(Plural.ACCOUNTS, "", name)
+
+    def account_secrets_binding_event(
+        self, namespace: str | None, labels: Mapping[str, str], **_: Any
+    ) -> None:
+        """The RoleBinding that lets the operator read an account's Secrets appeared, changed
+        or went: the Account puts it back if it must, and the account's ApiKeys that waited for
+        it go on."""
+        name = labels.get(keys.ACCOUNT)
+        if name:
+            self.reconcile_soft(Plural.ACCOUNTS, "", name)
+        if namespace:
+            for key in lookup.api_keys_waiting_for_account(self.ctx.api, namespace):
+                self.reconcile_soft(Plural.API_KEYS, namespace, key)
 
     # --- ApiKey ----------------------------------------------------------------------------
 

@@ -48,11 +48,17 @@ KEY_ID = f"{GROUP}/key-id"
 ACCOUNT_NAMESPACE = "account-namespace"
 ACCOUNT_QUOTA = "account-quota"
 ACCOUNT_NETWORK_POLICY = "account-network-policy"
+ACCOUNT_SECRETS_BINDING = "account-secrets-binding"
 USER_BINDING = "user-binding"
 API_KEY_SECRET = "apikey-secret"
 API_KEY_ACCESS = "apikey-access"
 """app.kubernetes.io/component values of the children of Accounts, Users and ApiKeys (the
+RoleBinding that lets the operator read and delete Secrets in an account's namespace; the
 Secret that holds a key; the Role and RoleBinding that let its User read it)."""
+
+ACCOUNT_SECRETS_CLUSTER_ROLE = "graft-operator-account-secrets"
+"""The ClusterRole (graft.gen.rbac) with the operator's rights on Secrets, which it holds only
+where an Account binds it to the operator: in that account's namespace."""
 
 OPERATOR_COMPONENT = "operator"
 GATEWAY_COMPONENT = "gateway"

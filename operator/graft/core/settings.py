@@ -26,6 +26,7 @@ Operator settings (`Settings`):
 | GRAFT_API_TIMEOUT_SECONDS | 30 | deadline of one Kubernetes API request |
 | GRAFT_ALLOWED_IMAGES | Graft's and vLLM's repositories | comma-separated images tenants may name in a Deployment's spec.image: a repository (any tag or digest of it) or a prefix ending in "/" |
 | GRAFT_OPERATOR_NAMESPACE | graft-system | the operator's own namespace (its key seed Secret; from the downward API) |
+| GRAFT_OPERATOR_SERVICE_ACCOUNT | graft-operator | the operator's own ServiceAccount, in GRAFT_OPERATOR_NAMESPACE: what each Account's RoleBinding graft-operator-secrets binds (the chart passes the pod's spec.serviceAccountName) |
 | GRAFT_LEASE_SECONDS | 15 | leader election: how long a silent leader's Lease holds off the others |
 | GRAFT_STUCK_SECONDS | 300 | liveness fails when every worker has been in one reconcile this long |
 | GRAFT_AUTOSCALER_INTERVAL | 5 | seconds between two passes of the autoscaler (scrape the gateways, decide, scale) |
@@ -65,6 +66,7 @@ API_TIMEOUT_ENV = "GRAFT_API_TIMEOUT_SECONDS"
 STUCK_ENV = "GRAFT_STUCK_SECONDS"
 LEASE_ENV = "GRAFT_LEASE_SECONDS"
 OPERATOR_NAMESPACE_ENV = "GRAFT_OPERATOR_NAMESPACE"
+OPERATOR_SERVICE_ACCOUNT_ENV = "GRAFT_OPERATOR_SERVICE_ACCOUNT"
 ALLOWED_IMAGES_ENV = "GRAFT_ALLOWED_IMAGES"
 AUTOSCALER_INTERVAL_ENV = "GRAFT_AUTOSCALER_INTERVAL"
 MIN_SCALE_TO_ZERO_WINDOW_ENV = "GRAFT_MIN_SCALE_TO_ZERO_WINDOW"
@@ -94,6 +96,8 @@ DEFAULT_API_TIMEOUT_SECONDS = 30.0
 DEFAULT_STUCK_SECONDS = 300.0
 DEFAULT_LEASE_SECONDS = 15
 DEFAULT_OPERATOR_NAMESPACE = "graft-system"
+DEFAULT_OPERATOR_SERVICE_ACCOUNT = "graft-operator"
+"""The chart's ServiceAccount for release `graft` (graft.gen.rbac.OPERATOR_NAME)."""
 DEFAULT_AUTOSCALER_INTERVAL = 5.0
 DEFAULT_MIN_SCALE_TO_ZERO_WINDOW = 300.0
 """Starting a model server takes minutes; flapping to zero and back faster than that would make
@@ -130,6 +134,9 @@ class Settings:
     stuck_seconds: float = DEFAULT_STUCK_SECONDS
     lease_seconds: int = DEFAULT_LEASE_SECONDS
     operator_namespace: str = DEFAULT_OPERATOR_NAMESPACE
+    operator_service_account: str = DEFAULT_OPERATOR_SERVICE_ACCOUNT
+    """The operator's ServiceAccount (in operator_namespace): the subject that each Account
+    binds its namespace's Secrets to."""
     allowed_images: tuple[str, ...] = ()
     """Beyond the repositories of the images above, which are always allowed."""
     autoscaler_interval: float = DEFAULT_AUTOSCALER_INTERVAL
@@ -185,6 +192,8 @@ class Settings:
             stuck_seconds=_positive(env, STUCK_ENV, DEFAULT_STUCK_SECONDS, float),
             lease_seconds=_positive(env, LEASE_ENV, DEFAULT_LEASE_SECONDS, int),
             operator_namespace=env.get(OPERATOR_NAMESPACE_ENV) or DEFAULT_OPERATOR_NAMESPACE,
+            operator_service_account=env.get(OPERATOR_SERVICE_ACCOUNT_ENV)
+            or DEFAULT_OPERATOR_SERVICE_ACCOUNT,
             allowed_images=_allowed_images(env.get(ALLOWED_IMAGES_ENV) or ""),
             autoscaler_interval=_positive(
                 env, AUTOSCALER_INTERVAL_ENV, DEFAULT_AUTOSCALER_INTERVAL, float

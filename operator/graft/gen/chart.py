@@ -111,10 +111,11 @@ def _quoted(value: str) -> str:
 
 
 def rbac_template() -> str:
-    """The ServiceAccount, the four ClusterRoles and the binding, from graft.gen.rbac; the
-    names of the ServiceAccount and the binding, and the namespace, come from the release
+    """The ServiceAccount, the ClusterRoles and the binding, from graft.gen.rbac; the names of
+    the ServiceAccount and the binding, and the namespace, come from the release
     (graft.gen.rbac's for release graft in graft-system). The ClusterRoles keep their fixed
-    names: the operator binds Users to graft-admin/-member/-viewer by name. Then, with
+    names: the operator binds Users to graft-admin/-member/-viewer, and itself (in each
+    account's namespace) to graft-operator-account-secrets, by name. Then, with
     gateway.enabled, the gateway's own RBAC."""
     sa = '{{ include "graft.serviceAccountName" . }}'
     docs = [

@@ -1,6 +1,7 @@
-"""Graft's RBAC, the one source of truth: the operator's ClusterRole, the three ClusterRoles Users
-are bound to, the operator's ServiceAccount and ClusterRoleBinding, and the gateway's own
-ServiceAccount, ClusterRole and Role (pure).
+"""Graft's RBAC, the one source of truth: the operator's ClusterRole, the ClusterRole of its
+rights on Secrets (bound only in account namespaces), the three ClusterRoles Users are bound to,
+the operator's ServiceAccount and ClusterRoleBinding, and the gateway's own ServiceAccount,
+ClusterRole and Role (pure).
 
 `graft chart` writes them into the Helm chart (deploy/charts/graft/templates/rbac.yaml, with the
 ServiceAccount's name and namespace templated), `graft manifests` renders deploy/graft.yaml from
@@ -23,12 +24,16 @@ from graft.api.tenancy import Role
 from graft.core import keys
 from graft.core.names import cluster_role_name
 from graft.core.objects import INSTALLED_LABELS
+from graft.core.settings import DEFAULT_OPERATOR_NAMESPACE, DEFAULT_OPERATOR_SERVICE_ACCOUNT
 
 RBAC_API_VERSION = f"{keys.RBAC_GROUP}/v1"
 CORE = ""
 
-OPERATOR_NAMESPACE = "graft-system"
-OPERATOR_NAME = "graft-operator"
+OPERATOR_NAMESPACE = DEFAULT_OPERATOR_NAMESPACE
+OPERATOR_NAME = DEFAULT_OPERATOR_SERVICE_ACCOUNT
+"""The operator's ServiceAccount for release graft in graft-system, which `graft run` assumes
+when GRAFT_OPERATOR_NAMESPACE and GRAFT_OPERATOR_SERVICE_ACCOUNT are unset; also the fixed name
+of its ClusterRole."""
 SERVICE_ACCOUNT = f"system:serviceaccount:{OPERATOR_NAMESPACE}:{OPERATOR_NAME}"
 
 READ = ("get", "list", "watch")
@@ -149,25 +154,13 @@ OPERATOR_RULES: tuple[Rule, ...] = (
     ),
     Rule(
         "Deployment, ApiKey: create the Secret a Deployment's model servers read their API key "
-        "from (the operator derives it), and the Secret that holds an ApiKey's key.",
+        "from (the operator derives it), and the Secret that holds an ApiKey's key. Create only, "
+        "in any namespace (a Deployment needs no Account): it reads, changes or deletes no "
+        "Secret. get and delete come from ClusterRole graft-operator-account-secrets, which "
+        "only an Account binds, in its own namespace.",
         (CORE,),
         ("secrets",),
         ("create",),
-    ),
-    Rule(
-        "ApiKey: read a key's Secret back by name (does it still hold the key status.keyHash "
-        "names?); RBAC also refuses to create the Role that lets the key's User get it to anyone "
-        "who cannot get it. Never list or watch: the operator cannot enumerate Secrets.",
-        (CORE,),
-        ("secrets",),
-        ("get",),
-    ),
-    Rule(
-        "ApiKey: delete a key's Secret that does not hold the key status.keyHash names, before "
-        "a new key replaces it (by uid: only the Secret it read).",
-        (CORE,),
-        ("secrets",),
-        ("delete",),
     ),
     Rule(
         "All reconcilers: Events for the transitions a person wants to see.",
@@ -197,9 +190,9 @@ OPERATOR_RULES: tuple[Rule, ...] = (
         ("get", "list", "watch", "create", "patch", "delete"),
     ),
     Rule(
-        "User, ApiKey: one RoleBinding per User (to its role) and per ApiKey (to its Role), "
-        "replaced (delete + create) when it changes, watched so that a changed or deleted one "
-        "is put back.",
+        "Account, User, ApiKey: one RoleBinding per Account (the operator's Secrets there), per "
+        "User (to its role) and per ApiKey (to its Role), replaced (delete + create) when it "
+        "changes, watched so that a changed or deleted one is put back.",
         (keys.RBAC_GROUP,),
         ("rolebindings",),
         ("get", "list", "watch", "create", "delete"),
@@ -217,6 +210,14 @@ OPERATOR_RULES: tuple[Rule, ...] = (
         ("clusterroles",),
         ("get", "bind"),
         USER_CLUSTER_ROLES,
+    ),
+    Rule(
+        "Account: bind graft-operator-account-secrets to the operator in the account's "
+        "namespace (bind: the operator holds its rights only where an Account binds them).",
+        (keys.RBAC_GROUP,),
+        ("clusterroles",),
+        ("get", "bind"),
+        (keys.ACCOUNT_SECRETS_CLUSTER_ROLE,),
     ),
     # Dataset and FineTuningJob.
     Rule(
@@ -244,6 +245,29 @@ OPERATOR_ROLE = ClusterRole(
     OPERATOR_NAME,
     "The operator: what every reconciler needs, nothing more.",
     OPERATOR_RULES,
+)
+
+ACCOUNT_SECRETS_ROLE = ClusterRole(
+    keys.ACCOUNT_SECRETS_CLUSTER_ROLE,
+    "The operator's rights on Secrets, bound to it by each Account's RoleBinding "
+    "graft-operator-secrets in the account's namespace, and nowhere else.",
+    (
+        Rule(
+            "ApiKey: read a key's Secret back by name (does it still hold the key status.keyHash "
+            "names?); RBAC also refuses to create the Role that lets the key's User get it to "
+            "anyone who cannot get it. Never list or watch: the operator cannot enumerate Secrets.",
+            (CORE,),
+            ("secrets",),
+            ("get",),
+        ),
+        Rule(
+            "ApiKey: delete a key's Secret that does not hold the key status.keyHash names, "
+            "before a new key replaces it (by uid: only the Secret it read).",
+            (CORE,),
+            ("secrets",),
+            ("delete",),
+        ),
+    ),
 )
 
 
@@ -333,7 +357,7 @@ USER_ROLES: dict[str, ClusterRole] = {
     Role.MEMBER.value: MEMBER_ROLE,
     Role.VIEWER.value: VIEWER_ROLE,
 }
-CLUSTER_ROLES = (OPERATOR_ROLE, ADMIN_ROLE, MEMBER_ROLE, VIEWER_ROLE)
+CLUSTER_ROLES = (OPERATOR_ROLE, ACCOUNT_SECRETS_ROLE, ADMIN_ROLE, MEMBER_ROLE, VIEWER_ROLE)
 
 
 # --- Manifests ----------------------------------------------------------------------------------
@@ -376,8 +400,8 @@ OPERATOR_NAMESPACE_RULES: tuple[Rule, ...] = (
         ("create",),
     ),
     Rule(
-        "Model-server API keys: read the seed Secret (a rule of its own, whatever the "
-        "ClusterRole's ApiKey rules become).",
+        "Model-server API keys: read the seed Secret, and no other Secret of this namespace "
+        "(the ClusterRole grants no get on Secrets).",
         (CORE,),
         ("secrets",),
         ("get",),

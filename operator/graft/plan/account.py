@@ -1,8 +1,15 @@
-"""An Account's Namespace, ResourceQuota, status and deletion guard (pure).
+"""An Account's Namespace, ResourceQuota, NetworkPolicy, the operator's RoleBinding, status and
+deletion guard (pure).
 
 An Account owns the namespace named after its ID, but only one it created itself: a namespace
 that already exists is never adopted, changed or deleted. The account's quota is a ResourceQuota
 in that namespace, so the API server enforces it at admission.
+
+The operator holds no cluster-wide right to read or delete Secrets. In each namespace its Account
+created, the Account binds ClusterRole graft-operator-account-secrets to the operator's own
+ServiceAccount (RoleBinding graft-operator-secrets), which is what lets the ApiKey reconciler read
+a key's Secret back there, and nowhere else. The operator may make that binding because its
+ClusterRole has `bind` on that one ClusterRole, not because it holds the rights itself.
 """
 
 from __future__ import annotations
@@ -17,7 +24,7 @@ from graft.api.tenancy import NVIDIA_GPU, AccountQuota, AccountStatus, QuotaUsag
 from graft.core import keys
 from graft.core.conditions import set_condition
 from graft.core.names import account_full_name
-from graft.core.objects import Obj, Owner, labels, labels_of, owned_by
+from graft.core.objects import Obj, Owner, is_terminating, labels, labels_of, owned_by
 from graft.core.quantities import same_quantities
 from graft.plan.podsecurity import namespace_labels
 
@@ -139,6 +146,77 @@ def network_policy_in_sync(existing: Obj | None, desired: Obj) -> bool:
     return bool(existing.get("spec") == desired["spec"])
 
 
+# --- The operator's access to the account's Secrets ---------------------------------------------
+
+SECRETS_BINDING_NAME = "graft-operator-secrets"
+"""The RoleBinding in an account's namespace that grants the operator
+keys.ACCOUNT_SECRETS_CLUSTER_ROLE there."""
+
+
+def operator_subject(service_account: str, namespace: str) -> Obj:
+    """The operator's own ServiceAccount as an RBAC subject."""
+    return {"kind": "ServiceAccount", "name": service_account, "namespace": namespace}
+
+
+def secrets_binding(owner: Owner, service_account: str, operator_namespace: str) -> Obj:
+    """Bind the operator's Secret rights (get, delete) to its ServiceAccount in the account's
+    namespace only; owned by the Account (and gone with the namespace anyway)."""
+    return {
+        "apiVersion": f"{keys.RBAC_GROUP}/v1",
+        "kind": "RoleBinding",
+        "metadata": {
+            "name": SECRETS_BINDING_NAME,
+            "namespace": owner.name,
+            "labels": labels(keys.ACCOUNT_SECRETS_BINDING, owner),
+            "ownerReferences": [owner.reference()],
+        },
+        "roleRef": {
+            "apiGroup": keys.RBAC_GROUP,
+            "kind": "ClusterRole",
+            "name": keys.ACCOUNT_SECRETS_CLUSTER_ROLE,
+        },
+        "subjects": [operator_subject(service_account, operator_namespace)],
+    }
+
+
+def _subjects(binding: Obj) -> list[Obj]:
+    """A RoleBinding's subjects as `operator_subject` writes them (the API server may add an
+    empty apiGroup)."""
+    return [
+        {k: s.get(k) for k in ("kind", "name", "namespace")} for s in binding.get("subjects") or []
+    ]
+
+
+def secrets_binding_in_sync(existing: Obj | None, desired: Obj) -> bool:
+    """The existing RoleBinding is the desired one: same role, subject, labels and owner. Any
+    other RoleBinding of that name in the account's namespace is replaced (it is Graft's name in
+    a namespace Graft created; account users cannot make RoleBindings)."""
+    if existing is None or is_terminating(existing):
+        return False
+    found = labels_of(existing)
+    if any(found.get(k) != v for k, v in desired["metadata"]["labels"].items()):
+        return False
+    if not owned_by(existing, desired["metadata"]["ownerReferences"][0]["uid"]):
+        return False
+    return bool(
+        existing.get("roleRef") == desired["roleRef"] and _subjects(existing) == desired["subjects"]
+    )
+
+
+def grants_secrets(binding: Obj | None, service_account: str, operator_namespace: str) -> bool:
+    """Whether this RoleBinding (the account's SECRETS_BINDING_NAME) gives the operator its
+    Secret rights in the namespace: it exists, is not going, and binds that ClusterRole to the
+    operator's ServiceAccount."""
+    if binding is None or is_terminating(binding):
+        return False
+    role = binding.get("roleRef") or {}
+    return (
+        role.get("kind") == "ClusterRole"
+        and role.get("name") == keys.ACCOUNT_SECRETS_CLUSTER_ROLE
+        and operator_subject(service_account, operator_namespace) in _subjects(binding)
+    )
+
+
 # --- The account's ResourceQuota ----------------------------------------------------------------
 
 
@@ -245,6 +323,29 @@ def namespace_problem(state: NamespaceState, namespace: str) -> AccountProblem |
             "Waiting",
         )
     return None
+
+
+def cluster_role_missing_problem(namespace: str) -> AccountProblem:
+    role = keys.ACCOUNT_SECRETS_CLUSTER_ROLE
+    return AccountProblem(
+        "ClusterRoleMissing",
+        f"ClusterRole {role} does not exist, so RoleBinding {SECRETS_BINDING_NAME} in namespace "
+        f"{namespace} lets the operator read no Secret there and the account's ApiKeys wait: "
+        "install Graft's RBAC (helm upgrade, or kubectl apply -f deploy/graft.yaml)",
+        "Waiting",
+    )
+
+
+def secrets_binding_refused_problem(namespace: str, message: str) -> AccountProblem:
+    role = keys.ACCOUNT_SECRETS_CLUSTER_ROLE
+    return AccountProblem(
+        "SecretsBindingRefused",
+        f"the API server refused RoleBinding {SECRETS_BINDING_NAME} in namespace {namespace} "
+        f"({message}); the account's ApiKeys wait until it exists: the operator's ClusterRole "
+        f"needs `bind` on ClusterRole {role} (install Graft's RBAC from the same release as the "
+        "operator)",
+        "Waiting",
+    )
 
 
 def quota_problem(hard: dict[str, str], existing: Obj | None) -> AccountProblem | None:

@@ -23,6 +23,10 @@ the key in the Secret.
 The ApiKey belongs to its User (an ownerReference the operator adds), so the garbage collector
 deletes a User's keys with the User, whether or not the operator runs; the Secret, Role and
 RoleBinding belong to the ApiKey and go with it the same way.
+
+The operator may get and delete Secrets only in namespaces whose Account bound it those rights
+(graft.plan.account.secrets_binding); until that RoleBinding is there (and the API server honours
+it), a key waits (`WaitingForAccount`) instead of failing on 403s.
 """
 
 from __future__ import annotations
@@ -39,12 +43,17 @@ from graft.core import keys
 from graft.core.apikeys import NewKey, display, hash_key, is_expired
 from graft.core.conditions import rfc3339, set_condition
 from graft.core.objects import Obj, Owner, condition, is_ready, is_terminating, labels, labels_of
+from graft.plan.account import SECRETS_BINDING_NAME, grants_secrets
 from graft.plan.user import subjects_of, user_subject
 
 SECRET_FIELD = "apiKey"
 """The field of the Secret that holds the key."""
 
 EXPIRED = "Expired"
+WAITING_FOR_ACCOUNT = "WaitingForAccount"
+ACCOUNT_RECHECK_SECONDS = 5.0
+"""How soon a key the API server refused Secret access for is looked at again: a RoleBinding
+that was just made may take a moment to be honoured (its event woke the key already)."""
 EXPIRY_SLACK_SECONDS = 1.0
 """A re-check scheduled for a key's expiry runs this long after it, so that it finds the key
 expired rather than a moment before (and schedules another)."""
@@ -345,6 +354,37 @@ def user_problem(apikey: Obj, user_id: str, user: Obj | None) -> KeyProblem | No
     return None
 
 
+def account_access_problem(
+    binding: Obj | None, namespace: str, service_account: str, operator_namespace: str
+) -> KeyProblem | None:
+    """A key is issued where the operator may read it back: in a namespace whose Account bound
+    the operator its Secret rights (`binding`: the RoleBinding of that name there, or None)."""
+    if grants_secrets(binding, service_account, operator_namespace):
+        return None
+    return KeyProblem(
+        "WaitingForAccount",
+        f"the operator may not read Secrets in namespace {namespace} yet: RoleBinding "
+        f"{SECRETS_BINDING_NAME}, which Account {namespace} makes there for it, is missing or "
+        f"binds another ServiceAccount (see the Account's Ready condition); the key is issued "
+        "once it is there",
+        waiting=True,
+    )
+
+
+def access_refused_problem(namespace: str, message: str) -> KeyProblem:
+    """The API server refused the operator a Secret (or the Role that lets the User read one)
+    although the account's RoleBinding is there: it is not honoured yet, or its ClusterRole is
+    missing."""
+    return KeyProblem(
+        "WaitingForAccount",
+        f"the API server refused the operator access to the key's Secret in namespace "
+        f"{namespace} ({message}); it holds that right through RoleBinding "
+        f"{SECRETS_BINDING_NAME} of Account {namespace} (see the Account's Ready condition), "
+        "and tries again shortly",
+        waiting=True,
+    )
+
+
 CONFLICT_REASONS = {
     "Secret": "SecretConflict",
     "Role": "RoleConflict",
@@ -422,10 +462,19 @@ def api_key_status(
     return _with_key(status, issued)
 
 
-def recheck_after(expires_at: datetime | None, now: datetime, resync: float) -> float:
+def recheck_after(
+    expires_at: datetime | None,
+    now: datetime,
+    resync: float,
+    problem: KeyProblem | None = None,
+) -> float:
     """Seconds until the operator looks at an ApiKey again: just after its expiry when that
     comes before the resync interval, else the resync interval (which also notices a Secret or
-    Role someone deleted: the operator watches no Secrets)."""
+    Role someone deleted: the operator watches no Secrets); soon when it waits for the account's
+    RoleBinding to be honoured."""
+    after = resync
+    if problem is not None and problem.reason == WAITING_FOR_ACCOUNT:
+        after = min(after, ACCOUNT_RECHECK_SECONDS)
     if expires_at is None or expires_at <= now:
-        return resync
-    return min(resync, (expires_at - now).total_seconds() + EXPIRY_SLACK_SECONDS)
+        return after
+    return min(after, (expires_at - now).total_seconds() + EXPIRY_SLACK_SECONDS)

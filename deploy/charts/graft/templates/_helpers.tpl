@@ -1,7 +1,8 @@
 {{/*
 Names and labels. The chart installs cluster-wide objects with fixed names (the CRDs and the
-ClusterRoles graft-operator, graft-gateway, graft-admin, graft-member, graft-viewer, which the
-operator binds Users to by name), so one release per cluster.
+ClusterRoles graft-operator, graft-operator-account-secrets, graft-gateway, graft-admin,
+graft-member, graft-viewer, which the operator binds itself and Users to by name), so one
+release per cluster.
 */}}
 
 {{/* <release> when it contains "graft", else <release>-graft; 54 characters at most. */}}
