@@ -111,6 +111,7 @@ def test_crds_are_established_with_printer_columns_and_explain(crds: Cluster) ->
         for p in (
             "accounts",
             "users",
+            "apikeys",
             "models",
             "deployments",
             "deployedmodels",
