@@ -90,6 +90,7 @@ class StubReplica:
     async def _complete(self, request: web.Request) -> web.StreamResponse:
         if not self._authorized(request):
             return web.json_response({"error": {"message": "unauthorized"}}, status=401)
+        hold = self.hold  # as the request arrived: a test may change it for later requests
         body = await request.json()
         if self.record:
             self.received.append(body)
@@ -150,8 +151,8 @@ class StubReplica:
                     "choices": [delta],
                 }
                 await response.write(f"data: {json.dumps(chunk)}\n\n".encode())
-                if i == 0 and self.hold is not None:
-                    await self.hold.wait()
+                if i == 0 and hold is not None:
+                    await hold.wait()
             if (body.get("stream_options") or {}).get("include_usage"):
                 chunk = {
                     "id": "cmpl-1",

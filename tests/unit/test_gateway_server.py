@@ -286,7 +286,11 @@ def test_no_replica_serving_the_addon_is_503_with_retry_after_when_the_wait_ends
 ) -> None:
     world.r1.models.discard(ADDON)
     world.refresh()
-    time.sleep(0.5)  # the prober's next round sees it
+    prober = world.gw.gateway.prober
+    assert prober is not None
+    deadline = time.monotonic() + 10
+    while any(ADDON in m for m in prober.models.values()) and time.monotonic() < deadline:
+        time.sleep(0.05)  # the prober's next round sees it
     started = time.monotonic()
     with pytest.raises(openai.InternalServerError) as exc:
         chat(world.client(world.key_a), ADDON)
