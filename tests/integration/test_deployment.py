@@ -127,7 +127,7 @@ def test_crds_are_established_with_printer_columns_and_explain(crds: Cluster) ->
     )
     assert "vLLM --max-lora-rank" in explain
     resources = crds.kubectl("api-resources", "--api-group=graft.dev", "-o", "name").stdout.split()
-    assert len(resources) == 7
+    assert len(resources) == 8
 
 
 INVALID_IDS = ["a.b", "model.v1", "x" * 64, "my.org.model", "1.2.3", "a" * 100]
