@@ -171,12 +171,17 @@ def test_bad_keys_are_401(world: World) -> None:
 
 
 def test_a_token_the_cluster_vouches_for_acts_for_its_account(world: World) -> None:
-    world.view.tokens["sa-token-of-a"] = "a"
-    assert chat(world.client("sa-token-of-a"), BASE).choices[0].message.content.endswith(BASE)
+    token = "eyJhbGciOiJSUzI1NiJ9.eyJzdWIiOiJhcHAifQ.c2lnbmF0dXJl"  # a JWT's shape
+    world.view.tokens[token] = "a"
+    assert chat(world.client(token), BASE).choices[0].message.content.endswith(BASE)
     with pytest.raises(openai.PermissionDeniedError):
-        chat(world.client("sa-token-of-a"), SECRET_ADDON)
+        chat(world.client(token), SECRET_ADDON)
     with pytest.raises(openai.AuthenticationError):
-        chat(world.client("some-other-token"), BASE)
+        chat(world.client("eyJh.eyJz.bm90LWtub3du"), BASE)
+    # Not a JWT: never sent for review (no TokenReview for garbage).
+    world.view.tokens["sa-token-of-a"] = "a"
+    with pytest.raises(openai.AuthenticationError):
+        chat(world.client("sa-token-of-a"), BASE)
 
 
 def test_a_revoked_key_is_refused_at_the_next_request(world: World) -> None:

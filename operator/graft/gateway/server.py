@@ -20,6 +20,7 @@ import contextlib
 import json
 import logging
 import math
+import re
 import time
 from collections import defaultdict
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -43,6 +44,9 @@ MAX_BODY = 8 * 1024 * 1024
 MAX_UPSTREAM_BODY = 64 * 1024 * 1024
 """Largest non-streamed answer read from a replica before giving up on it."""
 PROBE_TIMEOUT = 3.0
+JWT = re.compile(r"[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+")
+"""A Kubernetes ServiceAccount token's shape (a JWS in compact form)."""
+MAX_CONCURRENT_REVIEWS = 4
 MAX_PROBE_BODY = 1024 * 1024
 
 
@@ -267,6 +271,7 @@ class Gateway:
         self.session: aiohttp.ClientSession | None = None
         self.prober: Prober | None = None
         self._tasks: list[asyncio.Task[None]] = []
+        self._reviews = asyncio.Semaphore(MAX_CONCURRENT_REVIEWS)
 
     # --- lifecycle -----------------------------------------------------------------------------
 
@@ -329,8 +334,11 @@ class Gateway:
         ServiceAccount token (an in-cluster caller) that the API server vouches for.
         KeyRejected (401) otherwise."""
         token = apikeys.bearer_token(request.headers.get("Authorization"))
-        if token is not None and not token.startswith(f"{apikeys.PREFIX}_"):
-            account = await self.view.review_token(token)
+        if token is not None and JWT.fullmatch(token):
+            # Only what looks like a ServiceAccount token costs the API server a TokenReview,
+            # and only a few at a time: garbage in the header must not become load upstream.
+            async with self._reviews:
+                account = await self.view.review_token(token)
             if account is not None:
                 return account
         return apikeys.authenticate(token, catalog.key, datetime.now(UTC)).account
