@@ -134,7 +134,48 @@ def free_port() -> int:
         return port
 
 
-class OperatorProcess:
+class _GraftProcess:
+    """A `graft` subcommand as a subprocess with its output in a log file."""
+
+    log_path: Path
+    proc: subprocess.Popen[bytes] | None
+
+    def _spawn(self, args: list[str], env: dict[str, str]) -> None:
+        graft = Path(sys.executable).with_name("graft")
+        self.log_file = self.log_path.open("ab")
+        self.proc = subprocess.Popen(
+            [str(graft), *args], env=env, stdout=self.log_file, stderr=subprocess.STDOUT
+        )
+
+    def _answers(self, url: str, what: str) -> bool:
+        """Whether `url` answers 200; AssertionError with the log when the process died."""
+        import urllib.request
+
+        assert self.proc is not None
+        if self.proc.poll() is not None:
+            raise AssertionError(f"{what} exited with {self.proc.returncode}:\n{self.tail()}")
+        try:
+            with urllib.request.urlopen(url, timeout=1) as r:
+                return bool(r.status == 200)
+        except OSError:  # refused, or an HTTPError (503 while not ready)
+            return False
+
+    def tail(self, lines: int = 80) -> str:
+        return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        if getattr(self, "log_file", None):
+            self.log_file.close()
+
+
+class OperatorProcess(_GraftProcess):
     """`graft run` as a subprocess, the way it runs in production (minus the container)."""
 
     def __init__(
@@ -155,11 +196,8 @@ class OperatorProcess:
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self) -> None:
-        graft = Path(sys.executable).with_name("graft")
-        self.log_file = self.log_path.open("ab")
-        self.proc = subprocess.Popen(
+        self._spawn(
             [
-                str(graft),
                 "run",
                 "--liveness",
                 f"http://127.0.0.1:{self.port}/healthz",
@@ -167,44 +205,19 @@ class OperatorProcess:
                 "--metrics",
                 f"http://127.0.0.1:{self.metrics_port}/metrics",
             ],
-            env=self.cluster.env(
+            self.cluster.env(
                 GRAFT_RESYNC_SECONDS=str(self.resync_seconds),
                 **self.extra_env,
                 KUBECONFIG=self.kubeconfig,
             ),
-            stdout=self.log_file,
-            stderr=subprocess.STDOUT,
         )
         wait_for("the operator's liveness endpoint", self._alive, timeout=60)
 
     def _alive(self) -> bool:
-        import urllib.request
-
-        assert self.proc is not None
-        if self.proc.poll() is not None:
-            raise AssertionError(f"operator exited with {self.proc.returncode}:\n{self.tail()}")
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/healthz", timeout=1) as r:
-                return bool(r.status == 200)
-        except OSError:
-            return False
-
-    def tail(self, lines: int = 80) -> str:
-        return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
-
-    def stop(self) -> None:
-        if self.proc and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        if getattr(self, "log_file", None):
-            self.log_file.close()
+        return self._answers(f"http://127.0.0.1:{self.port}/healthz", "operator")
 
 
-class GatewayProcess:
+class GatewayProcess(_GraftProcess):
     """`graft gateway` as a subprocess, on loopback ports of its own."""
 
     def __init__(
@@ -233,11 +246,8 @@ class GatewayProcess:
         return f"http://127.0.0.1:{self.metrics_port}/metrics"
 
     def start(self) -> None:
-        graft = Path(sys.executable).with_name("graft")
-        self.log_file = self.log_path.open("ab")
-        self.proc = subprocess.Popen(
+        self._spawn(
             [
-                str(graft),
                 "gateway",
                 "--listen",
                 self.url,
@@ -246,41 +256,15 @@ class GatewayProcess:
                 "--queue-timeout",
                 str(self.queue_timeout),
             ],
-            env=self.cluster.env(KUBECONFIG=self.kubeconfig),
-            stdout=self.log_file,
-            stderr=subprocess.STDOUT,
+            self.cluster.env(KUBECONFIG=self.kubeconfig),
         )
         wait_for("the gateway's watch cache", self._ready, timeout=90)
 
     def _ready(self) -> bool:
-        import urllib.error
-        import urllib.request
-
-        assert self.proc is not None
-        if self.proc.poll() is not None:
-            raise AssertionError(f"gateway exited with {self.proc.returncode}:\n{self.tail()}")
-        try:
-            with urllib.request.urlopen(f"{self.url}/ready", timeout=1) as r:
-                return bool(r.status == 200)
-        except (OSError, urllib.error.HTTPError):
-            return False
+        return self._answers(f"{self.url}/ready", "gateway")
 
     def metrics(self) -> str:
         import urllib.request
 
         with urllib.request.urlopen(self.metrics_url, timeout=5) as r:
             return str(r.read().decode())
-
-    def tail(self, lines: int = 80) -> str:
-        return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
-
-    def stop(self) -> None:
-        if self.proc and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        if getattr(self, "log_file", None):
-            self.log_file.close()

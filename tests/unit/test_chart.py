@@ -607,8 +607,8 @@ def test_gateway_pod(default_docs: list[Doc]) -> None:
     # scrapes that name), each where the gateway listens.
     ports = {p["name"]: p["containerPort"] for p in container["ports"]}
     assert ports == {"http": 8080, "metrics": 9091}
-    assert gateway_main.address(args.listen, "--listen") == ("0.0.0.0", ports["http"])
-    assert gateway_main.address(args.metrics, "--metrics") == ("0.0.0.0", ports["metrics"])
+    assert gateway_main.address(args.listen, "--listen", "") == ("0.0.0.0", ports["http"])
+    assert gateway_main.address(args.metrics, "--metrics", "") == ("0.0.0.0", ports["metrics"])
     assert args.metrics.endswith("/metrics")
     for probe, path in (
         ("startupProbe", "/health"),

@@ -21,7 +21,6 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
 from enum import StrEnum
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import urlsplit
@@ -39,6 +38,8 @@ from prometheus_client.exposition import choose_encoder
 
 from graft import __version__
 from graft.api.kinds import ALL_KINDS
+from graft.core import endpoints
+from graft.core.endpoints import Endpoint
 
 log = logging.getLogger(__name__)
 
@@ -47,7 +48,7 @@ disable_created_metrics()  # type: ignore[no-untyped-call]
 
 PREFIX = "graft_operator"
 DEFAULT_URL = "http://0.0.0.0:9090/metrics"
-OFF = ("", "none")
+OFF = endpoints.OFF
 """`--metrics` values that turn the server off."""
 
 KIND_OF_PLURAL = {str(k.plural): k.kind for k in ALL_KINDS}
@@ -250,29 +251,10 @@ class OperatorMetrics:
         return encode(self.registry), content_type
 
 
-@dataclass(frozen=True)
-class Endpoint:
-    host: str
-    port: int
-    path: str
-
-
 def parse_endpoint(url: str) -> Endpoint | None:
     """`--metrics`: http://<host>:<port><path>, or None when it is "" or "none" (no server).
     ValueError says what is wrong with it."""
-    if url.strip().lower() in OFF:
-        return None
-    parts = urlsplit(url)
-    try:
-        port = parts.port
-    except ValueError:
-        port = None
-    if parts.scheme != "http" or not parts.hostname or port is None:
-        raise ValueError(
-            f"--metrics {url!r}: expected http://<address>:<port>/<path>, e.g. {DEFAULT_URL}, "
-            "or '' to serve no metrics"
-        )
-    return Endpoint(host=parts.hostname, port=port, path=parts.path or "/")
+    return endpoints.parse_endpoint(url, flag="--metrics", example=DEFAULT_URL)
 
 
 class MetricsServer:

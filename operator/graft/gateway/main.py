@@ -8,9 +8,9 @@ import asyncio
 import logging
 import os
 import signal
-from urllib.parse import urlsplit
 
 from graft.core import settings as core_settings
+from graft.core.endpoints import parse_endpoint
 from graft.gateway.server import Gateway, Settings, serve
 
 log = logging.getLogger("graft.gateway")
@@ -20,15 +20,13 @@ DEFAULT_METRICS = "http://0.0.0.0:9091/metrics"
 SYNC_TIMEOUT = 120.0
 
 
-def address(url: str, flag: str) -> tuple[str, int]:
-    parts = urlsplit(url)
+def address(url: str, flag: str, example: str) -> tuple[str, int]:
     try:
-        port = parts.port
-    except ValueError:
-        port = None
-    if parts.scheme != "http" or not parts.hostname or port is None:
-        raise SystemExit(f"{flag} {url!r}: expected http://<address>:<port>")
-    return parts.hostname, port
+        endpoint = parse_endpoint(url, flag=flag, example=example, optional=False)
+    except ValueError as exc:
+        raise SystemExit(str(exc)) from None
+    assert endpoint is not None
+    return endpoint.host, endpoint.port
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -65,9 +63,11 @@ def run(ns: argparse.Namespace) -> int:
     )
     for noisy in ("kubernetes", "urllib3", "aiohttp.access"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
-    host, port = address(ns.listen, "--listen")
+    host, port = address(ns.listen, "--listen", DEFAULT_LISTEN)
     metrics = (
-        None if ns.metrics.strip().lower() in ("", "none") else address(ns.metrics, "--metrics")
+        None
+        if ns.metrics.strip().lower() in ("", "none")
+        else address(ns.metrics, "--metrics", DEFAULT_METRICS)
     )
     namespace = ns.namespace or core_settings.Settings.from_env(os.environ).operator_namespace
     return asyncio.run(
