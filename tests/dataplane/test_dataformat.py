@@ -127,7 +127,9 @@ def test_empty_dataset(data: bytes, why: str) -> None:
     report = parse_jsonl(data)
     assert not report.ok
     assert report.errors == [LineError(None, f"empty dataset: no examples ({why})")]
-    assert report.summary() == f"empty dataset: no examples ({why})"
+    assert report.describe_errors("e.jsonl") == (
+        f"1 problem in e.jsonl:\nempty dataset: no examples ({why})"
+    )
 
 
 def test_errors_are_capped_but_all_counted() -> None:
@@ -135,7 +137,26 @@ def test_errors_are_capped_but_all_counted() -> None:
     assert report.error_count == 50
     assert len(report.errors) == 20
     assert [e.line for e in report.errors] == list(range(1, 21))
-    assert report.summary().endswith("(and 49 more errors)")
+    lines = report.describe_errors("d.jsonl").splitlines()
+    assert lines[0] == "50 problems in d.jsonl:"
+    assert lines[1:21] == [
+        f"line {n}: malformed JSON: Expecting value (column 1)" for n in range(1, 21)
+    ]
+    assert lines[21:] == ["... and 30 more"]
+
+
+def test_problems_that_concern_the_whole_file_can_come_first() -> None:
+    report = parse_jsonl(b"not json\n" * 25)
+    report.add_errors(
+        [LineError(None, "too many examples"), LineError(1, "wrong format")], first=True
+    )
+    assert report.error_count == 27
+    assert [str(e) for e in report.errors[:3]] == [
+        "too many examples",
+        "line 1: wrong format",
+        "line 1: malformed JSON: Expecting value (column 1)",
+    ]
+    assert len(report.errors) == 20
 
 
 def test_read_dataset_and_load_examples(tmp_path: Path) -> None:
@@ -150,13 +171,33 @@ def test_read_dataset_and_load_examples(tmp_path: Path) -> None:
     assert len(load_examples(path)) == 30
 
 
-def test_load_examples_raises_one_clear_message(tmp_path: Path) -> None:
+def test_load_examples_raises_with_every_problem(tmp_path: Path) -> None:
     path = tmp_path / "bad.jsonl"
     path.write_text('{"messages": [{"role": "user", "content": "a"}]}\n{oops\n')
     with pytest.raises(DatasetError) as caught:
         load_examples(path)
     assert str(caught.value) == (
-        f"invalid dataset {path}: line 1: no assistant message: nothing to learn from this "
-        "example (and 1 more error)"
+        f"invalid dataset: 2 problems in {path}:\n"
+        "line 1: no assistant message: nothing to learn from this example\n"
+        "line 2: malformed JSON: Expecting property name enclosed in double quotes (column 2)"
     )
     assert caught.value.report.error_count == 2
+
+
+def test_a_dataset_error_fits_a_limit_with_whole_problems() -> None:
+    """As `graft train` writes it to its termination message (4096 bytes)."""
+    long_key = "k" * 1000
+    bad = json.dumps({long_key: 1}).encode() + b"\n"
+    error = DatasetError(parse_jsonl(bad * 60), "/data/train.jsonl")
+    full = str(error).splitlines()
+    assert full[0] == "invalid dataset: 60 problems in /data/train.jsonl:"
+    assert len(full) == 22  # the 20 kept, each cut to 300 characters, and the rest counted
+    assert all(len(line) <= 300 for line in full[1:21])
+    assert full[-1] == "... and 40 more"
+    fitted = error.describe(1000)
+    assert len(fitted.encode()) <= 1000
+    lines = fitted.splitlines()
+    assert lines[0] == full[0]
+    assert 0 < len(lines) - 2 < 20
+    assert lines[1:-1] == full[1 : len(lines) - 1]  # whole problems, in order
+    assert lines[-1] == f"... and {60 - (len(lines) - 2)} more"

@@ -251,7 +251,12 @@ def test_bad_input_fails_with_one_clear_message(
     code, _, message = run_train([*args, "--max-steps", "1", *extra], tmp_path / "termination")
     assert code == 1
     assert expected in message
-    assert "\n" not in message.strip()  # one line
+    if case in ("malformed", "unknown-role", "missing-field", "empty"):
+        # the problems of a dataset are listed one a line, after what they are
+        assert message.splitlines()[0] == f"invalid dataset: 1 problem in {dataset}:"
+        assert message.splitlines()[1].startswith(expected)
+    else:
+        assert "\n" not in message.strip()  # one line
     # nothing that looks like an adapter was written
     assert not (output / "adapter_config.json").exists()
     assert not [p for p in tmp_path.rglob("*") if ".graft-staging-" in p.name]
@@ -272,8 +277,12 @@ def test_exit_codes_from_the_real_command_line(tiny_model: Path, tmp_path: Path)
     )
     assert result.returncode == 1
     assert result.stdout == ""
-    assert f"error: invalid dataset {dataset}: line 2: malformed JSON" in result.stderr
-    assert termination.read_text().startswith(f"invalid dataset {dataset}: line 2: malformed JSON")
+    assert f"error: invalid dataset: 1 problem in {dataset}:\nline 2: malformed JSON" in (
+        result.stderr
+    )
+    assert termination.read_text().startswith(
+        f"invalid dataset: 1 problem in {dataset}:\nline 2: malformed JSON"
+    )
     assert "torch" not in result.stderr  # failed before importing the heavy parts
 
     usage = subprocess.run(
@@ -287,6 +296,37 @@ def test_exit_codes_from_the_real_command_line(tiny_model: Path, tmp_path: Path)
     assert usage.returncode == 2
     assert "usage: graft train" in usage.stderr
     assert "--epochs" in termination.read_text()
+
+
+def test_a_malformed_dataset_is_reported_with_every_problem(
+    tiny_model: Path, tmp_path: Path
+) -> None:
+    """A person fixes the file in one pass: all its problems, each with its line number, on
+    stderr and in the termination message (which the FineTuningJob's Failed condition shows)."""
+    good = json.dumps(
+        {"messages": [{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}]}
+    )
+    dataset = tmp_path / "data.jsonl"
+    lines = [good, good, "{not json", good, '{"messages": [{"role": "narrator", "content": "x"}]}']
+    lines += [good, '{"prompt": "p", "completion": ""}', good]
+    dataset.write_text("\n".join(lines) + "\n")
+    problems = [
+        "line 3: malformed JSON: Expecting property name enclosed in double quotes (column 2)",
+        'line 5: messages[0] has unknown role "narrator"; expected one of: system, user, assistant',
+        'line 7: "completion" is empty: nothing to learn from this example',
+    ]
+    termination = tmp_path / "termination"
+    env = {**os.environ, "GRAFT_TERMINATION_MESSAGE_PATH": str(termination)}
+    command = [sys.executable, "-m", "graft.cli", "train", "--base-model", str(tiny_model)]
+    command += ["--dataset", str(dataset), "--output", str(tmp_path / "out")]
+    result = subprocess.run(
+        command, env=env, capture_output=True, text=True, timeout=120, check=False
+    )
+    assert result.returncode == 1
+    expected = [f"invalid dataset: 3 problems in {dataset}:", *problems]
+    assert result.stderr.splitlines() == [f"error: {expected[0]}", *expected[1:]]
+    assert termination.read_text().splitlines() == expected
+    assert not (tmp_path / "out").exists()
 
 
 def test_smallmodels_command_line(tmp_path: Path) -> None:

@@ -288,6 +288,13 @@ def test_validate_limits_and_format(tmp_path: Path) -> None:
     assert code == 1
     assert result.errors[0].startswith("the data is larger than the limit of 100 bytes")
     assert result.sha256 is None
+    data.write_bytes(chat(2) + b"{oops\n" * 30)
+    code, result = validate(data, "--max-examples", "1")
+    assert (code, result.error_count, len(result.errors)) == (1, 31, 20)
+    assert result.errors[:2] == (
+        "too many examples: 2; the limit is 1",  # the file as a whole comes first
+        "line 3: malformed JSON: Expecting property name enclosed in double quotes (column 2)",
+    )
 
 
 def test_validate_over_http_stops_at_the_size_limit(server: Server, tmp_path: Path) -> None:

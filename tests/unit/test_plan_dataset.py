@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 
-from graft.api.reports import ValidationResult
+from graft.api.reports import ValidationResult, describe_problems
 from graft.api.training import DatasetSpec
 from graft.plan.dataset import (
     dataset_status,
@@ -51,6 +51,38 @@ def test_result_fits_the_termination_message_limit() -> None:
     assert all(len(e) <= 300 for e in back.errors)
     assert back.errors[0].startswith("line 1: xxx")
     assert "... and" in back.describe_errors()
+
+
+def test_problems_are_listed_one_a_line_up_to_the_limit() -> None:
+    three = ["line 3: malformed JSON", "line 5: bad\nrole", "line 7: no  assistant"]
+    assert describe_problems(three, 3, "data.jsonl") == (
+        "3 problems in data.jsonl:\n"
+        "line 3: malformed JSON\n"
+        "line 5: bad role\n"  # one problem, one line
+        "line 7: no assistant"
+    )
+    assert describe_problems(three[:1], 1, "d") == "1 problem in d:\nline 3: malformed JSON"
+    many = [f"line {n}: " + "x" * 400 for n in range(1, 31)]
+    lines = describe_problems(many, 5000, "d").splitlines()
+    assert lines[0] == "5000 problems in d:"
+    assert [line.split(":")[0] for line in lines[1:21]] == [f"line {n}" for n in range(1, 21)]
+    assert all(len(line) == 300 and line.endswith("...") for line in lines[1:21])
+    assert lines[21:] == ["... and 4980 more"]
+
+
+def test_problems_fit_a_byte_limit_whole() -> None:
+    many = [f"line {n}: " + "é" * 250 for n in range(1, 21)]
+    text = describe_problems(many, 20, "d", limit=2000)
+    assert len(text.encode()) <= 2000
+    lines = text.splitlines()
+    listed = len(lines) - 2
+    assert 0 < listed < 20
+    assert lines[1 : 1 + listed] == many[:listed]
+    assert lines[-1] == f"... and {20 - listed} more"
+    assert describe_problems(many[:2], 2, "d", limit=10_000).splitlines()[1:] == many[:2]
+    tiny = describe_problems(many, 20, "/a/very/long/path" * 10, limit=50)
+    assert len(tiny.encode()) <= 50
+    assert tiny.endswith("...")
 
 
 def test_other_messages_are_not_results() -> None:

@@ -5,8 +5,9 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from graft.api.reports import TrainerSummary
+from graft.api.reports import TERMINATION_MESSAGE_LIMIT, TrainerSummary
 from graft.core.names import Ref
+from graft.dataplane.dataformat import DatasetError, parse_jsonl
 from graft.plan.finetuning import (
     ReadyDataset,
     TrainingOutcome,
@@ -173,6 +174,52 @@ def test_training_progress() -> None:
     )
     assert isinstance(silent, Progress)
     assert silent.reason == "TrainerResultMissing"
+
+
+GOOD = b'{"prompt": "q", "completion": "a"}\n'
+
+
+def trainer_failure(data: bytes) -> Terminated:
+    """The train container as `graft train` leaves it on a malformed dataset."""
+    error = DatasetError(parse_jsonl(data), "/mnt/graft/dataset/data.jsonl")
+    return Terminated("train", 1, "Error", error.describe(TERMINATION_MESSAGE_LIMIT) + "\n")
+
+
+def test_every_dataset_problem_the_trainer_found_is_in_the_failed_condition() -> None:
+    data = GOOD + GOOD + b"{not json\n" + GOOD + b'{"prompt": "q"}\n' + GOOD + b"[1]\n"
+    failed = training_progress("t-train", JobState("Failed", result=trainer_failure(data)), "train")
+    assert isinstance(failed, Progress)
+    st = finetuning_status(
+        generation=1,
+        full_name="accounts/a/finetuningjobs/t",
+        outcome=TrainingOutcome(failed, job_name="t-train", job=JobState("Failed")),
+        previous=[],
+        now="n",
+    ).wire()
+    assert st["state"] == "Failed"
+    condition = next(c for c in st["conditions"] if c["type"] == "Failed")
+    assert condition["reason"] == "TrainingFailed"
+    assert condition["message"].splitlines() == [
+        "training failed (exit code 1): invalid dataset: 3 problems in "
+        "/mnt/graft/dataset/data.jsonl:",
+        "line 3: malformed JSON: Expecting property name enclosed in double quotes (column 2)",
+        'line 5: missing field "completion" (completion format has "prompt" and "completion")',
+        "line 7: expected a JSON object, got a list",
+    ]
+
+
+def test_many_long_dataset_problems_reach_the_condition_whole() -> None:
+    bad = b'{"' + b"k" * 1000 + b'": 1}\n'
+    trainer = trainer_failure(bad * 40)
+    assert len(trainer.message.encode()) <= TERMINATION_MESSAGE_LIMIT
+    failed = training_progress("t-train", JobState("Failed", result=trainer), "train")
+    assert isinstance(failed, Progress)
+    lines = failed.message.splitlines()
+    listed = lines[1:-1]
+    assert 10 < len(listed) < 20
+    assert [line.split(":")[0] for line in listed] == [f"line {n + 1}" for n in range(len(listed))]
+    assert all(line.endswith("...") and len(line) == 300 for line in listed)
+    assert lines[-1] == f"... and {40 - len(listed)} more"
 
 
 def test_status() -> None:

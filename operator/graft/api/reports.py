@@ -6,14 +6,16 @@ A Job's container writes one compact JSON object to its termination message
 classes below, so what one writes the other reads:
 
 - `ValidationResult`: `graft dataset validate` -> the Dataset reconciler;
-- `TrainerSummary`: `graft train` -> the FineTuningJob reconciler;
+- `TrainerSummary`: `graft train` -> the FineTuningJob reconciler (on failure the trainer writes
+  its reason as text instead, which the operator shows as it is: for a malformed dataset,
+  `describe_problems()` below, as the Dataset reconciler shows a `ValidationResult`'s errors);
 - `InspectionResult`: `graft model inspect` -> the Model reconciler.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -21,7 +23,9 @@ TERMINATION_MESSAGE_LIMIT = 4096
 """Kubernetes keeps at most this many bytes of a container's termination message."""
 
 MAX_ERRORS = 20
+"""At most this many problems of a dataset are listed (all are counted)."""
 MAX_ERROR_LENGTH = 300
+"""A listed problem is cut to this many characters."""
 
 Status = Literal["valid", "invalid", "error"]
 
@@ -93,13 +97,38 @@ class ValidationResult:
         )
 
     def describe_errors(self) -> str:
-        """The problems as a message for a condition: a count, then one per line."""
-        more = self.error_count - len(self.errors)
-        head = f"{self.error_count} problem{'s' * (self.error_count != 1)} in {self.filename or 'the data'}"
-        lines = [f"{head}:", *self.errors]
-        if more > 0:
-            lines.append(f"... and {more} more")
-        return "\n".join(lines)
+        """The problems as a message for a condition (see `describe_problems`)."""
+        return describe_problems(self.errors, self.error_count, self.filename or "the data")
+
+
+def describe_problems(
+    problems: Sequence[str], count: int, where: str, *, limit: int | None = None
+) -> str:
+    """A dataset's problems as a person reads them, in a Dataset's or FineTuningJob's condition,
+    `graft dataset validate`'s and `graft train`'s stderr, and `graft train`'s termination
+    message: `N problems in WHERE:`, then one problem a line (at most MAX_ERRORS, each on one
+    line of at most MAX_ERROR_LENGTH characters), then `... and K more` for those counted but
+    not listed.
+
+    With `limit` (UTF-8 bytes), whole problems are dropped from the end, and counted in K, until
+    the text fits; only a `where` too long for the limit is cut itself.
+    """
+    count = max(count, len(problems))
+    shown = [shorten(" ".join(p.split()), MAX_ERROR_LENGTH) for p in problems[:MAX_ERRORS]]
+    head = f"{count} problem{'s' * (count != 1)} in {where}:"
+
+    def text(listed: int) -> str:
+        more = count - listed
+        return "\n".join([head, *shown[:listed], *([f"... and {more} more"] if more else [])])
+
+    listed = len(shown)
+    message = text(listed)
+    if limit is None:
+        return message
+    while listed and len(message.encode()) > limit:
+        listed -= 1
+        message = text(listed)
+    return clip(message, limit)
 
 
 def _result_body(text: str) -> dict[str, Any] | None:
@@ -121,6 +150,14 @@ def _compact(body: dict[str, Any]) -> str:
 def shorten(text: str, length: int) -> str:
     """`text` cut to `length` characters, ending in "..." when it was cut."""
     return text if len(text) <= length else text[: length - 3] + "..."
+
+
+def clip(message: str, limit: int = TERMINATION_MESSAGE_LIMIT) -> str:
+    """`message` cut to `limit` UTF-8 bytes, ending in "..." when it was cut."""
+    data = message.encode("utf-8")
+    if len(data) <= limit:
+        return message
+    return data[: limit - 3].decode("utf-8", "ignore") + "..."
 
 
 def _opt(body: dict[str, Any], key: str, type_: type[Any]) -> Any:
@@ -155,7 +192,7 @@ class TrainerSummary:
     @classmethod
     def from_message(cls, text: str) -> TrainerSummary | None:
         """The summary in a termination message, or None when it holds something else (the
-        trainer's one-line failure reason, a log tail)."""
+        trainer's failure reason, a log tail)."""
         try:
             body = json.loads(text)
         except ValueError:

@@ -6,7 +6,9 @@ Two formats, one JSON object per line (the same as the `Dataset` kind accepts):
 - completion: ``{"prompt": "...", "completion": "..."}``
 
 A file holds one format; it is decided by its first example. Blank lines are skipped. Every problem
-is reported with its 1-based line number, so that a person can fix the file, and the result also
+is reported with its 1-based line number, so that a person can fix the whole file in one pass: the
+report keeps the first 20 problems (all are counted), which `graft dataset validate` and `graft
+train` both list, one a line, with `describe_problems()` (graft.api.reports). The result also
 carries the file's sha256 and size so that `graft dataset validate` can report them.
 
 Pure: no torch, no kopf, no kubernetes.
@@ -16,16 +18,18 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal, cast
+
+from graft.api.reports import MAX_ERRORS, describe_problems
 
 ROLES = ("system", "user", "assistant")
 Role = Literal["system", "user", "assistant"]
 Format = Literal["chat", "completion"]
 
-DEFAULT_MAX_ERRORS = 20
+DEFAULT_MAX_ERRORS = MAX_ERRORS
 
 
 @dataclass(frozen=True)
@@ -78,22 +82,38 @@ class DatasetReport:
     def ok(self) -> bool:
         return self.error_count == 0
 
-    def summary(self) -> str:
-        """One human line: the first error (and how many more), or what the file holds."""
-        if self.ok:
-            return f"{len(self.examples)} {self.format} examples, {self.size_bytes} bytes"
-        first = str(self.errors[0])
-        more = self.error_count - 1
-        return first if more == 0 else f"{first} (and {more} more error{'s' * (more > 1)})"
+    def add_errors(self, errors: Sequence[LineError], *, first: bool = False) -> None:
+        """Count problems and keep them while fewer than `max_errors` are kept; `first` puts
+        them before the ones kept so far (they matter more: the file as a whole)."""
+        self.error_count += len(errors)
+        if first:
+            self.errors[:0] = errors
+            del self.errors[self.max_errors :]
+        else:
+            self.errors.extend(errors[: max(0, self.max_errors - len(self.errors))])
+
+    def describe_errors(self, where: str, *, limit: int | None = None) -> str:
+        """`N problems in WHERE:` and the kept problems, one a line (see describe_problems)."""
+        return describe_problems(
+            [str(e) for e in self.errors], self.error_count, where, limit=limit
+        )
 
 
 class DatasetError(ValueError):
-    """The dataset cannot be used; `str()` is one message a person can act on."""
+    """The dataset cannot be used; `str()` lists every problem kept, one a line."""
+
+    PREFIX = "invalid dataset: "
 
     def __init__(self, report: DatasetReport, source: str) -> None:
         self.report = report
         self.source = source
-        super().__init__(f"invalid dataset {source}: {report.summary()}")
+        super().__init__(self.describe())
+
+    def describe(self, limit: int | None = None) -> str:
+        """`invalid dataset: N problems in SOURCE:`, then the problems; with `limit` (UTF-8
+        bytes, e.g. a termination message's), as many whole problems as fit."""
+        room = None if limit is None else limit - len(self.PREFIX.encode())
+        return self.PREFIX + self.report.describe_errors(self.source, limit=room)
 
 
 def parse_jsonl(data: bytes, *, max_errors: int = DEFAULT_MAX_ERRORS) -> DatasetReport:
@@ -108,7 +128,7 @@ def read_dataset(path: str | Path, *, max_errors: int = DEFAULT_MAX_ERRORS) -> D
 
 
 def load_examples(path: str | Path) -> list[Example]:
-    """The examples of a valid dataset; raises DatasetError (one clear message) otherwise."""
+    """The examples of a valid dataset; raises DatasetError (its problems) otherwise."""
     report = read_dataset(path)
     if not report.ok:
         raise DatasetError(report, str(path))
@@ -229,9 +249,7 @@ def _completion_example(obj: dict[str, object], line: int) -> tuple[Example | No
 
 
 def _error(report: DatasetReport, line: int | None, message: str) -> None:
-    report.error_count += 1
-    if len(report.errors) < report.max_errors:
-        report.errors.append(LineError(line, message))
+    report.add_errors([LineError(line, message)])
 
 
 def _json_type(value: object) -> str:

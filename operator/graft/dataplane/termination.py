@@ -4,7 +4,8 @@ Kubernetes copies the file at a container's `terminationMessagePath` (by default
 /dev/termination-log, which the kubelet creates in every container) into
 `status.containerStatuses[].state.terminated.message` when the container exits, keeping at most
 4096 bytes. `graft dataset validate`, `graft fetch` and `graft train` write one line there: a
-compact JSON result on success, the reason on failure.
+compact JSON result on success, the reason on failure; only `graft train` on a malformed dataset
+writes several, one problem a line, as many whole ones as fit (graft.api.reports.describe_problems).
 
 The path is, in order: an explicit flag, `$GRAFT_TERMINATION_MESSAGE_PATH`, or the Kubernetes
 default when that file exists (outside a container nothing is written under /dev).
@@ -19,7 +20,7 @@ import os
 import sys
 from typing import NoReturn
 
-from graft.api.reports import TERMINATION_MESSAGE_LIMIT
+from graft.api.reports import TERMINATION_MESSAGE_LIMIT, clip
 from graft.core.settings import TERMINATION_MESSAGE_PATH_ENV
 
 DEFAULT_PATH = "/dev/termination-log"
@@ -34,14 +35,6 @@ def message_path(flag: str | None = None) -> str | None:
     if os.path.isfile(DEFAULT_PATH):
         return DEFAULT_PATH
     return None
-
-
-def clip(message: str, limit: int = LIMIT) -> str:
-    """`message` cut to `limit` UTF-8 bytes, ending in "..." when it was cut."""
-    data = message.encode("utf-8")
-    if len(data) <= limit:
-        return message
-    return data[: limit - 3].decode("utf-8", "ignore") + "..."
 
 
 def write(path: str | None, message: str) -> None:

@@ -101,17 +101,16 @@ def validate(
         )
     if count > max_examples:
         extra.append(LineError(None, f"too many examples: {count}; the limit is {max_examples}"))
-    errors = [*extra, *report.errors][:DEFAULT_MAX_ERRORS]
-    error_count = report.error_count + len(extra)
+    report.add_errors(extra, first=True)
     return ValidationResult(
-        status="valid" if error_count == 0 else "invalid",
+        status="valid" if report.ok else "invalid",
         sha256=report.sha256,
         size_bytes=report.size_bytes,
         example_count=count,
         filename=name,
         format=report.format,
-        errors=tuple(str(e) for e in errors),
-        error_count=error_count,
+        errors=tuple(str(e) for e in report.errors),
+        error_count=report.error_count,
     )
 
 

@@ -5,9 +5,11 @@ A FineTuningJob waits (Ready=False, reason Waiting...) until its Dataset and bas
 it fails for good when they never can be (the dataset failed validation, the base model is not a
 Base model or not shared, the output model ID belongs to another Model). Its trainer Job's
 result comes back in the `train` container's termination message: `graft train`'s JSON summary
-on success, its own one-line reason on failure. On success the addon Model is created (not owned
-by the FineTuningJob: deleting the job keeps the model), and a DeployedModel when spec.deployment
-is set.
+on success, its own reason on failure, which the Failed condition shows as it is: one line, or
+for a malformed dataset every problem with its line number, one a line, as a Dataset lists them
+(the trainer fits them in the termination message's 4096 bytes, far below a condition message's
+limit). On success the addon Model is created (not owned by the FineTuningJob: deleting the job
+keeps the model), and a DeployedModel when spec.deployment is set.
 """
 
 from __future__ import annotations
@@ -140,7 +142,8 @@ def output_taken(existing: Obj | None, what: str, full: str, job: str, uid: str)
 
 
 def training_progress(job_name: str, job: JobState, container: str) -> Progress | TrainerSummary:
-    """Running, failed (with the failing container's own message) or the trainer's summary."""
+    """Running, failed (with the failing container's own message, all its lines) or the
+    trainer's summary."""
     if job.phase in ("Pending", "Running"):
         return Progress.running("Training", f"Job {job_name}: {job.detail}")
     term = job.result

@@ -5,8 +5,10 @@ Exit codes (the trainer Job's pod failure policy can act on them):
 - 0: the adapter is in the output location; a JSON summary is on stdout and in the
   termination message.
 - 1: invalid input that retrying will not fix (malformed dataset, missing base model, output
-  not writable or not empty, unknown target modules, ...). The termination message is the one
-  line that says what is wrong.
+  not writable or not empty, unknown target modules, ...). The termination message says what is
+  wrong: one line, or for a malformed dataset `invalid dataset: N problems in PATH:` and then
+  every problem with its line number, one a line, up to 20 (`... and K more` beyond them, or
+  beyond what fits in the termination message's 4096 bytes; stderr lists all 20).
 - 2: invalid command line.
 - 3: training failed for another reason (out of memory, I/O error, a bug); retrying may help.
 
@@ -122,14 +124,19 @@ def main(argv: Sequence[str]) -> int:
     except UsageError as exc:
         message = f"graft train: {exc}"
         build_parser().print_usage(sys.stderr)
-        return _fail(EXIT_USAGE, message, termination_path)
+        return _fail(EXIT_USAGE, _one_line(message), termination_path)
+    except DatasetError as exc:
+        # Every problem, so that the file is fixed in one pass; as many as fit in the message.
+        limited = exc.describe(termination.LIMIT)
+        return _fail(EXIT_INVALID_INPUT, str(exc), termination_path, limited)
     except InvalidInputError as exc:
-        return _fail(EXIT_INVALID_INPUT, str(exc), termination_path)
+        return _fail(EXIT_INVALID_INPUT, _one_line(str(exc)), termination_path)
     except KeyboardInterrupt:
         return _fail(EXIT_FAILED, "interrupted", termination_path)
     except Exception as exc:
         traceback.print_exc()
-        return _fail(EXIT_FAILED, f"training failed: {type(exc).__name__}: {exc}", termination_path)
+        message = f"training failed: {type(exc).__name__}: {exc}"
+        return _fail(EXIT_FAILED, _one_line(message), termination_path)
 
     details = {**summary.details, "wall_time_seconds": round(time.monotonic() - started, 3)}
     line = TrainerSummary(summary.final_loss, summary.steps, summary.output, details).to_message()
@@ -183,7 +190,8 @@ def local_path(location: str, flag: str) -> Path:
 
 
 def check_inputs(config: TrainConfig) -> DatasetReport:
-    """Everything that can be checked without torch: fail fast with one message."""
+    """Everything that can be checked without torch: fail fast, with InvalidInputError or, for a
+    malformed dataset, DatasetError (every problem, with its line number)."""
     base = config.base_model
     if not base.is_dir():
         raise InvalidInputError(f"base model not found: {base} is not a directory")
@@ -199,7 +207,7 @@ def check_inputs(config: TrainConfig) -> DatasetReport:
     except OSError as exc:
         raise InvalidInputError(f"cannot read dataset {config.dataset}: {exc.strerror}") from exc
     if not report.ok:
-        raise InvalidInputError(str(DatasetError(report, str(config.dataset))))
+        raise DatasetError(report, str(config.dataset))
     return report
 
 
@@ -300,11 +308,19 @@ def _progress(line: str) -> None:
     print(line, file=sys.stderr, flush=True)
 
 
-def _fail(code: int, message: str, termination_path: str | None) -> int:
-    message = " ".join(message.split())  # one line, for a condition message
+def _fail(
+    code: int, message: str, termination_path: str | None, termination_message: str | None = None
+) -> int:
+    """`error: message` to stderr; `termination_message` (default: the message) to the
+    termination message, which the FineTuningJob's Failed condition shows as it is."""
     print(f"error: {message}", file=sys.stderr, flush=True)
-    _write_termination_message(termination_path, message)
+    _write_termination_message(termination_path, termination_message or message)
     return code
+
+
+def _one_line(message: str) -> str:
+    """An exception's message (maybe a library's, over several lines) as one line."""
+    return " ".join(message.split())
 
 
 def _termination_path(flag: str | None) -> str | None:
