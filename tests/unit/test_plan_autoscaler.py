@@ -259,7 +259,10 @@ def test_idle_scales_down_then_to_zero_and_back_from_zero() -> None:
     assert (stay.replicas, stay.reason) == (1, Reason.STABLE)
     zero = loop.run(0)
     assert (zero.replicas, zero.reason) == (0, Reason.SCALED_TO_ZERO)
-    assert loop.hold(0, 600).replicas == 0
+    idle = loop.hold(0, 600)
+    # Staying at zero still says why there are no replicas (not a bare "Stable").
+    assert (idle.replicas, idle.reason) == (0, Reason.SCALED_TO_ZERO)
+    assert "idle at zero" in idle.message
     back = loop.run(1, arrived=1)
     assert (back.replicas, back.reason) == (1, Reason.SCALED_FROM_ZERO)
 

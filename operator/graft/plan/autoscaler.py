@@ -311,10 +311,16 @@ def decide(
             f"{rec.reason})",
             acting=True,
         )
-    return Decision(rec.replicas, _reason(current, rec.replicas), rec.reason, acting=True)
+    message = rec.reason
+    if rec.replicas == current == 0:
+        # Still idle: say so, rather than a "Stable" that hides why there are no replicas.
+        message = "no requests: idle at zero replicas; the next request brings one back"
+    return Decision(rec.replicas, _reason(current, rec.replicas), message, acting=True)
 
 
 def _reason(current: int, replicas: int) -> str:
+    if replicas == current == 0:
+        return Reason.SCALED_TO_ZERO  # and staying there
     if replicas == current:
         return Reason.STABLE
     if current == 0:
