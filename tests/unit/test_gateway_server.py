@@ -201,6 +201,9 @@ def test_another_accounts_private_addon_is_403_unknown_is_404_public_works(world
     with pytest.raises(openai.NotFoundError):
         chat(client, "accounts/a/models/nothing")
     assert world.r3.received == []
+    # Names that resolve to nothing never become metric labels (one series per name otherwise).
+    assert "nothing" not in world.metrics()
+    assert 'graft_gateway_requests_total{account="a",code="404",model="-"} 1.0' in world.metrics()
     answer = chat(client, PUBLIC)
     assert answer.choices[0].message.content == f"r3 serves {PUBLIC}"
 

@@ -375,7 +375,8 @@ class Gateway:
             return self._fail(account, "-", error, "bad_request")
         target = catalog.resolve(account, requested)
         if isinstance(target, errors.ApiError):
-            return self._fail(account, requested, target, f"status_{target.status}")
+            # Not the requested name as a label: a caller could mint one time series per name.
+            return self._fail(account, "-", target, f"status_{target.status}")
         admitted = self.limiter.acquire(account, catalog.limits_of(account), _estimate(body))
         if isinstance(admitted, Refusal):
             return self._fail(account, requested, errors.rate_limited(admitted), "rate_limited")
