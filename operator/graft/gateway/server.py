@@ -33,7 +33,7 @@ from aiohttp import web
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 
-from graft.gateway import apikeys, errors, routing
+from graft.gateway import apikeys, errors, progress, routing
 from graft.gateway.catalog import Catalog, DeploymentEntry, Target
 from graft.gateway.limits import Limiter, Refusal, Ticket
 
@@ -87,6 +87,21 @@ class View(Protocol):
         any more (someone else asked first) or the write was refused."""
         ...
 
+    def finetuning_job(self, namespace: str, name: str) -> progress.JobRecord | None:
+        """A FineTuningJob as the cache has it, or None when there is no such job."""
+        ...
+
+    def progress_token(self, namespace: str, job: str, uid: str) -> str | None:
+        """The token the job's trainer presents (None until the key seed is loaded)."""
+        ...
+
+    async def patch_progress(
+        self, namespace: str, name: str, resource_version: str, report: dict[str, Any]
+    ) -> progress.Outcome:
+        """Merge `report` into status.progress of that version of the job: WRITTEN, CONFLICT
+        (the job changed since) or GONE."""
+        ...
+
 
 @dataclass(frozen=True)
 class Settings:
@@ -98,6 +113,8 @@ class Settings:
     read_timeout: float = 600.0
     """Longest silence from a replica in the middle of an answer."""
     retry_after: int = 5
+    progress_interval: float = progress.WRITE_INTERVAL
+    """Seconds between two writes of one FineTuningJob's status.progress, at least."""
 
 
 class Changes:
@@ -272,6 +289,7 @@ class Gateway:
         self.prober: Prober | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._reviews = asyncio.Semaphore(MAX_CONCURRENT_REVIEWS)
+        self.pacer = progress.Pacer(self.settings.progress_interval)
 
     # --- lifecycle -----------------------------------------------------------------------------
 
@@ -282,6 +300,7 @@ class Gateway:
         app.router.add_post("/v1/completions", self.completions)
         app.router.add_get("/health", self.health)
         app.router.add_get("/ready", self.ready)
+        app.router.add_post("/v1/internal/progress/{namespace}/{name}", self.report_progress)
         app.middlewares.append(_not_found_middleware)
         app.on_startup.append(self._start)
         app.on_cleanup.append(self._stop)
@@ -311,6 +330,7 @@ class Gateway:
         self._tasks.append(asyncio.create_task(self.prober.run(), name="prober"))
 
     async def _stop(self, _: web.Application) -> None:
+        await self.pacer.close()
         for task in self._tasks:
             task.cancel()
         for task in self._tasks:
@@ -328,6 +348,51 @@ class Gateway:
         if not self.view.synced():
             return web.json_response({"status": "waiting for the watch cache"}, status=503)
         return web.json_response({"status": "ok"})
+
+    async def report_progress(self, request: web.Request) -> web.Response:
+        """A trainer's progress (graft.gateway.progress): 200 written, 202 kept for the next
+        write, 400 not a report, 401 not the job's token, 404 no such job, 409 the job has
+        ended (or changed meanwhile), 503 the key seed is not loaded yet."""
+        namespace, name = request.match_info["namespace"], request.match_info["name"]
+        job = self.view.finetuning_job(namespace, name)
+        if job is None:
+            return _error(errors.ApiError(404, "No such FineTuningJob.", errors.INVALID_REQUEST))
+        expected = self.view.progress_token(namespace, name, job.uid)
+        if expected is None:
+            message = "The gateway is starting (no key seed yet)."
+            return _error(errors.ApiError(503, message, errors.SERVICE_UNAVAILABLE, retry_after=5))
+        presented = apikeys.bearer_token(request.headers.get("Authorization"))
+        if not progress.token_matches(presented, expected):
+            return _error(errors.invalid_api_key("Not this FineTuningJob's progress token."))
+        if job.finished:
+            return _error(_job_ended())
+        raw = await _read_at_most(request, progress.MAX_REPORT_BYTES + 1)
+        try:
+            report = progress.parse_report(raw, _now())
+        except progress.ReportRejected as exc:
+            return _error(errors.bad_request(f"{exc}."))
+
+        async def write(report: dict[str, Any]) -> progress.Outcome:
+            current = self.view.finetuning_job(namespace, name)
+            if current is None or current.uid != job.uid:
+                return progress.Outcome.GONE
+            if current.finished:
+                return progress.Outcome.FINISHED
+            rv = current.resource_version
+            return await self.view.patch_progress(namespace, name, rv, report)
+
+        try:
+            outcome = await self.pacer.submit(f"{namespace}/{name}", report, write)
+        except Exception as exc:
+            log.warning("progress of %s/%s not written: %s", namespace, name, exc)
+            message = "The progress could not be written; the next report tries again."
+            return _error(errors.ApiError(503, message, errors.SERVICE_UNAVAILABLE, retry_after=2))
+        if outcome == progress.Outcome.GONE:
+            return _error(errors.ApiError(404, "No such FineTuningJob.", errors.INVALID_REQUEST))
+        if outcome in (progress.Outcome.FINISHED, progress.Outcome.CONFLICT):
+            return _error(_job_ended() if outcome == progress.Outcome.FINISHED else _job_changed())
+        status = 200 if outcome == progress.Outcome.WRITTEN else 202
+        return web.json_response({"status": str(outcome)}, status=status)
 
     async def _caller(self, request: web.Request, catalog: Catalog) -> str:
         """The account the request acts for: from a Graft API key, or from a Kubernetes
@@ -675,6 +740,19 @@ async def _read_json(request: web.Request) -> tuple[dict[str, Any], errors.ApiEr
     return body, None
 
 
+async def _read_at_most(request: web.Request, limit: int) -> bytes:
+    """The body, or its first `limit` bytes when it is longer (the rest is never read)."""
+    chunks: list[bytes] = []
+    size = 0
+    while size < limit:
+        chunk = await request.content.read(limit - size)
+        if not chunk:
+            break
+        chunks.append(chunk)
+        size += len(chunk)
+    return b"".join(chunks)
+
+
 def _estimate(body: dict[str, Any]) -> int:
     """Prompt tokens, roughly (4 characters a token), charged up front; the real usage replaces
     it when the answer ends."""
@@ -686,6 +764,19 @@ def _key_error(exc: apikeys.KeyRejected) -> errors.ApiError:
     if exc.reason == apikeys.Rejection.EXPIRED:
         return errors.expired_api_key(exc.message)
     return errors.invalid_api_key(exc.message)
+
+
+def _job_ended() -> errors.ApiError:
+    return errors.ApiError(409, "The FineTuningJob has ended.", errors.INVALID_REQUEST)
+
+
+def _job_changed() -> errors.ApiError:
+    message = "The FineTuningJob changed meanwhile; this report was dropped."
+    return errors.ApiError(409, message, errors.INVALID_REQUEST)
+
+
+def _now() -> str:
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
 def _error(error: errors.ApiError) -> web.Response:
