@@ -96,8 +96,10 @@ def test_the_latest_report_goes_with_the_token_and_the_last_one_at_the_end(
     assert logs == []
 
 
-def test_failures_are_logged_once_and_reports_go_on(recorder: Recorder) -> None:
-    recorder.status = 503
+@pytest.mark.parametrize("status", [503, 404])
+def test_failures_are_logged_once_and_reports_go_on(recorder: Recorder, status: int) -> None:
+    """503: the gateway cannot write now; 404: its cache has not seen the job yet."""
+    recorder.status = status
     logs: list[str] = []
     reporter = ProgressReporter(recorder.url, "tok", logs.append, interval=0)
     for step in (1, 2, 3):
@@ -108,12 +110,12 @@ def test_failures_are_logged_once_and_reports_go_on(recorder: Recorder) -> None:
     assert recorder.steps() == [1, 2, 3, 4]
     assert reporter.sent == 1
     assert len(logs) == 1
-    assert "HTTP 503" in logs[0]
+    assert f"HTTP {status}" in logs[0]
     assert "logged once" in logs[0]
 
 
-@pytest.mark.parametrize("status", [401, 404, 409])
-def test_an_ended_or_unknown_job_stops_the_reports(recorder: Recorder, status: int) -> None:
+@pytest.mark.parametrize("status", [401, 403, 409])
+def test_an_ended_job_or_a_wrong_token_stops_the_reports(recorder: Recorder, status: int) -> None:
     recorder.status = status
     logs: list[str] = []
     reporter = ProgressReporter(recorder.url, "tok", logs.append, interval=0)

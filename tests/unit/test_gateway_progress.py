@@ -202,15 +202,52 @@ def test_a_kept_report_is_dropped_when_the_job_ends_meanwhile(trainer: Trainer) 
     assert [p["step"] for _, p in trainer.view.progress] == [1]
 
 
-def test_a_job_that_changed_since_the_cache_saw_it_is_not_written(trainer: Trainer) -> None:
-    """The API server's answer to the resourceVersion precondition (graft.gateway.kube): the
-    operator may just have marked the job Succeeded."""
-    trainer.view.on_patch = lambda _: Outcome.CONFLICT
+def test_a_write_refused_by_the_precondition_is_tried_again_at_the_new_version(
+    trainer: Trainer,
+) -> None:
+    """The operator wrote the job's status since the cache's last look (graft.gateway.kube
+    writes at the cached resourceVersion): once the cache has caught up, the report goes in."""
+    refusals = iter([Outcome.CONFLICT])
+
+    def operator_wrote(_: str) -> Outcome | None:
+        outcome = next(refusals, None)
+        if outcome is not None:  # the cache sees the operator's write
+            trainer.view.jobs["acme/tune"] = JobRecord("u1", "200", finished=False)
+        return outcome
+
+    trainer.view.on_patch = operator_wrote
+    assert trainer.post().status_code == 200
+    assert [p["step"] for _, p in trainer.view.progress] == [REPORT["step"]]
+
+
+def test_a_job_that_ended_or_went_between_look_and_write_is_not_written(trainer: Trainer) -> None:
+    # The operator marked it Succeeded: the write is refused, and the cache then says it ended.
+    def ended(_: str) -> Outcome:
+        trainer.view.jobs["acme/tune"] = JobRecord("u1", "201", finished=True)
+        return Outcome.CONFLICT
+
+    trainer.view.on_patch = ended
     answer = trainer.post()
     assert answer.status_code == 409
-    assert "changed meanwhile" in answer.json()["error"]["message"]
-    # Deleted between the cache's look and the write: 404, as for a job the cache never saw.
+    assert "has ended" in answer.json()["error"]["message"]
+
+    # Changing under every write: 503, the next report tries again.
     trainer.gw.gateway.pacer = Pacer(0.5, clock=lambda: 0.0)  # a fresh interval
+    trainer.view.jobs["acme/tune"] = JobRecord("u1", "300", finished=False)
+    trainer.view.on_patch = lambda _: Outcome.CONFLICT
+    busy = trainer.post()
+    assert busy.status_code == 503
+    assert busy.headers["Retry-After"] == "2"
+
+    # Deleted between the cache's look and the write: 404, as for a job the cache never saw.
+    trainer.gw.gateway.pacer = Pacer(0.5, clock=lambda: 0.0)
     trainer.view.on_patch = lambda _: Outcome.GONE
     assert trainer.post().status_code == 404
+    assert trainer.view.progress == []
+
+
+def test_nothing_is_judged_before_the_cache_is_synced(trainer: Trainer) -> None:
+    trainer.view.synced = lambda: False  # type: ignore[method-assign]
+    answer = trainer.post(path="acme/unknown-yet")
+    assert answer.status_code == 503
     assert trainer.view.progress == []

@@ -9,8 +9,8 @@ Training never waits on a report: `update()` only keeps the latest one, and a th
 sends it, at most once every `interval` seconds. Each POST has a total deadline (the socket is
 shut from outside when it passes, so a server that answers a byte at a time cannot hold it
 longer), follows no redirect (http.client never does) and reads at most a few KiB of the answer.
-A failure is logged once; training goes on without the reports. The gateway answering 401, 404
-or 409 (not this job's token, no such job, the job has ended) stops the reports for good.
+A failure is logged once; training goes on without the reports. The gateway answering 401, 403
+or 409 (not this job's token, the job has ended) stops the reports for good.
 
 Standard library only.
 """
@@ -36,8 +36,10 @@ INTERVAL = 2.0
 DEADLINE = 5.0
 """Total deadline of one POST, connection included."""
 MAX_ANSWER = 4096
-PERMANENT = (401, 403, 404, 409)
-"""Answers after which no report can succeed: the reporter stops."""
+PERMANENT = (401, 403, 409)
+"""Answers after which no report can succeed (not this job's token, the job has ended): the
+reporter stops. Anything else (404 from a gateway whose cache has not seen the job yet, 503)
+may pass: the next report tries again."""
 
 
 class ProgressReporter:

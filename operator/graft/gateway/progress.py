@@ -33,6 +33,8 @@ MAX_REPORT_BYTES = 4096
 """Largest report body accepted (a report is a few hundred bytes)."""
 WRITE_INTERVAL = 2.0
 """Seconds between two status writes of one job, at least."""
+CONFLICT_PAUSE = 0.5
+"""Seconds to let the watch cache catch up with another writer before writing again."""
 MAX_TRACKED_JOBS = 10_000
 """Jobs whose last write time is remembered before the old entries are forgotten."""
 
@@ -119,7 +121,8 @@ class Outcome(StrEnum):
     FINISHED = "finished"
     """The job has ended: nothing is written any more."""
     CONFLICT = "conflict"
-    """The job changed since the gateway last saw it (its version); this report is dropped."""
+    """The job changed since the gateway last saw it (its version), again after a pause; this
+    report is dropped, the next one tries again."""
     GONE = "gone"
     """The job no longer exists."""
 

@@ -352,8 +352,12 @@ class Gateway:
     async def report_progress(self, request: web.Request) -> web.Response:
         """A trainer's progress (graft.gateway.progress): 200 written, 202 kept for the next
         write, 400 not a report, 401 not the job's token, 404 no such job, 409 the job has
-        ended (or changed meanwhile), 503 the key seed is not loaded yet."""
+        ended, 503 not now (the cache or the key seed not loaded yet, the API server failing,
+        the job changing under every write): the trainer's next report tries again."""
         namespace, name = request.match_info["namespace"], request.match_info["name"]
+        if not self.view.synced():
+            message = "The gateway is starting (its watch cache is not synced yet)."
+            return _error(errors.ApiError(503, message, errors.SERVICE_UNAVAILABLE, retry_after=5))
         job = self.view.finetuning_job(namespace, name)
         if job is None:
             return _error(errors.ApiError(404, "No such FineTuningJob.", errors.INVALID_REQUEST))
@@ -373,13 +377,20 @@ class Gateway:
             return _error(errors.bad_request(f"{exc}."))
 
         async def write(report: dict[str, Any]) -> progress.Outcome:
-            current = self.view.finetuning_job(namespace, name)
-            if current is None or current.uid != job.uid:
-                return progress.Outcome.GONE
-            if current.finished:
-                return progress.Outcome.FINISHED
-            rv = current.resource_version
-            return await self.view.patch_progress(namespace, name, rv, report)
+            # Written at the version the cache holds; someone else's write since (the operator's
+            # status) refuses it: once the cache has caught up, try again.
+            for pause in (progress.CONFLICT_PAUSE, 0.0):
+                current = self.view.finetuning_job(namespace, name)
+                if current is None or current.uid != job.uid:
+                    return progress.Outcome.GONE
+                if current.finished:
+                    return progress.Outcome.FINISHED
+                rv = current.resource_version
+                outcome = await self.view.patch_progress(namespace, name, rv, report)
+                if outcome != progress.Outcome.CONFLICT or not pause:
+                    return outcome
+                await asyncio.sleep(pause)
+            return progress.Outcome.CONFLICT
 
         try:
             outcome = await self.pacer.submit(f"{namespace}/{name}", report, write)
@@ -389,8 +400,11 @@ class Gateway:
             return _error(errors.ApiError(503, message, errors.SERVICE_UNAVAILABLE, retry_after=2))
         if outcome == progress.Outcome.GONE:
             return _error(errors.ApiError(404, "No such FineTuningJob.", errors.INVALID_REQUEST))
-        if outcome in (progress.Outcome.FINISHED, progress.Outcome.CONFLICT):
-            return _error(_job_ended() if outcome == progress.Outcome.FINISHED else _job_changed())
+        if outcome == progress.Outcome.FINISHED:
+            return _error(_job_ended())
+        if outcome == progress.Outcome.CONFLICT:
+            message = "The FineTuningJob keeps changing; the next report tries again."
+            return _error(errors.ApiError(503, message, errors.SERVICE_UNAVAILABLE, retry_after=2))
         status = 200 if outcome == progress.Outcome.WRITTEN else 202
         return web.json_response({"status": str(outcome)}, status=status)
 
@@ -768,11 +782,6 @@ def _key_error(exc: apikeys.KeyRejected) -> errors.ApiError:
 
 def _job_ended() -> errors.ApiError:
     return errors.ApiError(409, "The FineTuningJob has ended.", errors.INVALID_REQUEST)
-
-
-def _job_changed() -> errors.ApiError:
-    message = "The FineTuningJob changed meanwhile; this report was dropped."
-    return errors.ApiError(409, message, errors.INVALID_REQUEST)
 
 
 def _now() -> str:
