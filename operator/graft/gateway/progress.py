@@ -1,5 +1,5 @@
-"""Trainers' progress reports: what a body may hold, whose token it carries, and how often a
-job's status is written (pure but for the pacing, which only waits).
+"""Trainers' progress reports: what a body may hold, whose token it carries, how often a job's
+status is written, and what each request is answered (`receive`; the server only routes to it).
 
 `graft train` POSTs its progress to /v1/internal/progress/<namespace>/<job> with the token the
 operator gave it (graft.core.serverkeys.progress_token, derived from the installation's seed and
@@ -20,12 +20,15 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from enum import StrEnum
-from typing import Any
+from typing import Any, Protocol
 
 from pydantic import ValidationError
 
 from graft.api.training import TrainingProgress
+from graft.gateway import errors
+from graft.gateway.apikeys import bearer_token
 
 log = logging.getLogger(__name__)
 
@@ -192,3 +195,90 @@ class Pacer:
                 await task
         self._tasks.clear()
         self._pending.clear()
+
+
+class JobsView(Protocol):
+    """What `receive` needs of the cluster (graft.gateway.server.View has it all)."""
+
+    def synced(self) -> bool: ...
+
+    def finetuning_job(self, namespace: str, name: str) -> JobRecord | None: ...
+
+    def progress_token(self, namespace: str, job: str, uid: str) -> str | None: ...
+
+    async def patch_progress(
+        self, namespace: str, name: str, resource_version: str, report: dict[str, Any]
+    ) -> Outcome: ...
+
+
+def _unavailable(message: str, retry_after: int) -> errors.ApiError:
+    return errors.ApiError(503, message, errors.SERVICE_UNAVAILABLE, retry_after=retry_after)
+
+
+NO_SUCH_JOB = errors.ApiError(404, "No such FineTuningJob.", errors.INVALID_REQUEST)
+JOB_ENDED = errors.ApiError(409, "The FineTuningJob has ended.", errors.INVALID_REQUEST)
+
+
+async def receive(
+    view: JobsView,
+    pacer: Pacer,
+    namespace: str,
+    name: str,
+    *,
+    authorization: str | None,
+    read: Callable[[int], Awaitable[bytes]],
+) -> Outcome | errors.ApiError:
+    """One POST /v1/internal/progress/<namespace>/<name>: WRITTEN (200) or QUEUED (202), else
+    the error to answer: 400 not a report, 401 not the job's token, 404 no such job, 409 the
+    job has ended, 503 not now (the cache or the key seed not loaded yet, the API server
+    failing, the job changing under every write), after which the next report tries again.
+    `read(limit)` reads at most `limit` bytes of the body; it is read only once the token is
+    the job's."""
+    if not view.synced():
+        return _unavailable("The gateway is starting (its watch cache is not synced yet).", 5)
+    job = view.finetuning_job(namespace, name)
+    if job is None:
+        return NO_SUCH_JOB
+    expected = view.progress_token(namespace, name, job.uid)
+    if expected is None:
+        return _unavailable("The gateway is starting (no key seed yet).", 5)
+    if not token_matches(bearer_token(authorization), expected):
+        return errors.invalid_api_key("Not this FineTuningJob's progress token.")
+    if job.finished:
+        return JOB_ENDED
+    try:
+        report = parse_report(await read(MAX_REPORT_BYTES + 1), _now())
+    except ReportRejected as exc:
+        return errors.bad_request(f"{exc}.")
+
+    async def write(report: dict[str, Any]) -> Outcome:
+        # Written at the version the cache holds; someone else's write since (the operator's
+        # status) refuses it: once the cache has caught up, try again.
+        for pause in (CONFLICT_PAUSE, 0.0):
+            current = view.finetuning_job(namespace, name)
+            if current is None or current.uid != job.uid:
+                return Outcome.GONE
+            if current.finished:
+                return Outcome.FINISHED
+            outcome = await view.patch_progress(namespace, name, current.resource_version, report)
+            if outcome != Outcome.CONFLICT or not pause:
+                return outcome
+            await asyncio.sleep(pause)
+        return Outcome.CONFLICT
+
+    try:
+        outcome = await pacer.submit(f"{namespace}/{name}", report, write)
+    except Exception as exc:
+        log.warning("progress of %s/%s not written: %s", namespace, name, exc)
+        return _unavailable("The progress could not be written; the next report tries again.", 2)
+    if outcome == Outcome.GONE:
+        return NO_SUCH_JOB
+    if outcome == Outcome.FINISHED:
+        return JOB_ENDED
+    if outcome == Outcome.CONFLICT:
+        return _unavailable("The FineTuningJob keeps changing; the next report tries again.", 2)
+    return outcome
+
+
+def _now() -> str:
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")

@@ -350,63 +350,20 @@ class Gateway:
         return web.json_response({"status": "ok"})
 
     async def report_progress(self, request: web.Request) -> web.Response:
-        """A trainer's progress (graft.gateway.progress): 200 written, 202 kept for the next
-        write, 400 not a report, 401 not the job's token, 404 no such job, 409 the job has
-        ended, 503 not now (the cache or the key seed not loaded yet, the API server failing,
-        the job changing under every write): the trainer's next report tries again."""
-        namespace, name = request.match_info["namespace"], request.match_info["name"]
-        if not self.view.synced():
-            message = "The gateway is starting (its watch cache is not synced yet)."
-            return _error(errors.ApiError(503, message, errors.SERVICE_UNAVAILABLE, retry_after=5))
-        job = self.view.finetuning_job(namespace, name)
-        if job is None:
-            return _error(errors.ApiError(404, "No such FineTuningJob.", errors.INVALID_REQUEST))
-        expected = self.view.progress_token(namespace, name, job.uid)
-        if expected is None:
-            message = "The gateway is starting (no key seed yet)."
-            return _error(errors.ApiError(503, message, errors.SERVICE_UNAVAILABLE, retry_after=5))
-        presented = apikeys.bearer_token(request.headers.get("Authorization"))
-        if not progress.token_matches(presented, expected):
-            return _error(errors.invalid_api_key("Not this FineTuningJob's progress token."))
-        if job.finished:
-            return _error(_job_ended())
-        raw = await _read_at_most(request, progress.MAX_REPORT_BYTES + 1)
-        try:
-            report = progress.parse_report(raw, _now())
-        except progress.ReportRejected as exc:
-            return _error(errors.bad_request(f"{exc}."))
-
-        async def write(report: dict[str, Any]) -> progress.Outcome:
-            # Written at the version the cache holds; someone else's write since (the operator's
-            # status) refuses it: once the cache has caught up, try again.
-            for pause in (progress.CONFLICT_PAUSE, 0.0):
-                current = self.view.finetuning_job(namespace, name)
-                if current is None or current.uid != job.uid:
-                    return progress.Outcome.GONE
-                if current.finished:
-                    return progress.Outcome.FINISHED
-                rv = current.resource_version
-                outcome = await self.view.patch_progress(namespace, name, rv, report)
-                if outcome != progress.Outcome.CONFLICT or not pause:
-                    return outcome
-                await asyncio.sleep(pause)
-            return progress.Outcome.CONFLICT
-
-        try:
-            outcome = await self.pacer.submit(f"{namespace}/{name}", report, write)
-        except Exception as exc:
-            log.warning("progress of %s/%s not written: %s", namespace, name, exc)
-            message = "The progress could not be written; the next report tries again."
-            return _error(errors.ApiError(503, message, errors.SERVICE_UNAVAILABLE, retry_after=2))
-        if outcome == progress.Outcome.GONE:
-            return _error(errors.ApiError(404, "No such FineTuningJob.", errors.INVALID_REQUEST))
-        if outcome == progress.Outcome.FINISHED:
-            return _error(_job_ended())
-        if outcome == progress.Outcome.CONFLICT:
-            message = "The FineTuningJob keeps changing; the next report tries again."
-            return _error(errors.ApiError(503, message, errors.SERVICE_UNAVAILABLE, retry_after=2))
-        status = 200 if outcome == progress.Outcome.WRITTEN else 202
-        return web.json_response({"status": str(outcome)}, status=status)
+        """A trainer's progress report (graft.gateway.progress.receive says what each answer
+        means): 200 written, 202 kept for the job's next write, an error otherwise."""
+        result = await progress.receive(
+            self.view,
+            self.pacer,
+            request.match_info["namespace"],
+            request.match_info["name"],
+            authorization=request.headers.get("Authorization"),
+            read=lambda limit: _read_at_most(request, limit),
+        )
+        if isinstance(result, errors.ApiError):
+            return _error(result)
+        status = 200 if result == progress.Outcome.WRITTEN else 202
+        return web.json_response({"status": str(result)}, status=status)
 
     async def _caller(self, request: web.Request, catalog: Catalog) -> str:
         """The account the request acts for: from a Graft API key, or from a Kubernetes
@@ -778,14 +735,6 @@ def _key_error(exc: apikeys.KeyRejected) -> errors.ApiError:
     if exc.reason == apikeys.Rejection.EXPIRED:
         return errors.expired_api_key(exc.message)
     return errors.invalid_api_key(exc.message)
-
-
-def _job_ended() -> errors.ApiError:
-    return errors.ApiError(409, "The FineTuningJob has ended.", errors.INVALID_REQUEST)
-
-
-def _now() -> str:
-    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
 def _error(error: errors.ApiError) -> web.Response:
