@@ -598,7 +598,6 @@ def test_progress_appears_in_status_while_the_trainer_runs(
         return obj if running and 0 < progress["step"] < progress["totalSteps"] else None
 
     running = wait_for("progress in status while Running", mid_run, timeout=300, interval=0.2)
-    dump(running, "training-progress")
     progress = running["status"]["progress"]
     assert progress["totalSteps"] == steps
     assert 1 <= progress["epoch"] <= progress["totalEpochs"]
@@ -616,7 +615,6 @@ def test_progress_appears_in_status_while_the_trainer_runs(
         lambda: env.finished("finetuningjobs.graft.dev", "live", "Succeeded"),
         timeout=600,
     )
-    dump(done, "training-progress-final")
     st = done["status"]
     final = st["progress"]
     assert final["step"] == final["totalSteps"] == st["steps"] == steps
