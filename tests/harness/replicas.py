@@ -20,7 +20,9 @@ from typing import Any, TypeVar
 
 from aiohttp import web
 
+from graft.core.serverkeys import progress_token
 from graft.gateway.catalog import Catalog, DeploymentEntry
+from graft.gateway.progress import JobRecord, Outcome
 from graft.gateway.server import Gateway, Pod, Settings, serve
 
 T = TypeVar("T")
@@ -174,7 +176,9 @@ class StubReplica:
 
 class StaticView:
     """The cluster as a test sets it: a catalog, pods and server keys; scale_from_zero calls a
-    hook the test provides."""
+    hook the test provides. FineTuningJobs are JobRecords the test sets; progress writes are
+    recorded (and bump the job's resourceVersion, as the API server would), unless the
+    precondition fails or `on_patch` answers something else."""
 
     def __init__(self, catalog: Catalog, pods: list[Pod], keys: dict[str, str]) -> None:
         self.cat = catalog
@@ -184,6 +188,10 @@ class StaticView:
         self.scaled: list[str] = []
         self.tokens: dict[str, str] = {}  # ServiceAccount token -> account
         self.gateway: Gateway | None = None
+        self.seed = b"test-seed"
+        self.jobs: dict[str, JobRecord] = {}  # "namespace/name" -> the job
+        self.progress: list[tuple[str, dict[str, Any]]] = []  # ("namespace/name", report)
+        self.on_patch: Callable[[str], Outcome | None] = lambda _: None
 
     def catalog(self) -> Catalog:
         return self.cat
@@ -203,6 +211,29 @@ class StaticView:
     async def scale_from_zero(self, deployment: DeploymentEntry) -> bool:
         self.scaled.append(deployment.full_name)
         return self.on_scale(deployment)
+
+    def finetuning_job(self, namespace: str, name: str) -> JobRecord | None:
+        return self.jobs.get(f"{namespace}/{name}")
+
+    def progress_token(self, namespace: str, job: str, uid: str) -> str | None:
+        return progress_token(self.seed, namespace, job, uid)
+
+    async def patch_progress(
+        self, namespace: str, name: str, resource_version: str, report: dict[str, Any]
+    ) -> Outcome:
+        key = f"{namespace}/{name}"
+        forced = self.on_patch(key)
+        if forced is not None:
+            return forced
+        job = self.jobs.get(key)
+        if job is None:
+            return Outcome.GONE
+        if job.resource_version != resource_version:
+            return Outcome.CONFLICT
+        self.progress.append((key, report))
+        version = str(int(job.resource_version) + 1)
+        self.jobs[key] = JobRecord(job.uid, version, job.finished)
+        return Outcome.WRITTEN
 
     def changed(self) -> None:
         """Tell the gateway that the catalog or the pods changed (the watch cache does)."""

@@ -21,7 +21,7 @@ from typing import Any, TypeVar
 import pytest
 
 from harness.dump import dump
-from harness.kube import Cluster, OperatorProcess, condition, wait_for
+from harness.kube import Cluster, GatewayProcess, OperatorProcess, condition, wait_for
 from harness.kubelet import KubeletStandIn
 
 GROUP = "graft.dev/v1alpha1"
@@ -548,6 +548,96 @@ def test_finetuning_job_waits_then_trains_and_publishes_the_addon(
     cluster.kubectl("delete", "finetuningjobs.graft.dev/tune", "-n", ns, "--timeout=60s")
     env.wait("the trainer Job to go", lambda: cluster.get("jobs.batch", "tune-train", ns) is None)
     assert env.get("models.graft.dev", "tiny-alpha") is not None
+
+
+def test_progress_appears_in_status_while_the_trainer_runs(
+    env: Env, tiny_model: Path, gateway: GatewayProcess
+) -> None:
+    """Issue 12, live progress: the real `graft train` (through the kubelet stand-in) reports to
+    the session's gateway, which writes status.progress while the job runs; the operator's
+    reconciles (every GRAFT_RESYNC_SECONDS) keep it and add no Event for it; the job's end
+    leaves the trainer's final figures, and nothing writes progress after that."""
+    cluster, ns = env.cluster, env.ns
+    ready_inputs(env, tiny_model)
+    # Long enough to be seen mid-run: the tiny model trains some 20-50 steps a second, reports
+    # go every 2 s at most, and the gateway writes one every 2 s at most.
+    steps = 1500
+    hyperparameters = {**HYPERPARAMETERS, "maxSteps": steps, "batchSize": 2}
+    cluster.apply(
+        manifest(
+            "FineTuningJob",
+            "live",
+            ns,
+            {
+                "baseModel": "tiny",
+                "dataset": "train",
+                "outputModel": "tiny-live",
+                "hyperparameters": hyperparameters,
+            },
+        )
+    )
+    trainer = env.wait(
+        "the trainer Job",
+        lambda: cluster.get("jobs.batch", "live-train", ns),
+        timeout=60,
+    )
+    train = trainer["spec"]["template"]["spec"]["containers"][0]
+    job_env = {e["name"]: e.get("value") for e in train.get("env") or []}
+    assert job_env["GRAFT_PROGRESS_URL"] == f"{gateway.url}/v1/internal/progress/{ns}/live"
+    assert job_env["GRAFT_PROGRESS_TOKEN"].startswith("graft-progress-")
+
+    seen: list[dict[str, Any]] = []  # every progress status showed while polling
+
+    def mid_run() -> dict[str, Any] | None:
+        obj = env.get("finetuningjobs.graft.dev", "live")
+        progress = ((obj or {}).get("status") or {}).get("progress")
+        if not obj or not progress:
+            return None
+        seen.append(progress)
+        running = obj["status"].get("state") == "Running"
+        return obj if running and 0 < progress["step"] < progress["totalSteps"] else None
+
+    running = wait_for("progress in status while Running", mid_run, timeout=300, interval=0.2)
+    progress = running["status"]["progress"]
+    assert progress["totalSteps"] == steps
+    assert 1 <= progress["epoch"] <= progress["totalEpochs"]
+    assert progress["loss"] > 0
+    assert progress["examplesPerSecond"] > 0
+    assert progress["etaSeconds"] >= 0
+    assert progress["updatedAt"]
+    # Whatever status showed while the operator reconciled (resync every 2 s) was a report in
+    # range, never something the operator made up.
+    observed = {p["step"] for p in seen}
+    assert all(0 <= step <= steps for step in observed), observed
+
+    done = env.wait(
+        "the job to succeed",
+        lambda: env.finished("finetuningjobs.graft.dev", "live", "Succeeded"),
+        timeout=600,
+    )
+    st = done["status"]
+    final = st["progress"]
+    assert final["step"] == final["totalSteps"] == st["steps"] == steps
+    assert final["etaSeconds"] == 0
+    assert final["loss"] == st["finalLoss"]
+    assert final["epoch"] == final["totalEpochs"]
+
+    # Progress writes stop when the job ends: the trainer's last reports, and any the gateway
+    # kept for its next write, find the job ended (409) and change nothing.
+    before = done["metadata"]["resourceVersion"]
+    time.sleep(max(6.0, 3 * env.op.resync_seconds))
+    after = env.get("finetuningjobs.graft.dev", "live")
+    assert after is not None
+    assert after["metadata"]["resourceVersion"] == before
+    assert after["status"]["progress"] == final
+
+    # Progress is no Ready transition: one Training Event however many reports were written.
+    training = [
+        e
+        for e in env.events("live")
+        if e["involvedObject"]["kind"] == "FineTuningJob" and e["reason"] == "Training"
+    ]
+    assert sum(int(e.get("count") or 1) for e in training) == 1, training
 
 
 def test_trainer_failure_is_reported_with_the_trainers_own_message(

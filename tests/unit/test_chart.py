@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import dataclasses
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -133,6 +134,7 @@ EVERYTHING: dict[str, Any] = {
         "minScaleToZeroWindowSeconds": 30,
         "gatewayMetrics": ["http://10.0.0.1:9100/metrics", "http://10.0.0.2:9100/metrics"],
     },
+    "trainingProgress": {"enabled": True, "gatewayUrl": "https://gw.example.internal:8443"},
     "logLevel": "debug",
     "extraEnv": [
         {"name": "HTTPS_PROXY", "value": "http://proxy:3128"},
@@ -375,6 +377,43 @@ def test_the_service_monitor_scrapes_the_operators_metrics(helm: str, tmp_path: 
     assert monitor["metadata"]["labels"]["release"] == "prometheus"
 
 
+def test_trainers_report_progress_to_the_charts_gateway_by_default(
+    helm: str, tmp_path: Path
+) -> None:
+    """GRAFT_GATEWAY_URL: the gateway Service of the release (its name, namespace and port), a
+    URL the operator's settings take; none without a gateway or with progress turned off."""
+    env = env_of(render(helm))
+    assert env["GRAFT_GATEWAY_URL"] == "http://graft-gateway.graft-system.svc:80"
+    other = {"gateway": {"service": {"port": 8000}}}
+    docs = render(helm, release="acme", namespace="platform", values=other, tmp_path=tmp_path)
+    service = component(
+        [
+            d
+            for d in docs
+            if d["kind"] == "Service"
+            and "ports" in d["spec"]
+            and d["spec"]["ports"][0]["name"] == "http"
+        ],
+        "Service",
+        keys.GATEWAY_COMPONENT,
+    )
+    url = env_of(docs)["GRAFT_GATEWAY_URL"]
+    assert url == f"http://{service['metadata']['name']}.platform.svc:8000"
+    assert settings.Settings.from_env({"GRAFT_GATEWAY_URL": url}).gateway_url == url
+    for values in ({"gateway": {"enabled": False}}, {"trainingProgress": {"enabled": False}}):
+        assert "GRAFT_GATEWAY_URL" not in env_of(render(helm, values=values, tmp_path=tmp_path))
+    # A URL of one's own, with or without the chart's gateway.
+    own = {"gateway": {"enabled": False}, "trainingProgress": {"gatewayUrl": "http://gw:8080"}}
+    assert env_of(render(helm, values=own, tmp_path=tmp_path))["GRAFT_GATEWAY_URL"] == (
+        "http://gw:8080"
+    )
+    bad = run_helm(
+        helm, "template", "graft", str(CHART), "--set", "trainingProgress.gatewayUrl=gw:8080/x"
+    )
+    assert bad.returncode != 0
+    assert "gatewayUrl" in bad.stderr
+
+
 def test_the_health_port_is_not_the_metrics_port(helm: str) -> None:
     proc = run_helm(helm, "template", "graft", str(CHART), "--set", "serviceMonitor.port=8080")
     assert proc.returncode != 0
@@ -389,7 +428,11 @@ def test_default_settings_are_the_operators(default_docs: list[Doc]) -> None:
     }
     names = {k: v for k, v in env.items() if isinstance(v, str)}
     parsed = settings.Settings.from_env(names)
-    assert parsed == settings.Settings(), "the chart's defaults must be the operator's own"
+    # But one: the operator alone knows no gateway; the chart installs one and says where it is.
+    own = dataclasses.replace(
+        settings.Settings(), gateway_url="http://graft-gateway.graft-system.svc:80"
+    )
+    assert parsed == own, "the chart's defaults must be the operator's own"
     assert names[settings.IMAGE_ENV] == settings.DEFAULT_REFERENCE_IMAGE
     assert set(env) <= SETTINGS_ENV | PENDING_ENV, set(env) - SETTINGS_ENV - PENDING_ENV
 
@@ -416,6 +459,7 @@ def test_values_reach_the_operator(helm: str, tmp_path: Path) -> None:
         "http://10.0.0.1:9100/metrics",
         "http://10.0.0.2:9100/metrics",
     )
+    assert parsed.gateway_url == "https://gw.example.internal:8443"
     container = operator_container(docs)
     assert container["image"] == "registry.example.com/graft-operator:dev"
     assert "--verbose" in container["args"]
@@ -717,13 +761,22 @@ def rules(role: Doc) -> set[tuple[str, str, str, str | None]]:
 def test_gateway_rbac_is_exactly_what_it_needs(helm: str) -> None:
     docs = render(helm, release="acme", namespace="platform")
     read = ("get", "list", "watch")
-    kinds = ("accounts", "users", "apikeys", "models", "deployments", "deployedmodels")
+    kinds = (
+        "accounts",
+        "users",
+        "apikeys",
+        "models",
+        "deployments",
+        "deployedmodels",
+        "finetuningjobs",
+    )
     cluster_role = one(docs, "ClusterRole", rbac.GATEWAY_NAME)
     assert rules(cluster_role) == {
         *(("graft.dev", kind, verb, None) for kind in kinds for verb in read),
         ("", "pods", "list", None),
         ("", "pods", "watch", None),
         ("graft.dev", "deployments/scale", "patch", None),
+        ("graft.dev", "finetuningjobs/status", "patch", None),
         ("authentication.k8s.io", "tokenreviews", "create", None),
         ("authorization.k8s.io", "subjectaccessreviews", "create", None),
     }

@@ -248,6 +248,17 @@ def test_gateway_watches_what_its_cache_follows() -> None:
     assert not allows(gateway, "", "pods", "create")
 
 
+def test_gateway_writes_progress_and_nothing_else_of_a_finetuning_job() -> None:
+    gateway = rbac.GATEWAY_ROLE
+    assert allows(gateway, "graft.dev", "finetuningjobs/status", "patch")
+    for verb in ("create", "update", "patch", "delete"):
+        assert not allows(gateway, "graft.dev", "finetuningjobs", verb), verb
+    for verb in ("update", "create", "delete"):
+        assert not allows(gateway, "graft.dev", "finetuningjobs/status", verb), verb
+    for plural in ("models", "deployments", "datasets", "apikeys"):
+        assert not allows(gateway, "graft.dev", f"{plural}/status", "patch"), plural
+
+
 def test_gateway_reads_only_the_key_seed() -> None:
     for role in GATEWAY_ROLES:
         for verb in ("get", "list", "watch"):

@@ -222,6 +222,9 @@ def test_many_long_dataset_problems_reach_the_condition_whole() -> None:
     assert lines[-1] == f"... and {40 - len(listed)} more"
 
 
+START, END, NOW = "2026-11-28T10:00:00Z", "2026-11-28T10:05:00Z", "2026-11-28T10:06:00Z"
+
+
 def test_status() -> None:
     outcome = TrainingOutcome(
         Progress.succeeded("Trained", "trained"),
@@ -229,17 +232,17 @@ def test_status() -> None:
         output_uri="file:///o",
         output_model="accounts/a/models/o",
         summary=TrainerSummary(0.5, 3, "/o"),
-        job=JobState("Succeeded", start_time="s", completion_time="e"),
+        job=JobState("Succeeded", start_time=START, completion_time=END),
     )
     st = finetuning_status(
-        generation=1, full_name="accounts/a/finetuningjobs/t", outcome=outcome, previous=[], now="n"
+        generation=1, full_name="accounts/a/finetuningjobs/t", outcome=outcome, previous=[], now=NOW
     ).wire()
     assert st["state"] == "Succeeded"
     assert (st["finalLoss"], st["steps"], st["startTime"], st["completionTime"]) == (
         0.5,
         3,
-        "s",
-        "e",
+        START,
+        END,
     )
     assert (st["outputUri"], st["outputModel"], st["jobName"]) == (
         "file:///o",

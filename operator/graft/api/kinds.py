@@ -194,7 +194,18 @@ FINE_TUNING_JOB = Kind(
         Column("Base", ".spec.baseModel"),
         Column("Dataset", ".spec.dataset"),
         Column("Output", ".spec.outputModel"),
-        Column("Loss", ".status.finalLoss", type="number", priority=1),
+        Column("Step", ".status.progress.step", type="integer", description="Steps done."),
+        Column("Steps", ".status.progress.totalSteps", type="integer", description="Steps in all."),
+        Column(
+            "Loss", ".status.progress.loss", type="number", description="Loss at the last step."
+        ),
+        Column(
+            "ETA",
+            ".status.progress.etaSeconds",
+            type="integer",
+            description="Seconds to the last step.",
+        ),
+        Column("Final Loss", ".status.finalLoss", type="number", priority=1),
     ),
 )
 

@@ -155,6 +155,42 @@ class FineTuningJobSpec(GraftModel):
     )
 
 
+RFC3339_PATTERN = r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d+)?(Z|[+-]\d{2}:\d{2})$"
+
+MAX_PROGRESS_STEPS = 1 << 40
+"""The largest step count progress may report (far beyond any real run; bounds what a trainer
+can make the API server store)."""
+MAX_LOSS = 1e9
+
+
+class TrainingProgress(GraftModel):
+    """How far a running trainer is, as it last reported (every few seconds at most)."""
+
+    step: int = Field(ge=0, le=MAX_PROGRESS_STEPS, description="Optimizer steps done.")
+    total_steps: int = Field(
+        ge=0, le=MAX_PROGRESS_STEPS, description="Optimizer steps the run will take in all."
+    )
+    epoch: int = Field(ge=0, le=MAX_PROGRESS_STEPS, description="The epoch being trained (from 1).")
+    total_epochs: int = Field(ge=0, le=MAX_PROGRESS_STEPS, description="Epochs the run covers.")
+    loss: float | None = Field(
+        default=None, ge=0, le=MAX_LOSS, description="Training loss at the last step."
+    )
+    examples_per_second: float | None = Field(
+        default=None, ge=0, le=1e9, description="Examples trained per second so far."
+    )
+    eta_seconds: int | None = Field(
+        default=None,
+        ge=0,
+        le=MAX_PROGRESS_STEPS,
+        description="Seconds until the last step, at the speed measured so far (0 once done).",
+    )
+    updated_at: str = Field(
+        max_length=40,
+        pattern=RFC3339_PATTERN,
+        description="When the trainer measured this (RFC 3339).",
+    )
+
+
 class FineTuningJobStatus(StatusBase):
     """Observed state of a FineTuningJob."""
 
@@ -173,3 +209,9 @@ class FineTuningJobStatus(StatusBase):
     steps: int | None = Field(default=None, description="Optimizer steps run.")
     start_time: str | None = Field(default=None, description="When training started (RFC 3339).")
     completion_time: str | None = Field(default=None, description="When training ended (RFC 3339).")
+    progress: TrainingProgress | None = Field(
+        default=None,
+        description="Live training progress. The trainer reports it through the Graft gateway, "
+        "which writes it here while the job runs (GRAFT_GATEWAY_URL set on the operator); the "
+        "operator writes the final figures when the job succeeds, and nothing writes it after.",
+    )

@@ -33,6 +33,8 @@ from graft.plan.finetuning import (
     made_by,
     output_model,
     output_taken,
+    progress_channel,
+    progress_of,
     training_progress,
 )
 from graft.plan.jobs import (
@@ -58,13 +60,14 @@ def reconcile(ctx: Context, namespace: str, name: str) -> None:
     if finished(previous):
         return
     spec = FineTuningJobSpec.model_validate(obj.get("spec") or {})
-    outcome = evaluate(api, obj, spec, ctx.settings)
+    outcome = evaluate(api, obj, spec, ctx.settings, ctx.server_key_seed)
     status = finetuning_status(
         generation=obj["metadata"].get("generation", 0),
         full_name=full_name(namespace, PLURAL, name),
         outcome=outcome,
         previous=previous,
         now=now_rfc3339(),
+        progress=progress_of(obj.get("status")),
     )
     publish(api, obj, PLURAL, status, warning=outcome.progress.kind == "failed")
 
@@ -94,7 +97,9 @@ def references(spec: FineTuningJobSpec, namespace: str) -> dict[str, Ref] | Prog
     return refs
 
 
-def evaluate(api: Api, obj: Obj, spec: FineTuningJobSpec, settings: Settings) -> TrainingOutcome:
+def evaluate(
+    api: Api, obj: Obj, spec: FineTuningJobSpec, settings: Settings, seed: bytes = b""
+) -> TrainingOutcome:
     meta = obj["metadata"]
     namespace, name, uid = meta["namespace"], meta["name"], meta["uid"]
     refs = references(spec, namespace)
@@ -128,6 +133,7 @@ def evaluate(api: Api, obj: Obj, spec: FineTuningJobSpec, settings: Settings) ->
             hyperparameters=spec.hyperparameters,
             resources=resource_requirements(res.gpus, res.gpu_resource, res.cpu, res.memory),
             settings=settings,
+            progress=progress_channel(settings.gateway_url, seed, namespace, name, uid),
         )
         job = api.create_job(manifest) or api.get_job(namespace, jname)
         if job is None:

@@ -32,11 +32,14 @@ Operator settings (`Settings`):
 | GRAFT_AUTOSCALER_INTERVAL | 5 | seconds between two passes of the autoscaler (scrape the gateways, decide, scale) |
 | GRAFT_MIN_SCALE_TO_ZERO_WINDOW | 300 | seconds: the shortest scaleToZeroWindow this installation honours; a Deployment asking for less gets this (and its status says so) |
 | GRAFT_GATEWAY_METRICS | (discover) | comma-separated metrics URLs of the gateways (http://<host>:<port>/metrics); unset: the Ready pods labelled app.kubernetes.io/component=gateway in the operator's namespace, on their container port named "metrics" |
+| GRAFT_GATEWAY_URL | (none) | the gateway's in-cluster base URL (http://graft-gateway.graft-system.svc:8080); set: trainers report live progress to it (status.progress of a FineTuningJob); unset: no live progress |
 
 Variables of the programs that run in pods (graft.dataplane), read by that program when it runs:
 GRAFT_TERMINATION_MESSAGE_PATH (`TERMINATION_MESSAGE_PATH_ENV`), GRAFT_PVC_ROOT (`PVC_ROOT_ENV`)
 GRAFT_CACHE_DIR (`CACHE_DIR_ENV`, where small models are converted and cached), and
-VLLM_API_KEY (`SERVER_API_KEY_ENV`, the key a model server requires, as vLLM names it).
+VLLM_API_KEY (`SERVER_API_KEY_ENV`, the key a model server requires, as vLLM names it),
+GRAFT_PROGRESS_URL and GRAFT_PROGRESS_TOKEN (`PROGRESS_URL_ENV`, `PROGRESS_TOKEN_ENV`: where and
+with what token `graft train` reports progress; the operator sets them when GRAFT_GATEWAY_URL is).
 """
 
 from __future__ import annotations
@@ -71,10 +74,13 @@ ALLOWED_IMAGES_ENV = "GRAFT_ALLOWED_IMAGES"
 AUTOSCALER_INTERVAL_ENV = "GRAFT_AUTOSCALER_INTERVAL"
 MIN_SCALE_TO_ZERO_WINDOW_ENV = "GRAFT_MIN_SCALE_TO_ZERO_WINDOW"
 GATEWAY_METRICS_ENV = "GRAFT_GATEWAY_METRICS"
+GATEWAY_URL_ENV = "GRAFT_GATEWAY_URL"
 
 TERMINATION_MESSAGE_PATH_ENV = "GRAFT_TERMINATION_MESSAGE_PATH"
 PVC_ROOT_ENV = "GRAFT_PVC_ROOT"
 CACHE_DIR_ENV = "GRAFT_CACHE_DIR"
+PROGRESS_URL_ENV = "GRAFT_PROGRESS_URL"
+PROGRESS_TOKEN_ENV = "GRAFT_PROGRESS_TOKEN"
 SERVER_API_KEY_ENV = "VLLM_API_KEY"
 """The key model servers require on /v1/ (vLLM reads this variable too); from a Secret."""
 
@@ -143,6 +149,8 @@ class Settings:
     min_scale_to_zero_window: float = DEFAULT_MIN_SCALE_TO_ZERO_WINDOW
     gateway_metrics: tuple[str, ...] = ()
     """Where the gateways' metrics are; empty: find the gateway pods."""
+    gateway_url: str = ""
+    """The gateway's base URL as trainer pods reach it; empty: trainers report no progress."""
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> Settings:
@@ -202,6 +210,7 @@ class Settings:
                 env, MIN_SCALE_TO_ZERO_WINDOW_ENV, DEFAULT_MIN_SCALE_TO_ZERO_WINDOW, float
             ),
             gateway_metrics=_gateway_metrics(env.get(GATEWAY_METRICS_ENV) or ""),
+            gateway_url=_gateway_url(env.get(GATEWAY_URL_ENV) or ""),
         )
 
     def artifacts_claim(self) -> str | None:
@@ -260,6 +269,25 @@ def _gateway_metrics(text: str) -> tuple[str, ...]:
                 f"{GATEWAY_METRICS_ENV}: {url!r} is not an http://<host>:<port>/<path> URL"
             )
     return urls
+
+
+def _gateway_url(text: str) -> str:
+    url = text.strip().rstrip("/")
+    if not url:
+        return ""
+    parts = urlsplit(url)
+    try:
+        valid = (
+            parts.scheme in ("http", "https") and bool(parts.hostname) and (parts.port or 0) >= 0
+        )
+    except ValueError:
+        valid = False
+    if not valid or parts.query or parts.fragment:
+        raise ConfigError(
+            f"{GATEWAY_URL_ENV}: {text!r} is not an http(s)://<host>[:<port>] URL (the gateway's "
+            "Service, e.g. http://graft-gateway.graft-system.svc:8080)"
+        )
+    return url
 
 
 def _positive(env: Mapping[str, str], name: str, default: N, kind: Callable[[str], N]) -> N:

@@ -1,10 +1,11 @@
 """The gateway's view of the cluster: a watch cache of the objects it routes and authenticates
-by, and the one write it makes (a scale from zero). The only module of the gateway that imports
-a cluster client.
+by, and the two writes it makes (a scale from zero, a trainer's progress into its FineTuningJob's
+status.progress). The only module of the gateway that imports a cluster client.
 
 One thread per watched resource lists it, then watches from the list's resourceVersion (with
 bookmarks), and lists again after a 410 Gone or a broken stream, so a request never waits for
-the API server: it reads the last snapshot. Model-server pods are watched by label
+the API server: it reads the last snapshot. FineTuningJobs are watched too: a trainer's progress
+report is checked against its job's uid and whether the job has ended. Model-server pods are watched by label
 (app.kubernetes.io/component=model-server), never all pods of the cluster. The model servers'
 key seed is read once from the operator's namespace (the same Secret the operator derives the
 keys from), so the gateway needs no right to read Secrets in tenants' namespaces.
@@ -30,7 +31,8 @@ from kubernetes.client.exceptions import ApiException
 
 from graft.api.kinds import Plural
 from graft.core import keys
-from graft.core.serverkeys import server_key
+from graft.core.serverkeys import progress_token, server_key
+from graft.gateway import progress
 from graft.gateway.catalog import Catalog, DeploymentEntry, build
 from graft.gateway.server import Pod
 
@@ -46,7 +48,14 @@ GRAFT_KINDS = (
     Plural.MODELS,
     Plural.DEPLOYMENTS,
     Plural.DEPLOYED_MODELS,
+    Plural.FINE_TUNING_JOBS,
 )
+UNROUTED = frozenset({Plural.FINE_TUNING_JOBS})
+"""Kinds watched for what they are (a trainer's job), not for routing: their changes (every
+progress write is one) do not rebuild the catalog or wake the requests waiting for a replica."""
+PROGRESS_WRITE_TIMEOUT = 10.0
+"""Deadline of one write of a job's status.progress (a trainer waits at most 5 s anyway)."""
+GATEWAY_FIELD_MANAGER = "graft-gateway"
 SEED_FIELD = "seed"
 TOKEN_CACHE_SECONDS = 60.0
 """How long a TokenReview's answer is trusted: a deleted ServiceAccount's token keeps working
@@ -140,6 +149,46 @@ class ClusterCache:
 
     def server_key(self, account: str, deployment: str) -> str | None:
         return None if self._seed is None else server_key(self._seed, account, deployment)
+
+    def finetuning_job(self, namespace: str, name: str) -> progress.JobRecord | None:
+        obj = self.stores[Plural.FINE_TUNING_JOBS].objects.get(f"{namespace}/{name}")
+        return None if obj is None else progress.job_record(obj)
+
+    def progress_token(self, namespace: str, job: str, uid: str) -> str | None:
+        return None if self._seed is None else progress_token(self._seed, namespace, job, uid)
+
+    async def patch_progress(
+        self, namespace: str, name: str, resource_version: str, report: dict[str, Any]
+    ) -> progress.Outcome:
+        return await asyncio.to_thread(
+            self._patch_progress, namespace, name, resource_version, report
+        )
+
+    def _patch_progress(
+        self, namespace: str, name: str, resource_version: str, report: dict[str, Any]
+    ) -> progress.Outcome:
+        # The version the cache holds is a precondition: a job that ended since (the operator
+        # wrote Succeeded) refuses the write with 409 instead of getting progress after its end.
+        body = {"metadata": {"resourceVersion": resource_version}, "status": {"progress": report}}
+        try:
+            self.custom.patch_namespaced_custom_object_status(
+                keys.GROUP,
+                keys.VERSION,
+                namespace,
+                Plural.FINE_TUNING_JOBS,
+                name,
+                body,
+                field_manager=GATEWAY_FIELD_MANAGER,
+                _content_type="application/merge-patch+json",
+                _request_timeout=PROGRESS_WRITE_TIMEOUT,
+            )
+        except ApiException as exc:
+            if exc.status == 409:
+                return progress.Outcome.CONFLICT
+            if exc.status == 404:
+                return progress.Outcome.GONE
+            raise
+        return progress.Outcome.WRITTEN
 
     async def scale_from_zero(self, deployment: DeploymentEntry) -> bool:
         return await asyncio.to_thread(self._scale_from_zero, deployment)
@@ -285,7 +334,8 @@ class ClusterCache:
                             store.objects.pop(_key(obj), None)
                         else:
                             store.objects[_key(obj)] = obj
-                        self._changed()
+                        if name not in UNROUTED:
+                            self._changed()
                         if self._stop.is_set():
                             break
                     if gone:

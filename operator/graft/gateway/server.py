@@ -33,7 +33,7 @@ from aiohttp import web
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 
-from graft.gateway import apikeys, errors, routing
+from graft.gateway import apikeys, errors, progress, routing
 from graft.gateway.catalog import Catalog, DeploymentEntry, Target
 from graft.gateway.limits import Limiter, Refusal, Ticket
 
@@ -87,6 +87,21 @@ class View(Protocol):
         any more (someone else asked first) or the write was refused."""
         ...
 
+    def finetuning_job(self, namespace: str, name: str) -> progress.JobRecord | None:
+        """A FineTuningJob as the cache has it, or None when there is no such job."""
+        ...
+
+    def progress_token(self, namespace: str, job: str, uid: str) -> str | None:
+        """The token the job's trainer presents (None until the key seed is loaded)."""
+        ...
+
+    async def patch_progress(
+        self, namespace: str, name: str, resource_version: str, report: dict[str, Any]
+    ) -> progress.Outcome:
+        """Merge `report` into status.progress of that version of the job: WRITTEN, CONFLICT
+        (the job changed since) or GONE."""
+        ...
+
 
 @dataclass(frozen=True)
 class Settings:
@@ -98,6 +113,8 @@ class Settings:
     read_timeout: float = 600.0
     """Longest silence from a replica in the middle of an answer."""
     retry_after: int = 5
+    progress_interval: float = progress.WRITE_INTERVAL
+    """Seconds between two writes of one FineTuningJob's status.progress, at least."""
 
 
 class Changes:
@@ -272,6 +289,7 @@ class Gateway:
         self.prober: Prober | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._reviews = asyncio.Semaphore(MAX_CONCURRENT_REVIEWS)
+        self.pacer = progress.Pacer(self.settings.progress_interval)
 
     # --- lifecycle -----------------------------------------------------------------------------
 
@@ -282,6 +300,7 @@ class Gateway:
         app.router.add_post("/v1/completions", self.completions)
         app.router.add_get("/health", self.health)
         app.router.add_get("/ready", self.ready)
+        app.router.add_post("/v1/internal/progress/{namespace}/{name}", self.report_progress)
         app.middlewares.append(_not_found_middleware)
         app.on_startup.append(self._start)
         app.on_cleanup.append(self._stop)
@@ -311,6 +330,7 @@ class Gateway:
         self._tasks.append(asyncio.create_task(self.prober.run(), name="prober"))
 
     async def _stop(self, _: web.Application) -> None:
+        await self.pacer.close()
         for task in self._tasks:
             task.cancel()
         for task in self._tasks:
@@ -328,6 +348,22 @@ class Gateway:
         if not self.view.synced():
             return web.json_response({"status": "waiting for the watch cache"}, status=503)
         return web.json_response({"status": "ok"})
+
+    async def report_progress(self, request: web.Request) -> web.Response:
+        """A trainer's progress report (graft.gateway.progress.receive says what each answer
+        means): 200 written, 202 kept for the job's next write, an error otherwise."""
+        result = await progress.receive(
+            self.view,
+            self.pacer,
+            request.match_info["namespace"],
+            request.match_info["name"],
+            authorization=request.headers.get("Authorization"),
+            read=lambda limit: _read_at_most(request, limit),
+        )
+        if isinstance(result, errors.ApiError):
+            return _error(result)
+        status = 200 if result == progress.Outcome.WRITTEN else 202
+        return web.json_response({"status": str(result)}, status=status)
 
     async def _caller(self, request: web.Request, catalog: Catalog) -> str:
         """The account the request acts for: from a Graft API key, or from a Kubernetes
@@ -673,6 +709,19 @@ async def _read_json(request: web.Request) -> tuple[dict[str, Any], errors.ApiEr
     if not isinstance(body, dict):
         return {}, errors.bad_request("The request body must be a JSON object.")
     return body, None
+
+
+async def _read_at_most(request: web.Request, limit: int) -> bytes:
+    """The body, or its first `limit` bytes when it is longer (the rest is never read)."""
+    chunks: list[bytes] = []
+    size = 0
+    while size < limit:
+        chunk = await request.content.read(limit - size)
+        if not chunk:
+            break
+        chunks.append(chunk)
+        size += len(chunk)
+    return b"".join(chunks)
 
 
 def _estimate(body: dict[str, Any]) -> int:

@@ -454,8 +454,8 @@ def operator_namespace_role_binding() -> dict[str, Any]:
 
 # --- The gateway --------------------------------------------------------------------------------
 # `graft gateway` (graft.gateway): a watch cache of the objects it authenticates and routes by,
-# the model-server pods it proxies to, one write (scale from zero) and the key seed. Its own
-# ServiceAccount, so the API's front door holds none of the operator's rights.
+# the model-server pods it proxies to, two writes (scale from zero, trainers' progress) and the
+# key seed. Its own ServiceAccount, so the API's front door holds none of the operator's rights.
 
 GATEWAY_NAME = "graft-gateway"
 GATEWAY_KINDS = (
@@ -465,6 +465,7 @@ GATEWAY_KINDS = (
     str(Plural.MODELS),
     str(Plural.DEPLOYMENTS),
     str(Plural.DEPLOYED_MODELS),
+    str(Plural.FINE_TUNING_JOBS),
 )
 """The Graft kinds the gateway's watch cache follows (graft.gateway.kube.GRAFT_KINDS); ApiKey by
 its plural, a plain string, so the rule holds whether or not this tree defines the kind yet."""
@@ -472,7 +473,8 @@ its plural, a plain string, so the rule holds whether or not this tree defines t
 GATEWAY_RULES: tuple[Rule, ...] = (
     Rule(
         "Watch cache: accounts, users and API keys authenticate a request; models, deployments "
-        "and deployed models route it (listed once, then watched; never written).",
+        "and deployed models route it; fine-tuning jobs check a trainer's progress report "
+        "(listed once, then watched).",
         (keys.GROUP,),
         GATEWAY_KINDS,
         READ,
@@ -492,6 +494,13 @@ GATEWAY_RULES: tuple[Rule, ...] = (
         ("patch",),
     ),
     Rule(
+        "Live training progress: a trainer's report (checked against its per-job token) is "
+        "merged into its FineTuningJob's status.progress, nothing else of the object.",
+        (keys.GROUP,),
+        ("finetuningjobs/status",),
+        ("patch",),
+    ),
+    Rule(
         "Authenticate a ServiceAccount's bearer token.",
         ("authentication.k8s.io",),
         ("tokenreviews",),
@@ -506,7 +515,8 @@ GATEWAY_RULES: tuple[Rule, ...] = (
 )
 GATEWAY_ROLE = ClusterRole(
     GATEWAY_NAME,
-    "The gateway: read what it authenticates and routes by, scale a Deployment from zero.",
+    "The gateway: read what it authenticates and routes by, scale a Deployment from zero, "
+    "write trainers' progress.",
     GATEWAY_RULES,
 )
 

@@ -14,15 +14,16 @@ keeps the model), and a DeployedModel when spec.deployment is set.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
-from urllib.parse import urlparse
+from urllib.parse import quote, urlparse
 
 from pydantic import ValidationError
 
 from graft.api.common import Condition
 from graft.api.models import ModelKind, ModelSpec
 from graft.api.reports import TrainerSummary
-from graft.api.training import DatasetSpec, FineTuningJobStatus
+from graft.api.training import MAX_LOSS, DatasetSpec, FineTuningJobStatus, TrainingProgress
 from graft.core import keys
 from graft.core.names import Ref
 from graft.core.objects import (
@@ -34,7 +35,11 @@ from graft.core.objects import (
     labels,
     labels_of,
 )
-from graft.plan.jobs import DatasetInput, JobState, Progress, lifecycle_conditions
+from graft.core.serverkeys import progress_token
+from graft.plan.jobs import DatasetInput, JobState, Progress, ProgressChannel, lifecycle_conditions
+
+PROGRESS_PATH = "/v1/internal/progress"
+"""The gateway's route for trainers' progress: POST <gateway>/v1/internal/progress/<ns>/<job>."""
 
 
 def _says(cond: Obj | None) -> str:
@@ -135,6 +140,64 @@ def output_taken(existing: Obj | None, what: str, full: str, job: str, uid: str)
         "OutputModelExists" if what == "Model" else "DeployedModelExists",
         f"{what} {full} already exists and was not created by this FineTuningJob; choose "
         "another outputModel",
+    )
+
+
+# --- Live progress ----------------------------------------------------------------------------
+
+
+def progress_channel(
+    gateway_url: str, seed: bytes, namespace: str, job: str, uid: str
+) -> ProgressChannel | None:
+    """Where the trainer of this job reports progress, and its token; None when the operator
+    knows no gateway (GRAFT_GATEWAY_URL unset): the trainer then reports nothing."""
+    if not gateway_url:
+        return None
+    url = f"{gateway_url.rstrip('/')}{PROGRESS_PATH}/{quote(namespace)}/{quote(job)}"
+    return ProgressChannel(url=url, token=progress_token(seed, namespace, job, uid))
+
+
+def progress_of(status: Obj | None) -> TrainingProgress | None:
+    """status.progress as the object has it (the gateway writes it between reconciles); None
+    when absent or not in today's shape."""
+    raw = (status or {}).get("progress")
+    if not isinstance(raw, dict):
+        return None
+    try:
+        return TrainingProgress.model_validate(raw)
+    except ValueError:
+        return None
+
+
+def final_progress(
+    live: TrainingProgress | None, outcome: TrainingOutcome, now: str
+) -> TrainingProgress | None:
+    """status.progress as it stays once the job has ended.
+
+    Succeeded: the trainer's own summary (steps, epochs, final loss) with nothing left to do,
+    whatever the last live report said (the gateway may have dropped the last one). Failed: the
+    last report as it was, without an ETA. Before the end: the live report, as it is."""
+    summary = outcome.summary
+    if outcome.progress.kind == "failed":
+        return live.model_copy(update={"eta_seconds": None}) if live else None
+    if outcome.progress.kind != "succeeded" or summary is None or summary.steps is None:
+        return live
+    epochs = summary.details.get("epochs")
+    if not isinstance(epochs, int) or isinstance(epochs, bool):
+        epochs = live.total_epochs if live else 1
+    job = outcome.job
+    loss = summary.final_loss
+    if loss is None or not math.isfinite(loss) or not 0 <= loss <= MAX_LOSS:
+        loss = live.loss if live else None
+    return TrainingProgress(
+        step=summary.steps,
+        total_steps=summary.steps,
+        epoch=epochs,
+        total_epochs=epochs,
+        loss=loss,
+        examples_per_second=live.examples_per_second if live else None,
+        eta_seconds=0,
+        updated_at=(job.completion_time if job and job.completion_time else None) or now,
     )
 
 
@@ -239,7 +302,11 @@ def finetuning_status(
     outcome: TrainingOutcome,
     previous: list[Condition],
     now: str,
+    progress: TrainingProgress | None = None,
 ) -> FineTuningJobStatus:
+    """The whole status. `progress` is status.progress as the object has it: the gateway writes
+    it while the trainer runs, and publish() writes the whole status and removes what it lacks,
+    so it is carried over as it is; when the job ends it becomes `final_progress()`."""
     conditions, state = lifecycle_conditions(
         previous,
         outcome.progress,
@@ -264,4 +331,5 @@ def finetuning_status(
         completion_time=job.completion_time
         if job and job.phase in ("Succeeded", "Failed")
         else None,
+        progress=final_progress(progress, outcome, now),
     )

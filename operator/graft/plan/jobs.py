@@ -33,7 +33,7 @@ from graft.api.training import Hyperparameters
 from graft.core import keys
 from graft.core.conditions import set_condition
 from graft.core.objects import Obj, Owner, labels
-from graft.core.settings import Settings
+from graft.core.settings import PROGRESS_TOKEN_ENV, PROGRESS_URL_ENV, Settings
 from graft.plan.podsecurity import restricted
 
 WORK_ROOT = "/mnt/graft"
@@ -327,6 +327,15 @@ def trainer_args(hp: Hyperparameters) -> list[str]:
     return args
 
 
+@dataclass(frozen=True)
+class ProgressChannel:
+    """Where a trainer reports its progress (the gateway's URL for this job) and the token it
+    presents there (graft.core.serverkeys.progress_token)."""
+
+    url: str
+    token: str
+
+
 def trainer_job(
     *,
     owner: Owner,
@@ -337,8 +346,10 @@ def trainer_job(
     hyperparameters: Hyperparameters,
     resources: Obj,
     settings: Settings,
+    progress: ProgressChannel | None = None,
 ) -> Obj:
-    """The Job that fetches the inputs and runs `graft train` for a FineTuningJob."""
+    """The Job that fetches the inputs and runs `graft train` for a FineTuningJob; with
+    `progress`, the trainer (and only it) gets where and how to report its progress."""
     mounts = Mounts(scratch=True)
     base_src = mounts.uri_path(base_model_uri)
     dataset_src = dataset.path(mounts)
@@ -371,6 +382,11 @@ def trainer_job(
         mounts.mounts(),
     )
     train["env"] = [{"name": "TOKENIZERS_PARALLELISM", "value": "false"}]
+    if progress is not None:
+        train["env"] += [
+            {"name": PROGRESS_URL_ENV, "value": progress.url},
+            {"name": PROGRESS_TOKEN_ENV, "value": progress.token},
+        ]
     if resources:
         train["resources"] = resources
     pod: Obj = {

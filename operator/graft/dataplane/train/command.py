@@ -29,7 +29,7 @@ from typing import NoReturn
 from urllib.parse import unquote, urlparse
 
 from graft.api.reports import TrainerSummary
-from graft.dataplane import termination
+from graft.dataplane import progress, termination
 from graft.dataplane.argtypes import positive_float, positive_int
 from graft.dataplane.dataformat import DatasetError, DatasetReport, read_dataset
 from graft.dataplane.train.config import TrainConfig
@@ -272,10 +272,19 @@ class StagedOutput:
 def _train(config: TrainConfig, report: DatasetReport, staging: Path) -> TrainerSummary:
     from graft.dataplane.train.trainer import TrainingInputError, train
 
+    # Live progress for the FineTuningJob's status, when the operator asked for it (the last
+    # report, step == totalSteps, goes when training ends; the operator writes the final
+    # figures from the summary below anyway).
+    reporter = progress.from_environment(_progress)
     try:
-        result = train(config, report, staging, log=_progress)
+        result = train(
+            config, report, staging, log=_progress, progress=reporter.update if reporter else None
+        )
     except TrainingInputError as exc:
         raise InvalidInputError(str(exc)) from exc
+    finally:
+        if reporter is not None:
+            reporter.close()
     details = {
         "adapter_files": sorted(p.name for p in staging.iterdir()),
         "base_model": str(config.base_model),

@@ -16,6 +16,7 @@ from typing import Any, cast
 
 import torch
 
+from graft.dataplane import progress as live
 from graft.dataplane.dataformat import ChatExample, DatasetReport, Message
 from graft.dataplane.train.config import TrainConfig
 from graft.dataplane.train.encoding import EncodedExample, TemplateError, encode, truncate
@@ -44,8 +45,15 @@ class TrainResult:
 
 
 def train(
-    config: TrainConfig, report: DatasetReport, output_dir: Path, log: Callable[[str], None]
+    config: TrainConfig,
+    report: DatasetReport,
+    output_dir: Path,
+    log: Callable[[str], None],
+    progress: Callable[[dict[str, Any]], None] | None = None,
 ) -> TrainResult:
+    """Train and save the adapter; `log` gets a line per step, `progress` (when given) a
+    report per step for the FineTuningJob's status (graft.dataplane.progress: it must not
+    block, and it does not)."""
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -101,8 +109,24 @@ def train(
     order_rng = torch.Generator().manual_seed(config.seed)
     losses: list[float] = []
     tokens = trained_tokens = 0
-    step = 0
+    step = examples_done = 0
     started = time.monotonic()
+
+    def tell(epoch: int, loss: float | None) -> None:
+        if progress is not None:
+            progress(
+                live.report(
+                    step=step,
+                    total_steps=total_steps,
+                    epoch=epoch,
+                    total_epochs=epochs,
+                    loss=loss,
+                    examples=examples_done,
+                    elapsed=time.monotonic() - started,
+                )
+            )
+
+    tell(1, None)
     for epoch in range(1, epochs + 1):
         order = torch.randperm(len(encoded), generator=order_rng).tolist()
         for first in range(0, len(order), config.batch_size):
@@ -117,6 +141,7 @@ def train(
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
             optimizer.step()
             step += 1
+            examples_done += len(batch)
             losses.append(float(loss.detach()))
             tokens += int(attention.sum())
             trained_tokens += sum(e.trained_tokens for e in batch)
@@ -125,6 +150,7 @@ def train(
                 f"step {step}/{total_steps}  epoch {epoch}/{epochs}  loss {losses[-1]:.4f}  "
                 f"tokens {tokens}  {step / elapsed:.2f} steps/s  elapsed {elapsed:.1f}s"
             )
+            tell(epoch, losses[-1])
     train_seconds = time.monotonic() - started
 
     model.save_pretrained(str(output_dir), safe_serialization=True)
