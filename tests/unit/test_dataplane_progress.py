@@ -114,8 +114,22 @@ def test_failures_are_logged_once_and_reports_go_on(recorder: Recorder, status: 
     assert "logged once" in logs[0]
 
 
-@pytest.mark.parametrize("status", [401, 403, 409])
-def test_an_ended_job_or_a_wrong_token_stops_the_reports(recorder: Recorder, status: int) -> None:
+def test_a_401_does_not_stop_the_reports(recorder: Recorder) -> None:
+    """The gateway answers 401 also for a job its cache does not hold yet: keep reporting."""
+    recorder.status = 401
+    logs: list[str] = []
+    reporter = ProgressReporter(recorder.url, "tok", logs.append, interval=0)
+    reporter.update(one(1))
+    wait("the first report", lambda: len(recorder.requests) == 1)
+    recorder.status = 200
+    reporter.close(one(2))
+    assert recorder.steps() == [1, 2]
+    assert len(logs) == 1
+    assert "HTTP 401" in logs[0]
+
+
+@pytest.mark.parametrize("status", [403, 409])
+def test_an_ended_job_or_a_refusal_stops_the_reports(recorder: Recorder, status: int) -> None:
     recorder.status = status
     logs: list[str] = []
     reporter = ProgressReporter(recorder.url, "tok", logs.append, interval=0)

@@ -169,8 +169,11 @@ def test_anything_but_the_jobs_token_is_refused(trainer: Trainer) -> None:
 
 
 def test_unknown_jobs_ended_jobs_and_bad_bodies_write_nothing(trainer: Trainer) -> None:
-    assert trainer.post(path="acme/other").status_code == 404
-    assert trainer.post(path="other/tune").status_code == 404
+    # An unknown job answers like a wrong token: the port does not tell which jobs exist.
+    for path in ("acme/other", "other/tune"):
+        unknown = trainer.post(path=path)
+        assert unknown.status_code == 401, unknown.text
+        assert unknown.json()["error"]["message"] == "Not this FineTuningJob's progress token."
     bad = trainer.post({**REPORT, "step": 99})
     assert bad.status_code == 400
     assert "beyond totalSteps" in bad.json()["error"]["message"]
@@ -239,7 +242,7 @@ def test_a_job_that_ended_or_went_between_look_and_write_is_not_written(trainer:
     assert busy.status_code == 503
     assert busy.headers["Retry-After"] == "2"
 
-    # Deleted between the cache's look and the write: 404, as for a job the cache never saw.
+    # Deleted between the token check and the write: 404 (the caller proved it knew the job).
     trainer.gw.gateway.pacer = Pacer(0.5, clock=lambda: 0.0)
     trainer.view.on_patch = lambda _: Outcome.GONE
     assert trainer.post().status_code == 404

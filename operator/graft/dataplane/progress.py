@@ -9,8 +9,9 @@ Training never waits on a report: `update()` only keeps the latest one, and a th
 sends it, at most once every `interval` seconds. Each POST has a total deadline (the socket is
 shut from outside when it passes, so a server that answers a byte at a time cannot hold it
 longer), follows no redirect (http.client never does) and reads at most a few KiB of the answer.
-A failure is logged once; training goes on without the reports. The gateway answering 401, 403
-or 409 (not this job's token, the job has ended) stops the reports for good.
+A failure is logged once; training goes on without the reports. The gateway answering 403 or
+409 (the job has ended) stops the reports for good; a 401 does not, since the gateway also
+answers it for a job its watch cache does not hold yet.
 
 Standard library only.
 """
@@ -36,7 +37,9 @@ INTERVAL = 2.0
 DEADLINE = 5.0
 """Total deadline of one POST, connection included."""
 MAX_ANSWER = 4096
-PERMANENT = (401, 403, 409)
+PERMANENT = (403, 409)
+"""Answers after which reporting stops. Not 401: the gateway answers it also for a job its
+watch cache does not hold yet, which a moment later it may."""
 """Answers after which no report can succeed (not this job's token, the job has ended): the
 reporter stops. Anything else (404 from a gateway whose cache has not seen the job yet, 503)
 may pass: the next report tries again."""

@@ -229,7 +229,8 @@ async def receive(
     read: Callable[[int], Awaitable[bytes]],
 ) -> Outcome | errors.ApiError:
     """One POST /v1/internal/progress/<namespace>/<name>: WRITTEN (200) or QUEUED (202), else
-    the error to answer: 400 not a report, 401 not the job's token, 404 no such job, 409 the
+    the error to answer: 400 not a report, 401 not the job's token (or no such job: the same
+    answer), 404 the job went away after the token was checked, 409 the
     job has ended, 503 not now (the cache or the key seed not loaded yet, the API server
     failing, the job changing under every write), after which the next report tries again.
     `read(limit)` reads at most `limit` bytes of the body; it is read only once the token is
@@ -237,12 +238,12 @@ async def receive(
     if not view.synced():
         return _unavailable("The gateway is starting (its watch cache is not synced yet).", 5)
     job = view.finetuning_job(namespace, name)
-    if job is None:
-        return NO_SUCH_JOB
-    expected = view.progress_token(namespace, name, job.uid)
-    if expected is None:
+    # A job the cache does not hold answers exactly like a wrong token: this port is reachable
+    # from every pod, and must not tell anyone which namespaces and jobs exist.
+    expected = None if job is None else view.progress_token(namespace, name, job.uid)
+    if job is not None and expected is None:
         return _unavailable("The gateway is starting (no key seed yet).", 5)
-    if not token_matches(bearer_token(authorization), expected):
+    if job is None or expected is None or not token_matches(bearer_token(authorization), expected):
         return errors.invalid_api_key("Not this FineTuningJob's progress token.")
     if job.finished:
         return JOB_ENDED
