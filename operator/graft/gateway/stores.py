@@ -39,6 +39,9 @@ from graft.core import s3 as core_s3
 
 UPLOADS_DIR = ".uploads"
 """Folder of unfinished uploads, under <root>/<account>/datasets/ (a name no sha256 can take)."""
+S3_UPLOADS_DIR = ".graft-uploads"
+"""The same in a bucket: SeaweedFS keeps its own multipart uploads in folders named `.uploads`
+and hides every such folder from listings, so Graft's must be named otherwise there."""
 HASH_CHUNK = 1 << 20
 S3_MIN_PART = 5 * 1024 * 1024
 """S3 refuses parts smaller than 5 MiB but for the last one."""
@@ -295,7 +298,7 @@ class S3Store:
     CompleteMultipartUpload makes it the object `.uploads/<id>`, which is read back for its
     sha256 and copied to the final key (then deleted), so the final key only ever holds checked
     data. Two PUTs of one upload at the same time are not kept apart here (the later part of a
-    number wins): clients send one chunk at a time."""
+    number wins): clients send one chunk at a time. (The folder is S3_UPLOADS_DIR here.)"""
 
     min_chunk = S3_MIN_PART
 
@@ -315,7 +318,7 @@ class S3Store:
         return self._key(account, f"{upload.sha256}/{upload.file_name}")
 
     def _staged(self, account: str, upload_id: str, suffix: str = "") -> str:
-        return self._key(account, f"{UPLOADS_DIR}/{upload_id}{suffix}")
+        return self._key(account, f"{S3_UPLOADS_DIR}/{upload_id}{suffix}")
 
     def uri(self, account: str, upload: Upload) -> str:
         key = core_s3.quote(self._final(account, upload), safe="-_.~/")
