@@ -23,6 +23,7 @@ import pytest
 from graft.core import s3 as core_s3
 from graft.gateway import apikeys
 from graft.gateway.catalog import build
+from graft.gateway.main import uploads_uri
 from graft.gateway.server import Settings
 from graft.gateway.uploads import check_file_name, upload_id
 from harness.replicas import Loop, RunningGateway, StaticView
@@ -450,3 +451,15 @@ def test_file_names() -> None:
     for bad in ("", ".", "..", "a/b", "a\\b", "a\nb", "a\x7fb", 3, None, "x" * 256):
         assert check_file_name(bad) is not None, bad
     assert json.dumps(check_file_name("a/b"))
+
+
+def test_where_the_gateway_stores_uploads() -> None:
+    assert uploads_uri("s3://b/p/", {}) == "s3://b/p"
+    assert uploads_uri(None, {"GRAFT_UPLOADS_URI": "file:///srv/u"}) == "file:///srv/u"
+    assert uploads_uri(None, {"GRAFT_ARTIFACTS_URI": "file:///srv/a/"}) == "file:///srv/a"
+    assert uploads_uri(None, {"GRAFT_ARTIFACTS_URI": "pvc://graft-artifacts"}) is None
+    assert uploads_uri(None, {}) is None
+    assert uploads_uri("pvc://claim/x", {}) is None
+    for bad in ("http://x/y", "s3:///nobucket", "file://relative/x", "/srv/u"):
+        with pytest.raises(SystemExit, match="expected"):
+            uploads_uri(bad, {})

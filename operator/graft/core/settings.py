@@ -33,6 +33,10 @@ Operator settings (`Settings`):
 | GRAFT_MIN_SCALE_TO_ZERO_WINDOW | 300 | seconds: the shortest scaleToZeroWindow this installation honours; a Deployment asking for less gets this (and its status says so) |
 | GRAFT_GATEWAY_METRICS | (discover) | comma-separated metrics URLs of the gateways (http://<host>:<port>/metrics); unset: the Ready pods labelled app.kubernetes.io/component=gateway in the operator's namespace, on their container port named "metrics" |
 
+The gateway (`graft gateway`) reads GRAFT_UPLOADS_URI (`UPLOADS_ENV`, where dataset uploads go,
+file:// or s3://; default GRAFT_ARTIFACTS_URI when that is file://) and the AWS_* variables of
+its S3 store (graft.core.s3).
+
 Variables of the programs that run in pods (graft.dataplane), read by that program when it runs:
 GRAFT_TERMINATION_MESSAGE_PATH (`TERMINATION_MESSAGE_PATH_ENV`), GRAFT_PVC_ROOT (`PVC_ROOT_ENV`)
 GRAFT_CACHE_DIR (`CACHE_DIR_ENV`, where small models are converted and cached), and
@@ -71,6 +75,8 @@ ALLOWED_IMAGES_ENV = "GRAFT_ALLOWED_IMAGES"
 AUTOSCALER_INTERVAL_ENV = "GRAFT_AUTOSCALER_INTERVAL"
 MIN_SCALE_TO_ZERO_WINDOW_ENV = "GRAFT_MIN_SCALE_TO_ZERO_WINDOW"
 GATEWAY_METRICS_ENV = "GRAFT_GATEWAY_METRICS"
+UPLOADS_ENV = "GRAFT_UPLOADS_URI"
+"""The gateway's (`graft gateway --uploads`): where dataset uploads go, file:// or s3://."""
 
 TERMINATION_MESSAGE_PATH_ENV = "GRAFT_TERMINATION_MESSAGE_PATH"
 PVC_ROOT_ENV = "GRAFT_PVC_ROOT"
