@@ -114,7 +114,7 @@ def uploads_uri(flag: str | None, env: Mapping[str, str]) -> str | None:
             "s3://<bucket>[/<prefix>]"
         )
     parsed = urlparse(uri)
-    if scheme == "file" and (parsed.netloc not in ("", "localhost") or not parsed.path[:1] == "/"):
+    if scheme == "file" and (parsed.netloc not in ("", "localhost") or parsed.path[:1] != "/"):
         raise SystemExit(f"--uploads {uri!r}: expected file:///<absolute path>")
     return uri
 
