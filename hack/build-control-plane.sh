@@ -128,8 +128,9 @@ build_seaweedfs() {
   dir="$(cd "$cache" && go mod download -json "github.com/seaweedfs/seaweedfs@$SEAWEEDFS_VERSION" | sed -n 's/.*"Dir": "\(.*\)".*/\1/p')"
   [ -n "$dir" ] || { log "go mod download found no source for seaweedfs $SEAWEEDFS_VERSION"; exit 1; }
   rm -rf "$src"
+  mkdir -p "$cache/src"
   cp -r "$dir" "$src"
-  chmod -R u+w "$src"  # the module cache is read-only; go build writes nothing there, but rm -rf must
+  chmod -R u+w "$src"  # copied read-only from the module cache; writable, so rm -rf can remove it
   (cd "$src" && go build -trimpath -ldflags "-s -w" -o "$bin/weed-$SEAWEEDFS_VERSION" ./weed)
   rm -rf "$src"
   link weed "$SEAWEEDFS_VERSION"
