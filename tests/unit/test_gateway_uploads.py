@@ -389,6 +389,9 @@ def test_bad_requests_store_nothing(
 
 
 def test_unknown_uploads_and_missing_headers(world: World, backend: Backend) -> None:
+    for raw in (b"not json", b"[1, 2]"):
+        bad = world.http.post("/v1/accounts/a/uploads", content=raw, headers=world.auth("alice"))
+        assert bad.status_code == 400, bad.text
     assert world.get("alice", "0" * 32).status_code == 404
     assert world.get("alice", "../../etc").status_code == 404
     created = world.post("alice", {"fileName": "s", "size": 3, "sha256": sha256(b"abc")}).json()

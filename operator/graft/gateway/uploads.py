@@ -49,7 +49,7 @@ def check_file_name(name: Any) -> str | None:
     if name in (".", ".."):
         return "fileName cannot be '.' or '..'"
     if any(c in "/\\" or ord(c) < 0x20 or ord(c) == 0x7F for c in name):
-        return "fileName cannot contain '/', '\\\\', NUL or control characters"
+        return "fileName cannot contain '/', '\\', NUL or control characters"
     return None
 
 
@@ -113,6 +113,10 @@ class Uploads:
     async def create(self, request: web.Request, account: str) -> web.Response:
         try:
             body = await request.json()
+        except web.HTTPRequestEntityTooLarge:
+            return _error(
+                errors.bad_request("The request body is too large for an upload's description.")
+            )
         except ValueError as exc:
             return _error(errors.bad_request(f"The request body is not valid JSON: {exc}."))
         if not isinstance(body, dict):
