@@ -8,6 +8,9 @@
 #                            replace line for every staging module (read from k8s.io/kubernetes'
 #                            own go.mod), the version stamped with -ldflags
 #   kwok, helm               go install at their tagged versions
+#   weed (SeaweedFS)         go build in a copy of its downloaded module source (its go.mod has
+#                            replace directives, which `go install mod@version` refuses); the
+#                            S3-compatible server of the gateway's upload tests
 #
 # Prints the bin directory on stdout when done. Nothing here is committed: the generated
 # modules live in the cache directory.
@@ -118,8 +121,24 @@ go_install() {
   link "$name" "$version"
 }
 
+build_seaweedfs() {
+  have weed "$SEAWEEDFS_VERSION" && { link weed "$SEAWEEDFS_VERSION"; return; }
+  log "building weed (SeaweedFS) $SEAWEEDFS_VERSION"
+  local src="$cache/src/seaweedfs-$SEAWEEDFS_VERSION" dir
+  dir="$(cd "$cache" && go mod download -json "github.com/seaweedfs/seaweedfs@$SEAWEEDFS_VERSION" | sed -n 's/.*"Dir": "\(.*\)".*/\1/p')"
+  [ -n "$dir" ] || { log "go mod download found no source for seaweedfs $SEAWEEDFS_VERSION"; exit 1; }
+  rm -rf "$src"
+  mkdir -p "$cache/src"
+  cp -r "$dir" "$src"
+  chmod -R u+w "$src"  # copied read-only from the module cache; writable, so rm -rf can remove it
+  (cd "$src" && go build -trimpath -ldflags "-s -w" -o "$bin/weed-$SEAWEEDFS_VERSION" ./weed)
+  rm -rf "$src"
+  link weed "$SEAWEEDFS_VERSION"
+}
+
 build_etcd
 build_kube
+build_seaweedfs
 go_install kwok sigs.k8s.io/kwok/cmd/kwok "$KWOK_VERSION" "-s -w -X sigs.k8s.io/kwok/pkg/consts.Version=$KWOK_VERSION"
 go_install helm helm.sh/helm/v3/cmd/helm "$HELM_VERSION" "-s -w -X helm.sh/helm/v3/internal/version.version=$HELM_VERSION"
 echo "$bin"

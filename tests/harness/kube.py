@@ -228,8 +228,10 @@ class GatewayProcess(_GraftProcess):
         port: int | None = None,
         metrics_port: int | None = None,
         queue_timeout: float = 120.0,
+        uploads: str | None = None,
     ) -> None:
         self.cluster = cluster
+        self.uploads = uploads  # `--uploads`: where dataset uploads go (file:// or s3://)
         self.log_path = log_path
         self.kubeconfig = kubeconfig or cluster.kubeconfig
         self.port = port or free_port()
@@ -255,6 +257,7 @@ class GatewayProcess(_GraftProcess):
                 self.metrics_url,
                 "--queue-timeout",
                 str(self.queue_timeout),
+                *(["--uploads", self.uploads] if self.uploads else []),
             ],
             self.cluster.env(KUBECONFIG=self.kubeconfig),
         )

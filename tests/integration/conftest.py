@@ -204,9 +204,11 @@ def gateway(
     operator: OperatorProcess,
     gateway_ports: tuple[int, int],
     tmp_path_factory: pytest.TempPathFactory,
+    artifacts_root: Path,
 ) -> Iterator[GatewayProcess]:
     """The session's gateway (`graft gateway`), on the ports the operator's autoscaler knows,
-    as its shipped ServiceAccount under the generated RBAC (as the operator runs)."""
+    as its shipped ServiceAccount under the generated RBAC (as the operator runs). Dataset
+    uploads go to the operator's file:// artifact store, where validation Jobs read them."""
     from graft.gen import rbac
 
     work = tmp_path_factory.mktemp("gateway")
@@ -220,6 +222,7 @@ def gateway(
         kubeconfig=kubeconfig,
         port=gateway_ports[0],
         metrics_port=gateway_ports[1],
+        uploads=f"file://{artifacts_root}",
     )
     gw.start()
     try:

@@ -10,6 +10,7 @@ publishes a public base model, serves it, and has a private addon on it.
 from __future__ import annotations
 
 import base64
+import hashlib
 import json
 import threading
 import time
@@ -19,6 +20,7 @@ from contextlib import ExitStack
 from dataclasses import dataclass
 from typing import Any
 
+import httpx
 import openai
 import pytest
 
@@ -425,3 +427,67 @@ def _pods(cluster: Cluster, ns: str, dep: str) -> list[dict[str, Any]]:
         for p in cluster.list("pods", ns, f"graft.dev/deployment={dep}")
         if not p["metadata"].get("deletionTimestamp")
     ]
+
+
+# --- dataset uploads ------------------------------------------------------------------------
+
+
+def _chat_jsonl(at_least: int) -> bytes:
+    """Valid chat JSONL of at least `at_least` bytes (one example a line)."""
+    lines = []
+    size = 0
+    i = 0
+    while size < at_least:
+        line = json.dumps(
+            {
+                "messages": [
+                    {"role": "user", "content": f"What is {i} plus {i + 1}? Answer briefly."},
+                    {"role": "assistant", "content": f"{2 * i + 1}"},
+                ]
+            }
+        )
+        lines.append(line)
+        size += len(line) + 1
+        i += 1
+    return ("\n".join(lines) + "\n").encode()
+
+
+def test_a_member_uploads_a_20_mb_dataset_that_validates(world: World) -> None:
+    cluster, a = world.cluster, world.a
+    data = _chat_jsonl(20_000_000)
+    sha = hashlib.sha256(data).hexdigest()
+    body = {"fileName": "big-chat.jsonl", "size": len(data), "sha256": sha}
+    uploads = f"{world.gateway.url}/v1/accounts/{a}/uploads"
+    with httpx.Client(timeout=120) as http:
+        # Another account's key may not upload into this account, nor read its uploads.
+        foreign = {"Authorization": f"Bearer {world.key_b}"}
+        other = http.post(uploads, json=body, headers=foreign)
+        assert other.status_code == 403, other.text
+        member = {"Authorization": f"Bearer {world.key_a}"}
+        created = http.post(uploads, json=body, headers=member)
+        assert created.status_code == 200, created.text
+        up = created.json()
+        assert not up["complete"]
+        assert http.get(f"{uploads}/{up['id']}", headers=foreign).status_code == 403
+        offset, chunk = up["offset"], 8 * 1024 * 1024
+        while offset < len(data):
+            r = http.put(
+                f"{uploads}/{up['id']}",
+                content=data[offset : offset + chunk],
+                headers={**member, "Upload-Offset": str(offset)},
+            )
+            assert r.status_code == 200, r.text
+            offset = r.json()["offset"]
+        assert r.json()["complete"] is True
+        uri = r.json()["uri"]
+    assert uri.startswith("file://")
+    assert uri.endswith(f"/{a}/datasets/{sha}/big-chat.jsonl")
+    cluster.apply(obj("Dataset", "uploaded", a, {"source": {"uri": uri}}))
+    # The kubelet stand-in of the world's account runs the validation Job for real.
+    found = wait_for(
+        "the uploaded Dataset Ready",
+        lambda: ready(cluster, "datasets.graft.dev", "uploaded", a),
+        300,
+    )
+    assert found["status"]["sha256"] == sha
+    assert found["status"]["sizeBytes"] == len(data)

@@ -539,7 +539,7 @@ def test_values_schema_is_strict_and_self_contained() -> None:
     assert "http" not in text.replace("http://json-schema.org", "")
     schema = yaml.safe_load(text)
     # Every object is closed, or a typed map; "passed through to Kubernetes" objects (affinity's
-    # parts, valueFrom's sources) are the only open ones.
+    # parts, valueFrom's sources, the gateway's uploads volume source) are the only open ones.
     open_ = []
 
     def walk(node: Any, path: str) -> None:
@@ -550,7 +550,8 @@ def test_values_schema_is_strict_and_self_contained() -> None:
                 walk(v, f"{path}/{k}")
 
     walk(schema, "")
-    assert all("affinity" in p or "valueFrom" in p for p in open_), open_
+    passed_through = ("affinity", "valueFrom", "/gateway/properties/uploads/properties/volume")
+    assert all(any(t in p for t in passed_through) for p in open_), open_
     defaults = yaml.safe_load((CHART / "values.yaml").read_text())
     jsonschema.validate(defaults, schema)
 
@@ -647,6 +648,10 @@ def test_gateway_pod(default_docs: list[Doc]) -> None:
     assert args.namespace == rbac.OPERATOR_NAMESPACE  # where the key seed Secret is
     assert args.queue_timeout == 300
     assert not args.verbose
+    # The default artifact store is pvc://, which the gateway cannot reach: uploads answer 501.
+    assert args.uploads is None
+    assert args.max_upload_bytes == 1 << 30  # dataset.maxBytes
+    assert "envFrom" not in container
     # The API on the port named http, the metrics on the port named metrics (the autoscaler
     # scrapes that name), each where the gateway listens.
     ports = {p["name"]: p["containerPort"] for p in container["ports"]}
@@ -721,6 +726,50 @@ def test_values_reach_the_gateway(helm: str, tmp_path: Path) -> None:
     ]
     # Only the metrics Service has a port named metrics: the API's Service is not scraped.
     assert [p["name"] for p in service["spec"]["ports"]] == ["http"]
+
+
+def test_the_gateway_stores_uploads_where_the_values_say(helm: str) -> None:
+    s3 = gateway_container(
+        render(
+            helm,
+            "--set",
+            "gateway.uploads.uri=s3://datasets/graft",
+            "--set",
+            "gateway.uploads.s3Secret=uploads-s3",
+            "--set",
+            "dataset.maxBytes=5000000",
+        )
+    )
+    args = gateway_args(s3)
+    assert (args.uploads, args.max_upload_bytes) == ("s3://datasets/graft", 5_000_000)
+    assert s3["envFrom"] == [{"secretRef": {"name": "uploads-s3"}}]
+    # A file:// artifact store is the default, on the volume that holds it.
+    docs = render(
+        helm,
+        "--set",
+        "artifactsUri=file:///srv/graft",
+        "--set-json",
+        'gateway.uploads.volume={"persistentVolumeClaim": {"claimName": "shared"}}',
+    )
+    local = gateway_container(docs)
+    assert gateway_args(local).uploads == "file:///srv/graft"
+    assert {"name": "uploads", "mountPath": "/srv/graft"} in local["volumeMounts"]
+    volumes = gateway_deployment(docs)["spec"]["template"]["spec"]["volumes"]
+    assert {"name": "uploads", "persistentVolumeClaim": {"claimName": "shared"}} in volumes
+    # A volume without a file:// store to mount it for is a mistake, said so.
+    proc = run_helm(
+        helm,
+        "template",
+        "graft",
+        str(CHART),
+        "--set-json",
+        'gateway.uploads.volume={"emptyDir": {}}',
+    )
+    assert proc.returncode != 0
+    assert "gateway.uploads.volume is for a file:// store" in proc.stderr
+    bad = run_helm(helm, "template", "graft", str(CHART), "--set", "gateway.uploads.uri=pvc://x")
+    assert bad.returncode != 0
+    assert "/gateway/uploads/uri" in bad.stderr
 
 
 def test_the_gateway_can_be_disabled(helm: str) -> None:

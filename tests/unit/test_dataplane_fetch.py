@@ -15,9 +15,10 @@ from urllib.parse import parse_qs, urlparse
 import pytest
 
 from graft.api.reports import ValidationResult
+from graft.core.s3 import sigv4_authorization
 from graft.dataplane import fetch
 from graft.dataplane import validate as datasetcli
-from graft.dataplane.fetch import S3, FetchError, sigv4_authorization
+from graft.dataplane.fetch import S3, FetchError
 
 
 def chat(n: int) -> bytes:

@@ -161,6 +161,21 @@ def test_keys_work_while_the_key_and_its_user_exist() -> None:
     )
 
 
+def test_a_key_carries_its_users_role() -> None:
+    keys = {name: apikeys.generate() for name in ("ada", "mia", "vic", "odd")}
+    roles = {"ada": "admin", "mia": "member", "vic": "viewer", "odd": "owner"}
+    cat = build(
+        users=[
+            obj("User", "a", name, {"email": f"{name}@example.com", "role": role})
+            for name, role in roles.items()
+        ],
+        api_keys=[api_key("a", f"{name}-key", name, k) for name, k in keys.items()],
+    )
+    got = {name: cat.keys[k.key_id].role for name, k in keys.items()}
+    # A role the API does not know (a hand-edited object) is no role: the least privilege.
+    assert got == {"ada": "admin", "mia": "member", "vic": "viewer", "odd": None}
+
+
 def test_a_key_without_a_hash_yet_is_unknown() -> None:
     k = apikeys.generate()
     pending = api_key("a", "k", "alice", k)

@@ -34,6 +34,10 @@ Operator settings (`Settings`):
 | GRAFT_GATEWAY_METRICS | (discover) | comma-separated metrics URLs of the gateways (http://<host>:<port>/metrics); unset: the Ready pods labelled app.kubernetes.io/component=gateway in the operator's namespace, on their container port named "metrics" |
 | GRAFT_GATEWAY_URL | (none) | the gateway's in-cluster base URL (http://graft-gateway.graft-system.svc:8080); set: trainers report live progress to it (status.progress of a FineTuningJob); unset: no live progress |
 
+The gateway (`graft gateway`) reads GRAFT_UPLOADS_URI (`UPLOADS_ENV`, where dataset uploads go,
+file:// or s3://; default GRAFT_ARTIFACTS_URI when that is file://) and the AWS_* variables of
+its S3 store (graft.core.s3).
+
 Variables of the programs that run in pods (graft.dataplane), read by that program when it runs:
 GRAFT_TERMINATION_MESSAGE_PATH (`TERMINATION_MESSAGE_PATH_ENV`), GRAFT_PVC_ROOT (`PVC_ROOT_ENV`)
 GRAFT_CACHE_DIR (`CACHE_DIR_ENV`, where small models are converted and cached), and
@@ -75,6 +79,8 @@ AUTOSCALER_INTERVAL_ENV = "GRAFT_AUTOSCALER_INTERVAL"
 MIN_SCALE_TO_ZERO_WINDOW_ENV = "GRAFT_MIN_SCALE_TO_ZERO_WINDOW"
 GATEWAY_METRICS_ENV = "GRAFT_GATEWAY_METRICS"
 GATEWAY_URL_ENV = "GRAFT_GATEWAY_URL"
+UPLOADS_ENV = "GRAFT_UPLOADS_URI"
+"""The gateway's (`graft gateway --uploads`): where dataset uploads go, file:// or s3://."""
 
 TERMINATION_MESSAGE_PATH_ENV = "GRAFT_TERMINATION_MESSAGE_PATH"
 PVC_ROOT_ENV = "GRAFT_PVC_ROOT"

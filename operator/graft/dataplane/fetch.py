@@ -31,7 +31,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import hashlib
-import hmac
 import http.client
 import json
 import os
@@ -45,10 +44,11 @@ import urllib.request
 import xml.etree.ElementTree as ET
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import NoReturn, Protocol
 
+from graft.core import s3 as core_s3
+from graft.core.s3 import split_uri
 from graft.core.settings import PVC_ROOT_ENV
 from graft.dataplane import termination
 
@@ -62,7 +62,6 @@ TIMEOUT_SECONDS = 60.0
 CHUNK = 1 << 20
 USER_AGENT = "graft-fetch/0.1"
 ARCHIVE_SUFFIXES = (".tar", ".tar.gz", ".tgz")
-EMPTY_SHA256 = hashlib.sha256(b"").hexdigest()
 
 
 class FetchError(Exception):
@@ -346,126 +345,26 @@ def _fetch_hf(src: str, dest: Path) -> Fetched:
     return Fetched(files=len(files), bytes=sum(p.stat().st_size for p in files), sha256=None)
 
 
-# --- S3 (AWS Signature Version 4, standard library only) --------------------------------------
+# --- S3 (AWS Signature Version 4: graft.core.s3, shared with the gateway's uploads) -----------
 
 
 def _s3_split(src: str) -> tuple[str, str]:
-    parsed = urllib.parse.urlparse(src)
-    if not parsed.netloc:
-        raise FetchError(f"{src}: expected s3://<bucket>/<key>", permanent=True)
-    return parsed.netloc, urllib.parse.unquote(parsed.path.lstrip("/"))
-
-
-def _hmac(key: bytes, text: str) -> bytes:
-    return hmac.new(key, text.encode("utf-8"), hashlib.sha256).digest()
-
-
-def sigv4_authorization(
-    *,
-    method: str,
-    path: str,
-    query: Mapping[str, str],
-    headers: Mapping[str, str],
-    payload_sha256: str,
-    access_key: str,
-    secret_key: str,
-    region: str,
-    amz_date: str,
-    service: str = "s3",
-) -> str:
-    """The Authorization header of an AWS Signature V4 request. `path` is already URI-encoded;
-    every header in `headers` (which must include host and x-amz-date) is signed."""
-    canonical_headers = {k.lower(): " ".join(v.split()) for k, v in headers.items()}
-    signed = ";".join(sorted(canonical_headers))
-    canonical_query = "&".join(f"{_aws_quote(k)}={_aws_quote(v)}" for k, v in sorted(query.items()))
-    canonical = "\n".join(
-        [
-            method,
-            path,
-            canonical_query,
-            "".join(f"{k}:{canonical_headers[k]}\n" for k in sorted(canonical_headers)),
-            signed,
-            payload_sha256,
-        ]
-    )
-    date = amz_date[:8]
-    scope = f"{date}/{region}/{service}/aws4_request"
-    to_sign = "\n".join(
-        ["AWS4-HMAC-SHA256", amz_date, scope, hashlib.sha256(canonical.encode()).hexdigest()]
-    )
-    key = _hmac(("AWS4" + secret_key).encode(), date)
-    for part in (region, service, "aws4_request"):
-        key = _hmac(key, part)
-    signature = hmac.new(key, to_sign.encode(), hashlib.sha256).hexdigest()
-    return (
-        f"AWS4-HMAC-SHA256 Credential={access_key}/{scope},SignedHeaders={signed},"
-        f"Signature={signature}"
-    )
-
-
-def _aws_quote(text: str, safe: str = "-_.~") -> str:
-    return urllib.parse.quote(text, safe=safe)
+    try:
+        return split_uri(src)
+    except ValueError as exc:
+        raise FetchError(str(exc), permanent=True) from None
 
 
 @dataclass(frozen=True)
-class S3:
-    """Where and as whom to talk to S3 (or an S3-compatible store)."""
-
-    region: str
-    endpoint: str | None  # custom endpoint: path-style addressing
-    access_key: str | None
-    secret_key: str | None
-    session_token: str | None
-
-    @classmethod
-    def from_env(cls, env: Mapping[str, str]) -> S3:
-        return cls(
-            region=env.get("AWS_REGION") or env.get("AWS_DEFAULT_REGION") or "us-east-1",
-            endpoint=(env.get("AWS_ENDPOINT_URL_S3") or env.get("AWS_ENDPOINT_URL") or None),
-            access_key=env.get("AWS_ACCESS_KEY_ID") or None,
-            secret_key=env.get("AWS_SECRET_ACCESS_KEY") or None,
-            session_token=env.get("AWS_SESSION_TOKEN") or None,
-        )
-
-    def url(self, bucket: str, key: str) -> tuple[str, str, str]:
-        """(base URL, host, encoded path) of an object or of the bucket (key "")."""
-        encoded_key = _aws_quote(key, safe="-_.~/")
-        if self.endpoint:
-            parsed = urllib.parse.urlparse(self.endpoint.rstrip("/"))
-            prefix = parsed.path.rstrip("/")
-            path = f"{prefix}/{bucket}/{encoded_key}"
-            return f"{parsed.scheme}://{parsed.netloc}", parsed.netloc, path
-        if "." in bucket:  # virtual-hosted names with dots break TLS certificate matching
-            host = f"s3.{self.region}.amazonaws.com"
-            return f"https://{host}", host, f"/{bucket}/{encoded_key}"
-        host = f"{bucket}.s3.{self.region}.amazonaws.com"
-        return f"https://{host}", host, f"/{encoded_key}"
+class S3(core_s3.S3):
+    """graft.core.s3.S3 with the urllib requests `graft fetch` makes."""
 
     def request(
         self, bucket: str, key: str, query: Mapping[str, str] | None = None
     ) -> urllib.request.Request:
-        query = dict(query or {})
-        base, host, path = self.url(bucket, key)
-        headers = {"Host": host, "User-Agent": USER_AGENT}
-        if self.access_key and self.secret_key:
-            amz_date = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
-            signed = {"host": host, "x-amz-date": amz_date, "x-amz-content-sha256": EMPTY_SHA256}
-            if self.session_token:
-                signed["x-amz-security-token"] = self.session_token
-            headers.update(signed)
-            headers["Authorization"] = sigv4_authorization(
-                method="GET",
-                path=path,
-                query=query,
-                headers=signed,
-                payload_sha256=EMPTY_SHA256,
-                access_key=self.access_key,
-                secret_key=self.secret_key,
-                region=self.region,
-                amz_date=amz_date,
-            )
-        qs = "&".join(f"{_aws_quote(k)}={_aws_quote(v)}" for k, v in sorted(query.items()))
-        return urllib.request.Request(base + path + (f"?{qs}" if qs else ""), headers=headers)
+        url, headers = self.signed("GET", bucket, key, query=query)
+        headers["User-Agent"] = USER_AGENT
+        return urllib.request.Request(url, headers=headers)
 
     def list_keys(self, bucket: str, prefix: str, what: str) -> list[tuple[str, int]]:
         """Every (key, size) under `prefix` (ListObjectsV2, following continuation tokens)."""

@@ -96,6 +96,10 @@ class StoredKey:
     key_hash: str
     account: str
     expires_at: datetime | None = None
+    role: str | None = None
+    """The role of the key's User in its account (admin, member, viewer; api/tenancy.Role), for
+    what a role decides in the gateway (dataset uploads need admin or member). None when the
+    User names none the gateway knows: such a key is treated as the least privileged."""
 
 
 class Rejection(StrEnum):

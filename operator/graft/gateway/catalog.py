@@ -29,12 +29,14 @@ from datetime import datetime
 from typing import Any
 
 from graft.api.kinds import Plural
+from graft.api.tenancy import Role
 from graft.core.names import InvalidReference, is_id, parse_ref
 from graft.gateway import errors
 from graft.gateway.apikeys import StoredKey
 from graft.gateway.limits import AccountLimits, limits_of
 
 Obj = Mapping[str, Any]
+ROLES = frozenset(r.value for r in Role)
 
 
 @dataclass(frozen=True)
@@ -195,6 +197,11 @@ def _expiry(value: Any) -> datetime | None:
     return datetime.fromisoformat(str(value).replace("Z", "+00:00"))
 
 
+def _role(user: Obj) -> str | None:
+    role = (user.get("spec") or {}).get("role")
+    return str(role) if role in ROLES else None
+
+
 def build(
     *,
     accounts: Iterable[Obj] = (),
@@ -216,7 +223,9 @@ def build(
             cat.problems.append(f"account {name}: limits ignored: {exc}")
 
     live_users = {
-        (u["metadata"]["namespace"], u["metadata"]["name"]) for u in users if not _deleting(u)
+        (u["metadata"]["namespace"], u["metadata"]["name"]): _role(u)
+        for u in users
+        if not _deleting(u)
     }
     for obj in api_keys:
         meta, spec, status = obj["metadata"], obj.get("spec") or {}, obj.get("status") or {}
@@ -231,7 +240,8 @@ def build(
         except ValueError:
             cat.problems.append(f"apikey {ns}/{meta['name']}: unreadable expiresAt")
             continue
-        cat.keys[key_id] = StoredKey(key_id, key_hash, ns, expires)
+        role = live_users[(ns, spec.get("user"))]
+        cat.keys[key_id] = StoredKey(key_id, key_hash, ns, expires, role)
 
     for obj in models:
         meta, spec = obj["metadata"], obj.get("spec") or {}

@@ -8,6 +8,8 @@ import asyncio
 import logging
 import os
 import signal
+from collections.abc import Mapping
+from urllib.parse import urlparse
 
 from graft.core import settings as core_settings
 from graft.core.endpoints import parse_endpoint
@@ -52,6 +54,20 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         help="seconds a request waits for a replica (scale from zero included) before 503 "
         "(default: %(default)s)",
     )
+    p.add_argument(
+        "--uploads",
+        default=None,
+        metavar="URI",
+        help="where dataset uploads go: file:///<dir> or s3://<bucket>[/<prefix>] (S3 credentials "
+        "from AWS_* variables); default: $GRAFT_UPLOADS_URI, else $GRAFT_ARTIFACTS_URI when it is "
+        "file://; pvc:// or none: the upload routes answer 501",
+    )
+    p.add_argument(
+        "--max-upload-bytes",
+        type=int,
+        default=core_settings.DEFAULT_MAX_BYTES,
+        help="largest dataset a user may upload (default: %(default)s, as GRAFT_DATASET_MAX_BYTES)",
+    )
     p.add_argument("--verbose", action="store_true", help="debug logging")
     p.set_defaults(func=run)
 
@@ -70,9 +86,37 @@ def run(ns: argparse.Namespace) -> int:
         else address(ns.metrics, "--metrics", DEFAULT_METRICS)
     )
     namespace = ns.namespace or core_settings.Settings.from_env(os.environ).operator_namespace
-    return asyncio.run(
-        _main(host, port, metrics, namespace, Settings(queue_timeout=ns.queue_timeout))
+    if ns.max_upload_bytes < 1:
+        raise SystemExit(f"--max-upload-bytes must be at least 1, not {ns.max_upload_bytes}")
+    settings = Settings(
+        queue_timeout=ns.queue_timeout,
+        uploads_uri=uploads_uri(ns.uploads, os.environ),
+        max_upload_bytes=ns.max_upload_bytes,
     )
+    return asyncio.run(_main(host, port, metrics, namespace, settings))
+
+
+def uploads_uri(flag: str | None, env: Mapping[str, str]) -> str | None:
+    """The store of dataset uploads: the flag, GRAFT_UPLOADS_URI, or a file:// artifact store;
+    None (uploads answer 501) for pvc://, which the gateway cannot reach, or nothing at all.
+    SystemExit for a URI of another kind."""
+    uri = (flag or env.get(core_settings.UPLOADS_ENV) or "").strip().rstrip("/")
+    if not uri:
+        artifacts = (env.get(core_settings.ARTIFACTS_ENV) or "").strip().rstrip("/")
+        uri = artifacts if urlparse(artifacts).scheme == "file" else ""
+    scheme = urlparse(uri).scheme
+    if not uri or scheme == "pvc":
+        log.info("dataset uploads are off (no file:// or s3:// store; --uploads sets one)")
+        return None
+    if scheme not in ("file", "s3") or (scheme == "s3" and not urlparse(uri).netloc):
+        raise SystemExit(
+            f"--uploads / {core_settings.UPLOADS_ENV}={uri!r}: expected file:///<dir> or "
+            "s3://<bucket>[/<prefix>]"
+        )
+    parsed = urlparse(uri)
+    if scheme == "file" and (parsed.netloc not in ("", "localhost") or parsed.path[:1] != "/"):
+        raise SystemExit(f"--uploads {uri!r}: expected file:///<absolute path>")
+    return uri
 
 
 async def _main(

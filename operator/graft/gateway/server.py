@@ -20,6 +20,7 @@ import contextlib
 import json
 import logging
 import math
+import os
 import re
 import time
 from collections import defaultdict
@@ -33,7 +34,8 @@ from aiohttp import web
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 
-from graft.gateway import apikeys, errors, progress, routing
+from graft.core.settings import DEFAULT_MAX_BYTES
+from graft.gateway import apikeys, errors, progress, routing, stores, uploads
 from graft.gateway.catalog import Catalog, DeploymentEntry, Target
 from graft.gateway.limits import Limiter, Refusal, Ticket
 
@@ -48,6 +50,7 @@ JWT = re.compile(r"[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+")
 """A Kubernetes ServiceAccount token's shape (a JWS in compact form)."""
 MAX_CONCURRENT_REVIEWS = 4
 MAX_PROBE_BODY = 1024 * 1024
+UPLOAD_ROLES = frozenset({"admin", "member"})
 
 
 @dataclass(frozen=True)
@@ -115,6 +118,9 @@ class Settings:
     retry_after: int = 5
     progress_interval: float = progress.WRITE_INTERVAL
     """Seconds between two writes of one FineTuningJob's status.progress, at least."""
+    uploads_uri: str | None = None
+    """Where dataset uploads go (file:// or s3://); None: the upload routes answer 501."""
+    max_upload_bytes: int = DEFAULT_MAX_BYTES
 
 
 class Changes:
@@ -290,6 +296,8 @@ class Gateway:
         self._tasks: list[asyncio.Task[None]] = []
         self._reviews = asyncio.Semaphore(MAX_CONCURRENT_REVIEWS)
         self.pacer = progress.Pacer(self.settings.progress_interval)
+        self.uploads: uploads.Uploads | None = None
+        self._store_session: aiohttp.ClientSession | None = None
 
     # --- lifecycle -----------------------------------------------------------------------------
 
@@ -298,6 +306,10 @@ class Gateway:
         app.router.add_get("/v1/models", self.list_models)
         app.router.add_post("/v1/chat/completions", self.completions)
         app.router.add_post("/v1/completions", self.completions)
+        base = "/v1/accounts/{account}/uploads"
+        app.router.add_post(base, self.upload_create)
+        app.router.add_get(base + "/{upload}", self.upload_status)
+        app.router.add_put(base + "/{upload}", self.upload_put)
         app.router.add_get("/health", self.health)
         app.router.add_get("/ready", self.ready)
         app.router.add_post("/v1/internal/progress/{namespace}/{name}", self.report_progress)
@@ -327,6 +339,16 @@ class Gateway:
             timeout=timeout, connector=connector, auto_decompress=False
         )
         self.prober = Prober(self.view, self.session, self.changes, self.settings.probe_interval)
+        if self.settings.uploads_uri:
+            # A session of its own: S3 calls carry their own total deadlines (graft.gateway.stores)
+            # and must not share the replicas' unlimited pool.
+            self._store_session = aiohttp.ClientSession(
+                timeout=aiohttp.ClientTimeout(total=None, connect=self.settings.connect_timeout),
+                connector=aiohttp.TCPConnector(limit=32),
+                auto_decompress=False,
+            )
+            store = stores.open_store(self.settings.uploads_uri, os.environ, self._store_session)
+            self.uploads = uploads.Uploads(store, self.settings.max_upload_bytes)
         self._tasks.append(asyncio.create_task(self.prober.run(), name="prober"))
 
     async def _stop(self, _: web.Application) -> None:
@@ -338,6 +360,8 @@ class Gateway:
                 await task
         if self.session is not None:
             await self.session.close()
+        if self._store_session is not None:
+            await self._store_session.close()
 
     # --- plain endpoints -----------------------------------------------------------------------
 
@@ -391,6 +415,71 @@ class Gateway:
             for m in catalog.visible(account)
         ]
         return web.json_response({"object": "list", "data": data})
+
+    # --- dataset uploads (graft.gateway.uploads) -----------------------------------------------
+
+    async def upload_create(self, request: web.Request) -> web.StreamResponse:
+        return await self._upload(request, "create")
+
+    async def upload_status(self, request: web.Request) -> web.StreamResponse:
+        return await self._upload(request, "status")
+
+    async def upload_put(self, request: web.Request) -> web.StreamResponse:
+        return await self._upload(request, "put")
+
+    async def _upload(self, request: web.Request, what: str) -> web.StreamResponse:
+        account = request.match_info["account"]
+        refused = self._uploader(request, account)
+        if refused is not None:
+            log.info("%d %s %s: %s", refused.status, request.method, request.path, refused.message)
+            return _error(refused)
+        if self.uploads is None:
+            return _error(
+                errors.ApiError(
+                    501,
+                    "Dataset uploads are not configured on this gateway: start it with --uploads "
+                    "file:///<dir> or s3://<bucket>/<prefix> (or GRAFT_UPLOADS_URI); a pvc:// "
+                    "artifact store is not reachable from the gateway.",
+                    "not_implemented_error",
+                    code="uploads_not_configured",
+                )
+            )
+        handler = {
+            "create": self.uploads.create,
+            "status": self.uploads.status,
+            "put": self.uploads.put,
+        }[what]
+        return await handler(request, account)
+
+    def _uploader(self, request: web.Request, account: str) -> errors.ApiError | None:
+        """Why the caller may not upload into `account`, or None: an API key (not a
+        ServiceAccount token) of that account, whose User is an admin or a member."""
+        token = apikeys.bearer_token(request.headers.get("Authorization"))
+        if token is not None and JWT.fullmatch(token):
+            return errors.invalid_api_key(
+                "Dataset uploads take a Graft API key ('Authorization: Bearer graft_...'), not a "
+                "Kubernetes ServiceAccount token."
+            )
+        try:
+            key = apikeys.authenticate(token, self.view.catalog().key, datetime.now(UTC))
+        except apikeys.KeyRejected as exc:
+            return _key_error(exc)
+        if key.account != account:
+            return errors.ApiError(
+                403,
+                f"An API key of account '{key.account}' cannot upload into account '{account}'.",
+                errors.REQUEST_FORBIDDEN,
+                code="account_not_permitted",
+            )
+        if key.role not in UPLOAD_ROLES:
+            return errors.ApiError(
+                403,
+                f"Uploading datasets needs the role admin or member in account '{account}'; "
+                f"this key's User has {key.role or 'no known role'}.",
+                errors.REQUEST_FORBIDDEN,
+                code="role_not_permitted",
+            )
+        return None
 
     # --- completions ---------------------------------------------------------------------------
 
