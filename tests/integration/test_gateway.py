@@ -458,11 +458,33 @@ def test_a_member_uploads_a_20_mb_dataset_that_validates(world: World) -> None:
     sha = hashlib.sha256(data).hexdigest()
     body = {"fileName": "big-chat.jsonl", "size": len(data), "sha256": sha}
     uploads = f"{world.gateway.url}/v1/accounts/{a}/uploads"
+    # Keys of their own: bob's (world.key_b) is revoked by an earlier test. Carol is a member of
+    # the other account, Vic a viewer of this one.
+    cluster.apply(
+        [
+            obj(
+                "User",
+                "carol",
+                world.b,
+                {"email": f"carol@{world.b}.example.com", "role": "member"},
+            ),
+            obj("ApiKey", "carol-key", world.b, {"user": "carol"}),
+            obj("User", "vic", a, {"email": f"vic@{a}.example.com", "role": "viewer"}),
+            obj("ApiKey", "vic-key", a, {"user": "vic"}),
+        ]
+    )
+    foreign = {"Authorization": f"Bearer {api_key_of(cluster, world.b, 'carol-key')}"}
+    viewer = {"Authorization": f"Bearer {api_key_of(cluster, a, 'vic-key')}"}
     with httpx.Client(timeout=120) as http:
-        # Another account's key may not upload into this account, nor read its uploads.
-        foreign = {"Authorization": f"Bearer {world.key_b}"}
-        other = http.post(uploads, json=body, headers=foreign)
-        assert other.status_code == 403, other.text
+        # Another account's key may not upload into this account, nor read its uploads; nor
+        # may a viewer of this one. (401 until the gateway's watch cache has the new keys.)
+        def known(headers: dict[str, str]) -> httpx.Response | None:
+            answer = http.post(uploads, json=body, headers=headers)
+            return None if answer.status_code == 401 else answer
+
+        for who in (foreign, viewer):
+            refused = eventually("the gateway to know the new key", lambda w=who: known(w))
+            assert refused.status_code == 403, refused.text
         member = {"Authorization": f"Bearer {world.key_a}"}
         created = http.post(uploads, json=body, headers=member)
         assert created.status_code == 200, created.text
