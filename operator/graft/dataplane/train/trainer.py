@@ -16,7 +16,7 @@ from typing import Any, cast
 
 import torch
 
-from graft.dataplane.dataformat import ChatExample, DatasetReport, Message
+from graft.api.dataformat import ChatExample, DatasetReport, Message
 from graft.dataplane.train.config import TrainConfig
 from graft.dataplane.train.encoding import EncodedExample, TemplateError, encode, truncate
 
