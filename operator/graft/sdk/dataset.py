@@ -83,6 +83,7 @@ class Dataset:
         self._account = account
         self._connection = connection
         self.id: str | None = None
+        self.requested_id: str | None = None
         self.obj: Obj | None = None
 
     # --- Construction --------------------------------------------------------------------------
@@ -195,14 +196,38 @@ class Dataset:
     def sync(self, *, timeout: float = 600.0) -> Dataset:
         """Re-use the Dataset with this signature or create it; return once it is Ready."""
         self.validate()
-        obj = self.find()
+        obj = self._find_requested() if self.requested_id else self.find()
         if obj is None:
             obj = self._create()
         self.obj = obj
         self.id = obj["metadata"]["name"]
         return self.wait_ready(timeout=timeout)
 
+    def _find_requested(self) -> Obj | None:
+        """The Dataset of the ID asked for (graft create dataset ID): re-used when it holds this
+        data under this file name, a Conflict when it holds other data."""
+        assert self.requested_id is not None
+        obj = self.connection.get(PLURAL, self.requested_id)
+        if obj is None:
+            return None
+        labels = (obj.get("metadata") or {}).get("labels") or {}
+        status = obj.get("status") or {}
+        wanted = signature_labels(*self.signature)
+        same = (
+            all(labels.get(k) == v for k, v in wanted.items())
+            and status.get("sha256", self.sha256) == self.sha256
+        )
+        if not same:
+            raise Conflict(
+                f"Dataset {self.requested_id} already exists with other data or another file "
+                "name; Datasets are immutable: choose another ID",
+                resource=self.connection.full_name(PLURAL, self.requested_id),
+            )
+        return obj
+
     def _choose_id(self) -> str:
+        if self.requested_id:
+            return self.requested_id
         signature = ids.signature_hash(*self.signature)
         for candidate in ids.candidates(ids.dataset_id(self.filename), signature):
             existing = self.connection.get(PLURAL, candidate)

@@ -23,7 +23,7 @@ from graft.core.signatures import job_signature_labels, selector
 from graft.sdk import ids
 from graft.sdk.connection import Connection, Obj, connect
 from graft.sdk.dataset import Dataset, condition, is_true
-from graft.sdk.errors import ConfigError, Conflict, FineTuningJobFailed, Timeout
+from graft.sdk.errors import ConfigError, Conflict, FineTuningJobFailed, NotFound, Timeout
 from graft.sdk.llm import LLM
 from graft.sdk.progress import ProgressPrinter, Stream
 
@@ -198,42 +198,18 @@ class SupervisedFineTuningJob:
         interval: float = 5.0,
     ) -> SupervisedFineTuningJob:
         """Wait for the job to end, showing its progress on `stream` (stderr by default)."""
-        printer = ProgressPrinter(
-            stream if stream is not None else sys.stderr, label=self.name, interval=interval
+        if self.id is None:
+            self.sync()
+        assert self.id is not None
+        self.obj = wait_for_job(
+            self.connection,
+            self.id,
+            label=self.name,
+            timeout=timeout,
+            stream=stream,
+            interval=interval,
         )
-        deadline = None if timeout is None else time.monotonic() + timeout
-        try:
-            while True:
-                obj = self.get()
-                status = obj.get("status") or {}
-                succeeded = condition(obj, "Succeeded") or {}
-                failed = condition(obj, "Failed") or {}
-                if failed.get("status") == ConditionStatus.TRUE.value:
-                    printer.update("Failed", status.get("progress"))
-                    raise FineTuningJobFailed(
-                        f"{failed.get('reason', 'Failed')}: {failed.get('message', '')}",
-                        reason=str(failed.get("reason") or "Failed"),
-                        resource=self.full_name,
-                    )
-                phase = str(
-                    status.get("state")
-                    or (condition(obj, "Ready") or {}).get("reason")
-                    or "Pending"
-                )
-                if succeeded.get("status") == ConditionStatus.TRUE.value:
-                    printer.update("Succeeded", status.get("progress"))
-                    return self
-                printer.update(phase, status.get("progress"))
-                if deadline is not None and time.monotonic() >= deadline:
-                    ready = condition(obj, "Ready") or {}
-                    raise Timeout(
-                        f"not finished after {timeout:g}s: {ready.get('reason', phase)}: "
-                        f"{ready.get('message', '')}",
-                        resource=self.full_name,
-                    )
-                time.sleep(POLL)
-        finally:
-            printer.close()
+        return self
 
     # --- Output ---------------------------------------------------------------------------------
 
@@ -262,3 +238,51 @@ class SupervisedFineTuningJob:
                 deployment_spec=self.llm.deployment_spec,
             )
         return LLM(self.output_model, deployment_type="shared", connection=self.connection)
+
+
+def wait_for_job(
+    conn: Connection,
+    name: str,
+    *,
+    label: str | None = None,
+    timeout: float | None = None,
+    stream: Stream | None = None,
+    interval: float = 5.0,
+) -> Obj:
+    """Wait for FineTuningJob `name` to end, showing its phase and status.progress on `stream`
+    (stderr by default); the job when it succeeded, FineTuningJobFailed when it failed."""
+    printer = ProgressPrinter(
+        stream if stream is not None else sys.stderr, label=label or name, interval=interval
+    )
+    resource = conn.full_name(PLURAL, name)
+    deadline = None if timeout is None else time.monotonic() + timeout
+    try:
+        while True:
+            obj = conn.get(PLURAL, name)
+            if obj is None:
+                raise NotFound(f"FineTuningJob {name} does not exist", resource=resource)
+            status = obj.get("status") or {}
+            progress = status.get("progress")
+            failed = condition(obj, "Failed") or {}
+            if failed.get("status") == ConditionStatus.TRUE.value:
+                printer.update("Failed", progress)
+                raise FineTuningJobFailed(
+                    f"{failed.get('reason', 'Failed')}: {failed.get('message', '')}",
+                    reason=str(failed.get("reason") or "Failed"),
+                    resource=resource,
+                )
+            if is_true(obj, "Succeeded"):
+                printer.update("Succeeded", progress)
+                return obj
+            ready = condition(obj, "Ready") or {}
+            phase = str(status.get("state") or ready.get("reason") or "Pending")
+            printer.update(phase, progress)
+            if deadline is not None and time.monotonic() >= deadline:
+                raise Timeout(
+                    f"not finished after {timeout:g}s: {ready.get('reason', phase)}: "
+                    f"{ready.get('message', '')}",
+                    resource=resource,
+                )
+            time.sleep(POLL)
+    finally:
+        printer.close()
