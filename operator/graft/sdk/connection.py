@@ -1,7 +1,8 @@
 """Where the SDK goes and as whom: the kubeconfig, the account, the gateway and its API key.
 
 The SDK runs with the user's own credentials, as kubectl finds them (KUBECONFIG, else
-~/.kube/config; the current context unless one is named), which typically hold only their
+~/.kube/config; the current context unless one is named; an `as:` impersonation in the user
+entry is honoured as kubectl does), which typically hold only their
 account's member role: it reads and writes the Graft kinds and ConfigMaps of one namespace, never
 anything cluster-wide. The account is `account=`, else GRAFT_ACCOUNT, else the context's
 namespace. The gateway is GRAFT_GATEWAY_URL with GRAFT_API_KEY (or the arguments).
@@ -15,8 +16,10 @@ from __future__ import annotations
 import os
 import threading
 from collections.abc import Callable, Mapping
+from pathlib import Path
 from typing import Any, TypeVar
 
+import yaml
 from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
 from urllib3.exceptions import HTTPError as Urllib3Error
@@ -56,6 +59,47 @@ def context_namespace(kubeconfig: str | None, context: str | None) -> str | None
         return None
     namespace = (chosen.get("context") or {}).get("namespace")
     return str(namespace) if namespace else None
+
+
+def _kubeconfig_files(kubeconfig: str | None) -> list[Path]:
+    if kubeconfig:
+        return [Path(kubeconfig)]
+    listed = os.environ.get("KUBECONFIG")
+    if listed:
+        return [Path(p) for p in listed.split(os.pathsep) if p]
+    return [Path.home() / ".kube" / "config"]
+
+
+def impersonation(kubeconfig: str | None, context: str | None) -> dict[str, str]:
+    """The Impersonate-* headers of the context's user entry (`as:`, one `as-groups:` entry),
+    as kubectl sends them: the client python library ignores these fields."""
+    documents = []
+    for path in _kubeconfig_files(kubeconfig):
+        try:
+            loaded = yaml.safe_load(path.read_text())
+        except (OSError, yaml.YAMLError):
+            continue
+        if isinstance(loaded, dict):
+            documents.append(loaded)
+    chosen = context or next(
+        (d["current-context"] for d in documents if d.get("current-context")), None
+    )
+    contexts = [c for d in documents for c in d.get("contexts") or [] if isinstance(c, dict)]
+    entry = next((c for c in contexts if c.get("name") == chosen), None)
+    user_name = ((entry or {}).get("context") or {}).get("user")
+    users = [u for d in documents for u in d.get("users") or [] if isinstance(u, dict)]
+    user = next((u.get("user") or {} for u in users if u.get("name") == user_name), {})
+    headers = {}
+    if user.get("as"):
+        headers["Impersonate-User"] = str(user["as"])
+        groups = user.get("as-groups") or []
+        if len(groups) > 1:
+            raise ConfigError(
+                "your kubeconfig impersonates several groups (as-groups); the SDK supports one"
+            )
+        if groups:
+            headers["Impersonate-Group"] = str(groups[0])
+    return headers
 
 
 def resolve_account(
@@ -103,7 +147,7 @@ class Connection:
         with self._lock:
             if self._api_client is None:
                 try:
-                    self._api_client = config.new_client_from_config(
+                    api_client = config.new_client_from_config(
                         config_file=self._kubeconfig, context=self._context
                     )
                 except (config.ConfigException, OSError) as exc:
@@ -111,6 +155,9 @@ class Connection:
                         f"cannot read your kubeconfig ({exc}); set KUBECONFIG or pass "
                         "kubeconfig=... (the SDK uses the credentials kubectl would)"
                     ) from exc
+                for header, value in impersonation(self._kubeconfig, self._context).items():
+                    api_client.set_default_header(header, value)
+                self._api_client = api_client
             return self._api_client
 
     @property

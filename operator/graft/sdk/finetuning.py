@@ -138,6 +138,12 @@ class SupervisedFineTuningJob:
         obj = self.find()
         if obj is None:
             obj = self._create()
+        elif isinstance(self.dataset, Dataset) and self.dataset.id is None:
+            # The job is re-used and needs nothing uploaded; the Dataset still learns its ID
+            # when one with its signature exists (a look-up, never a creation).
+            found = self.dataset.find()
+            if found is not None:
+                self.dataset.obj, self.dataset.id = found, found["metadata"]["name"]
         self.obj = obj
         self.id = obj["metadata"]["name"]
         return self
