@@ -326,3 +326,64 @@ def test_the_cli_lists_with_full_names(world: World) -> None:
         "import sys\nfrom graft.cli import main\nsys.exit(main(['get', 'models']))\n"
     ).stdout
     assert f"accounts/{world.account}/models/tiny" in table
+
+
+def test_shared_llms_scale_unload_and_delete(world: World) -> None:
+    """After the script: a "shared" LLM of the trained addon re-uses the DeployedModel in the
+    Deployment that serves its base; a shared LLM of a base nobody serves says what is missing;
+    the CLI unloads and loads the addon; scale() goes through /scale; delete() removes what
+    apply() made, as a member."""
+    assert "sdk-chat" in world.names("deployments.graft.dev")
+    shared = world.run(
+        "from graft.sdk import LLM, NotReady\n"
+        "tuned = LLM('first-job', deployment_type='shared').apply()\n"
+        "print('SHARED', tuned.deployment)\n"
+        "try:\n"
+        "    LLM('accounts/nobody/models/base', deployment_type='shared').apply()\n"
+        "except NotReady as e:\n"
+        "    print('MISSING', e)\n"
+    ).stdout.splitlines()
+    assert shared[0] == "SHARED sdk-chat"
+    assert shared[1].startswith("MISSING")
+    assert "no Deployment in account" in shared[1]
+    assert world.names("deployedmodels.graft.dev") == ["first-job-sdk-chat"]
+
+    cli = "import sys\nfrom graft.cli import main\nsys.exit(main({args!r}))\n"
+    unloaded = world.run(cli.format(args=["unload-lora", "first-job", "--deployment", "sdk-chat"]))
+    assert f"accounts/{world.account}/deployedmodels/first-job-sdk-chat deleted" in unloaded.stdout
+    wait_for(
+        "the DeployedModel gone",
+        lambda: world.names("deployedmodels.graft.dev") == [] or None,
+        60,
+    )
+    loaded = world.run(
+        cli.format(args=["load-lora", "first-job", "--deployment", "sdk-chat", "-o", "json"])
+    )
+    assert json.loads(loaded.stdout)["spec"] == {"model": "first-job", "deployment": "sdk-chat"}
+    refused = world.run(
+        cli.format(args=["load-lora", "tiny", "--deployment", "sdk-chat"]), check=False
+    )
+    assert refused.returncode == 1
+    assert refused.stderr.count("\n") == 1
+    assert "is a Base model" in refused.stderr
+
+    world.run(
+        "from graft.sdk import LLM\nLLM('tiny', id='sdk-chat', engine='Reference').scale(0)\n"
+    )
+    deployment = world.cluster.get("deployments.graft.dev", "sdk-chat", world.account)
+    assert deployment is not None
+    assert deployment["spec"]["replicas"] == 0
+    world.run(
+        "from graft.sdk import LLM\nLLM('first-job', id='sdk-chat', engine='Reference').delete()\n"
+    )
+    wait_for(
+        "the Deployment and its DeployedModel gone",
+        lambda: (
+            (
+                world.names("deployments.graft.dev") == []
+                and world.names("deployedmodels.graft.dev") == []
+            )
+            or None
+        ),
+        120,
+    )

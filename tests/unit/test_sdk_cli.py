@@ -124,6 +124,7 @@ class ApiServer:
         self.runner: web.AppRunner | None = None
         self.port = 0
         self.requests: list[tuple[str, str, Any]] = []
+        self.headers: list[dict[str, str]] = []
 
     async def start(self) -> None:
         app = web.Application()
@@ -140,6 +141,7 @@ class ApiServer:
     async def _any(self, request: web.Request) -> web.Response:
         body = await request.json() if request.can_read_body else None
         self.requests.append((request.method, request.path, body))
+        self.headers.append(dict(request.headers))
         base = "/apis/graft.dev/v1alpha1/namespaces/acme"
         if request.path == f"{base}/models" and request.method == "GET":
             return web.json_response({"kind": "ModelList", "items": MODELS})
@@ -307,3 +309,46 @@ def test_the_completion_verb_prints_a_script(capsys: pytest.CaptureFixture[str])
     out = capsys.readouterr().out
     assert out.startswith("autoload -U +X bashcompinit")
     assert "complete -o default -F _graft graft" in out
+
+
+def test_a_kubeconfig_that_impersonates_sends_the_header_as_kubectl_does(
+    kubeconfig: tuple[ApiServer, str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    server, path = kubeconfig
+    config = yaml.safe_load(Path(path).read_text())
+    config["users"][0]["user"]["as"] = "alice@example.com"
+    Path(path).write_text(yaml.safe_dump(config))
+    assert main(["get", "models", "--kubeconfig", path, "-o", "json"]) == 0
+    assert server.headers[-1].get("Impersonate-User") == "alice@example.com"
+
+
+def test_chat_streams_each_answer_and_keeps_the_conversation(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    import io
+
+    from graft.sdk.cli import _chat
+    from graft.sdk.connection import Connection
+    from harness.replicas import StubReplica
+
+    loop = Loop()
+    stub = StubReplica("gw", {"accounts/acme/models/tiny"}, key="k", chunks=2)
+    loop.run(stub.start())
+    try:
+        ns = _parser().parse_args(["chat", "tiny", "--system", "Be brief."])
+        conn = Connection("acme", gateway_url=f"http://127.0.0.1:{stub.port}", api_key="k")
+        assert _chat(ns, conn, io.StringIO("hello\n\nagain\n")) == 0
+    finally:
+        loop.run(stub.stop())
+        loop.close()
+    out = capsys.readouterr().out.splitlines()
+    assert out == [
+        "gw serves accounts/acme/models/tiny [0] gw serves accounts/acme/models/tiny [1] "
+    ] * 2
+    assert [m["role"] for m in stub.received[1]["messages"]] == [
+        "system",
+        "user",
+        "assistant",
+        "user",
+    ]
+    assert all(r["stream"] for r in stub.received)

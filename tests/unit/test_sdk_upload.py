@@ -249,3 +249,19 @@ def test_an_unreachable_gateway_says_so(tmp_path: Path, data_file: Path) -> None
     with up, pytest.raises(UploadError) as caught:
         up.upload(data_file)
     assert "GRAFT_GATEWAY_URL" in str(caught.value)
+
+
+def test_a_dataset_too_large_for_a_config_map_is_uploaded_and_named_by_its_uri(
+    server: UploadServer,
+) -> None:
+    from graft.sdk import Connection, Dataset
+    from graft.sdk.dataset import CONFIG_MAP_LIMIT
+
+    line = {"prompt": "x" * 1000, "completion": "y"}
+    examples = [line] * (CONFIG_MAP_LIMIT // 1000 + 10)
+    conn = Connection("acme", gateway_url=server.url, api_key=KEY)
+    dataset = Dataset.from_list(examples, filename="big.jsonl", connection=conn)
+    assert dataset.size > CONFIG_MAP_LIMIT
+    uri = dataset._upload()
+    assert uri == f"file:///store/{ACCOUNT}/datasets/{dataset.sha256}/big.jsonl"
+    assert stored(server) == dataset.bytes()
