@@ -342,9 +342,10 @@ def test_chat_streams_each_answer_and_keeps_the_conversation(
         loop.run(stub.stop())
         loop.close()
     out = capsys.readouterr().out.splitlines()
-    assert out == [
-        "gw serves accounts/acme/models/tiny [0] gw serves accounts/acme/models/tiny [1] "
-    ] * 2
+    assert (
+        out
+        == ["gw serves accounts/acme/models/tiny [0] gw serves accounts/acme/models/tiny [1] "] * 2
+    )
     assert [m["role"] for m in stub.received[1]["messages"]] == [
         "system",
         "user",
