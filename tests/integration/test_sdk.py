@@ -327,6 +327,22 @@ def test_the_cli_lists_with_full_names(world: World) -> None:
     ).stdout
     assert f"accounts/{world.account}/models/tiny" in table
 
+    (world.work / "cli.jsonl").write_text(chat_lines(3))
+    cli = "import sys\nfrom graft.cli import main\nsys.exit(main({args!r}))\n"
+    made = world.run(
+        cli.format(args=["create", "dataset", "cli-data", "--file", "cli.jsonl", "-o", "json"])
+    )
+    status = json.loads(made.stdout)["status"]
+    assert (status["exampleCount"], status["filename"]) == (3, "cli.jsonl")
+    again = world.run(cli.format(args=["create", "dataset", "cli-data", "--file", "cli.jsonl"]))
+    assert f"accounts/{world.account}/datasets/cli-data" in again.stdout
+    (world.work / "cli.jsonl").write_text(chat_lines(4))
+    taken = world.run(
+        cli.format(args=["create", "dataset", "cli-data", "--file", "cli.jsonl"]), check=False
+    )
+    assert taken.returncode == 1
+    assert "already exists with other data" in taken.stderr
+
 
 def test_shared_llms_scale_unload_and_delete(world: World) -> None:
     """After the script: a "shared" LLM of the trained addon re-uses the DeployedModel in the

@@ -344,8 +344,16 @@ def dataset_failure(obj: Mapping[str, Any], resource: str) -> DatasetInvalid | D
     reason = str(failed.get("reason") or "Failed")
     message = str(failed.get("message") or "")
     errors = [str(e) for e in ((obj.get("status") or {}).get("errors") or [])]
+    again = (
+        f"\nA Dataset is immutable and re-used by its signature: fix the cause, then delete "
+        f"{resource} (kubectl delete datasets.graft.dev {resource.rsplit('/', 1)[-1]}) to "
+        "create it again"
+    )
     if reason == "InvalidDataset" or errors:
         return DatasetInvalid(
-            message or "\n".join(errors), problems=errors, reason=reason, resource=resource
+            (message or "\n".join(errors)) + again,
+            problems=errors,
+            reason=reason,
+            resource=resource,
         )
-    return DatasetFailed(f"{reason}: {message}", reason=reason, resource=resource)
+    return DatasetFailed(f"{reason}: {message}{again}", reason=reason, resource=resource)
