@@ -264,4 +264,4 @@ def test_a_dataset_too_large_for_a_config_map_is_uploaded_and_named_by_its_uri(
     assert dataset.size > CONFIG_MAP_LIMIT
     uri = dataset._upload()
     assert uri == f"file:///store/{ACCOUNT}/datasets/{dataset.sha256}/big.jsonl"
-    assert stored(server) == dataset.bytes()
+    assert stored(server) == dataset.content()

@@ -170,7 +170,8 @@ class Dataset:
             )
         return self.report
 
-    def bytes(self) -> bytes:
+    def content(self) -> bytes:
+        """The data itself (read from the file once, when a ConfigMap or an upload needs it)."""
         if self._data is None:
             assert self.path is not None
             self._data = self.path.read_bytes()
@@ -273,7 +274,7 @@ class Dataset:
         """The ConfigMap holding the data: created, or re-used when a previous run left it."""
         conn = self.connection
         key = config_map_key(self.filename)
-        text = self.bytes().decode("utf-8")
+        text = self.content().decode("utf-8")
         existing = conn.get_config_map(name)
         if existing is not None:
             if (existing.get("data") or {}).get(key) == text:
@@ -305,7 +306,7 @@ class Dataset:
             else:
                 with tempfile.TemporaryDirectory() as tmp:
                     path = Path(tmp) / self.filename
-                    path.write_bytes(self.bytes())
+                    path.write_bytes(self.content())
                     state = uploader.upload(path, file_name=self.filename)
         if not state.uri:
             raise DatasetFailed(
