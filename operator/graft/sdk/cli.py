@@ -313,20 +313,6 @@ def _split(ref: str, plural: str, account: str) -> tuple[str, str]:
     return parsed.account, parsed.id
 
 
-def _for_account(conn: Any, account: str) -> Any:
-    if account == conn.account:
-        return conn
-    from graft.sdk.connection import Connection
-
-    return Connection(
-        account,
-        kubeconfig=conn._kubeconfig,
-        context=conn._context,
-        timeout=conn.timeout,
-        api_client=conn.api_client,
-    )
-
-
 def _print(objects: list[Obj], plural: str, output: str, *, one: bool) -> None:
     print(render(objects, plural, output, one=one))
 
@@ -337,7 +323,7 @@ def _get(ns: argparse.Namespace, conn: Any) -> int:
     plural = _plural(ns.resource)
     if ns.id:
         account, id_ = _split(ns.id, plural, conn.account)
-        target = _for_account(conn, account)
+        target = conn.for_account(account)
         obj = target.get(plural, id_)
         if obj is None:
             raise NotFound(
@@ -365,13 +351,8 @@ def _create_dataset(ns: argparse.Namespace, conn: Any) -> int:
         raise ConfigError(f"dataset ID {ns.id!r} {ID_RULE}")
     dataset = Dataset.from_file(ns.file, connection=conn)
     dataset.requested_id = ns.id
-    if ns.no_wait:
-        dataset.validate()
-        obj = dataset._find_requested() or dataset._create()
-    else:
-        dataset.sync()
-        obj = dataset.obj or {}
-    _print([obj], "datasets", ns.output, one=True)
+    dataset.sync(wait=not ns.no_wait)
+    _print([dataset.obj or {}], "datasets", ns.output, one=True)
     return 0
 
 
@@ -407,7 +388,7 @@ def _load_lora(ns: argparse.Namespace, conn: Any) -> int:
     from graft.sdk.llm import LLM
 
     _, deployment = _split(ns.deployment, "deployments", conn.account)
-    llm = LLM(ns.model, id=deployment, deployment_type="shared", connection=conn)
+    llm = LLM(ns.model, deployment_type="shared", deployment=deployment, connection=conn)
     if not llm.info.is_addon:
         from graft.sdk.errors import ConfigError
 
@@ -415,11 +396,11 @@ def _load_lora(ns: argparse.Namespace, conn: Any) -> int:
             f"{llm.info.full_name} is a Base model: load-lora loads an addon (PeftAddon); "
             "serve a base model with a Deployment"
         )
-    llm._shared_deployment = deployment
-    name = llm._apply_deployed_model()
-    llm._deployed_model = name
+    llm.apply()
     if ns.wait:
         llm.wait_ready()
+    name = llm.deployed_model
+    assert name is not None
     obj = conn.get("deployedmodels", name) or {"metadata": {"name": name}}
     _print([obj], "deployedmodels", ns.output, one=True)
     return 0

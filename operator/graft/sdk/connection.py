@@ -140,6 +140,20 @@ class Connection:
         self._api_client = api_client
         self._lock = threading.Lock()
 
+    def for_account(self, account: str) -> Connection:
+        """The same credentials and gateway, in another account (a full name's)."""
+        if account == self.account:
+            return self
+        return Connection(
+            account,
+            kubeconfig=self._kubeconfig,
+            context=self._context,
+            gateway_url=self._gateway_url,
+            api_key=self._api_key,
+            timeout=self.timeout,
+            api_client=self.api_client,
+        )
+
     # --- The API server ------------------------------------------------------------------------
 
     @property

@@ -84,6 +84,7 @@ class Dataset:
         self._connection = connection
         self.id: str | None = None
         self.requested_id: str | None = None
+        """An ID asked for (`graft create dataset ID`) instead of one derived from the file name."""
         self.obj: Obj | None = None
 
     # --- Construction --------------------------------------------------------------------------
@@ -194,15 +195,16 @@ class Dataset:
         found.sort(key=lambda o: (not is_true(o, "Ready"), o["metadata"]["name"]))
         return found[0] if found else None
 
-    def sync(self, *, timeout: float = 600.0) -> Dataset:
-        """Re-use the Dataset with this signature or create it; return once it is Ready."""
+    def sync(self, *, timeout: float = 600.0, wait: bool = True) -> Dataset:
+        """Re-use the Dataset with this signature or create it; return once it is Ready (at
+        once with wait=False)."""
         self.validate()
         obj = self._find_requested() if self.requested_id else self.find()
         if obj is None:
             obj = self._create()
         self.obj = obj
         self.id = obj["metadata"]["name"]
-        return self.wait_ready(timeout=timeout)
+        return self.wait_ready(timeout=timeout) if wait else self
 
     def _find_requested(self) -> Obj | None:
         """The Dataset of the ID asked for (graft create dataset ID): re-used when it holds this

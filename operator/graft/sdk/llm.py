@@ -5,7 +5,8 @@
   second one) with the base model (the addon's, for an addon) and addons enabled, so an addon
   trained later loads into it without a rollout; for an addon, a DeployedModel loads it there.
 - "shared": no Deployment of its own. A Ready Deployment of the account that serves the base
-  model with addons enabled is used; for an addon, `.apply()` creates the DeployedModel there.
+  model with addons enabled is used (or the one named by `deployment=`, as `graft load-lora`
+  does); for an addon, `.apply()` creates the DeployedModel there.
 
 Requests go through the gateway with the caller's API key, in the `openai` package's own types:
 `llm.chat.completions.create(messages=...)` is `openai.OpenAI(base_url=<gateway>/v1).chat.
@@ -92,6 +93,7 @@ class LLM:
         engine: str | None = None,
         replicas: int | None = None,
         deployment_spec: Mapping[str, Any] | None = None,
+        deployment: str | None = None,
     ) -> None:
         if deployment_type not in ("on-demand", "shared"):
             raise ConfigError(
@@ -112,7 +114,12 @@ class LLM:
         self.replicas = replicas
         self.deployment_spec = dict(deployment_spec or {})
         self._info: ModelInfo | None = None
-        self._shared_deployment: str | None = None
+        if deployment and deployment_type != "shared":
+            raise ConfigError(
+                "deployment= names the existing Deployment of a shared LLM; an on-demand LLM's "
+                "Deployment is its id"
+            )
+        self._shared_deployment = ids.to_id(deployment, default="llm") if deployment else None
         self._deployed_model: str | None = None
         self._openai: Any = None
         self.chat = _Chat(self)
@@ -208,11 +215,16 @@ class LLM:
         conn = self.connection
         if self.deployment_type == "on-demand":
             conn.apply("deployments", self.deployment_body())
-        else:
+        elif self._shared_deployment is None:
             self._shared_deployment = self.find_shared_deployment()
         if self.info.is_addon:
             self._deployed_model = self._apply_deployed_model()
         return self
+
+    @property
+    def deployed_model(self) -> str | None:
+        """The DeployedModel that loads the addon (after apply), by ID."""
+        return self._deployed_model
 
     def find_shared_deployment(self) -> str:
         """A Ready Deployment of the account serving the base model with addons enabled."""
