@@ -1,6 +1,7 @@
 """The `graft` command line: parse and dispatch, nothing else.
 
-The operator (`run`), the generators (`crds`, `chart`, `manifests`, `argocd`) and the Job
+The user verbs (`get`, `create`, `load-lora`, `unload-lora`, `chat`, `completion`) are the
+SDK's (graft.sdk.cli). The operator (`run`), the generators (`crds`, `chart`, `manifests`, `argocd`) and the Job
 entrypoints (`dataset validate`, `model inspect`, `fetch`) are parsed here and run by their own modules; `train`
 and `serve` have their own argument parsers and are imported only when called, so the operator
 never imports torch.
@@ -111,6 +112,11 @@ def _parser() -> argparse.ArgumentParser:
     from graft.gateway import main as gateway
 
     gateway.register(sub)
+
+    # The user verbs (get, create, load-lora, unload-lora, chat, completion): the SDK's.
+    from graft.sdk import cli as user
+
+    user.register(sub)
 
     chart = sub.add_parser(
         "chart",

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from graft.dataplane.dataformat import (
+from graft.api.dataformat import (
     ChatExample,
     CompletionExample,
     DatasetError,

@@ -87,7 +87,7 @@ def test_pure_modules_do_not_import_torch() -> None:
     import sys
 
     code = (
-        "import sys, graft.dataplane.dataformat, graft.dataplane.train, graft.dataplane.train.command, graft.dataplane.train.encoding, "
+        "import sys, graft.api.dataformat, graft.dataplane.train, graft.dataplane.train.command, graft.dataplane.train.encoding, "
         "graft.dataplane.serve, graft.dataplane.serve.protocol; "
         "heavy = [m for m in ('torch', 'transformers', 'peft', 'fastapi', 'kopf', 'kubernetes') "
         "if m in sys.modules]; print(heavy)"

@@ -6,7 +6,7 @@ from collections.abc import Sequence
 
 import pytest
 
-from graft.dataplane.dataformat import ChatExample, CompletionExample, Message
+from graft.api.dataformat import ChatExample, CompletionExample, Message
 from graft.dataplane.train.encoding import (
     EncodedExample,
     TemplateError,

@@ -297,6 +297,9 @@ class KubeletStandIn:
             "TOKENIZERS_PARALLELISM": "false",
             "PYTHONUNBUFFERED": "1",
         }
+        if os.environ.get("PYTHONPATH"):
+            # The pods run the code under test (a worktree's, ahead of the venv's install).
+            env["PYTHONPATH"] = os.environ["PYTHONPATH"]
         for source in container.get("envFrom") or []:
             env.update(self._env_source(source))
         for var in container.get("env") or []:

@@ -11,13 +11,16 @@ A folder's name says who runs its code, and the rules keep it true:
 | gen/        | the build              | api, core, gen                   | kopf, kubernetes, torch & co.   |
 | dataplane/  | Graft's pods           | api, core, dataplane             | kopf, kubernetes                |
 | gateway/    | the gateway            | api, core, gateway               | kopf, kubernetes*, torch & co.  |
+| sdk/        | a user's program / CLI | api, core, sdk                   | kopf, torch & co.               |
 
 *gateway/kube.py, the gateway's watch cache, is the one module of the gateway that imports
 `kubernetes`: everything else in gateway/ (catalog, routing, limits, the aiohttp server) works on
 what the cache hands it and is tested without a cluster.
 
 `graft` itself (the version) may be imported anywhere; cli.py dispatches to every folder and is
-not a layer. Imports inside functions and under TYPE_CHECKING count like any other.
+not a layer. The SDK (graft.sdk) runs in a user's own Python program with the user's own
+credentials: it talks to the API server (kubernetes) and the gateway (openai, httpx), never
+loads the operator's kopf nor torch. Imports inside functions and under TYPE_CHECKING count like any other.
 
 The gateway is its own program (any number of replicas, no leader): it never carries the
 operator's kopf, nor a model server's torch.
@@ -51,6 +54,7 @@ LAYERS = {
     "gen": Layer(("api", "core", "gen"), CLUSTER_CLIENTS + DATA_PLANE_LIBRARIES),
     "dataplane": Layer(("api", "core", "dataplane"), CLUSTER_CLIENTS),
     "gateway": Layer(("api", "core", "gateway"), CLUSTER_CLIENTS + DATA_PLANE_LIBRARIES),
+    "sdk": Layer(("api", "core", "sdk"), ("kopf", *DATA_PLANE_LIBRARIES)),
 }
 EXCEPTIONS = {"graft.gateway.kube": ("kubernetes",)}
 """Modules allowed a third-party package their layer never imports, and which."""
@@ -158,6 +162,11 @@ def test_imports_follow_the_layers(layer: str, path: Path) -> None:
         ("gateway", "graft.gateway.errors", "from fastapi import HTTPException\n"),
         ("gateway", "graft.gateway.apikeys", "from ..controller.kube import Api\n"),
         ("plan", "graft.plan.deployment", "from graft.gateway import limits\n"),
+        ("sdk", "graft.sdk.llm", "import kopf\n"),
+        ("sdk", "graft.sdk.llm", "import torch\n"),
+        ("sdk", "graft.sdk.dataset", "from graft.plan.dataset import default_filename\n"),
+        ("sdk", "graft.sdk.dataset", "from graft.dataplane import fetch\n"),
+        ("sdk", "graft.sdk.llm", "from graft.controller.kube import Api\n"),
     ],
 )
 def test_a_planted_violation_is_caught(layer: str, module: str, source: str) -> None:

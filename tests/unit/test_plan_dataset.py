@@ -7,14 +7,8 @@ import json
 
 from graft.api.reports import ValidationResult, describe_problems
 from graft.api.training import DatasetSpec
-from graft.plan.dataset import (
-    dataset_status,
-    default_filename,
-    filename_label,
-    signature_labels,
-    signature_selector,
-    validation_outcome,
-)
+from graft.core.signatures import filename_label, signature_labels, signature_selector
+from graft.plan.dataset import dataset_status, default_filename, validation_outcome
 from graft.plan.jobs import JobState, Terminated
 
 SHA = hashlib.sha256(b"data").hexdigest()

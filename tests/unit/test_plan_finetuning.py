@@ -5,9 +5,9 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from graft.api.dataformat import DatasetError, parse_jsonl
 from graft.api.reports import TERMINATION_MESSAGE_LIMIT, TrainerSummary
 from graft.core.names import Ref
-from graft.dataplane.dataformat import DatasetError, parse_jsonl
 from graft.plan.finetuning import (
     ReadyDataset,
     TrainingOutcome,

@@ -21,11 +21,11 @@ from graft.core.conditions import conditions_of, finished, is_true, now_rfc3339
 from graft.core.names import full_name
 from graft.core.objects import Obj, Owner, is_terminating, labels_of, owned_by
 from graft.core.settings import Settings
+from graft.core.signatures import signature_labels
 from graft.plan.dataset import (
     DatasetOutcome,
     dataset_status,
     default_filename,
-    signature_labels,
     validation_outcome,
 )
 from graft.plan.jobs import (

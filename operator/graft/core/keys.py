@@ -94,7 +94,7 @@ at most 63 characters; the full digest is in status.sha256)."""
 
 FILENAME = f"{GROUP}/filename"
 """Label on a validated Dataset: its file name, or `sha256-<56 hex>` of the name when the name is
-not a valid label value (see graft.plan.dataset.filename_label)."""
+not a valid label value (see graft.core.signatures.filename_label)."""
 
 DATASET_VALIDATOR = "dataset-validator"
 TRAINER = "trainer"
@@ -132,3 +132,19 @@ events of the Account and of its content, never by a retry timer."""
 
 LEADER_LEASE = "graft-operator"
 """The coordination.k8s.io Lease in the operator's namespace that one operator at a time holds."""
+
+# --- The SDK's signatures -----------------------------------------------------------------------
+
+SDK_FIELD_MANAGER = "graft-sdk"
+"""The field manager of what the Python SDK (graft.sdk) applies: managedFields say who did."""
+
+SDK_JOB = f"{GROUP}/sdk-job"
+"""Label on a FineTuningJob the SDK created: the job's `name` (its signature, with the model), or
+`sha256-<56 hex>` of it when the name is not a valid label value."""
+
+SDK_MODEL = f"{GROUP}/sdk-model"
+"""Label on a FineTuningJob the SDK created: `sha256-<56 hex>` of its base model's full name (the
+other half of its signature)."""
+
+SDK_LLM = f"{GROUP}/sdk-llm"
+"""Label on a DeployedModel the SDK created for an LLM: the Deployment it loads the addon into."""

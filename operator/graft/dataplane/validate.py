@@ -2,7 +2,7 @@
 
 The entrypoint of a Dataset's validation Job. SOURCE is a path (a mounted PVC or ConfigMap
 key), a file:// URI, an http(s):// URL or an s3:// object (see graft.dataplane.fetch). The data is read
-once, as a stream, and checked with graft.dataplane.dataformat: every line must be an example of the
+once, as a stream, and checked with graft.api.dataformat: every line must be an example of the
 declared format. Limits: at least --min-examples examples, at most --max-examples, and at most
 --max-bytes bytes (reading stops there).
 
@@ -18,10 +18,10 @@ from __future__ import annotations
 import argparse
 from collections.abc import Iterator, Sequence
 
+from graft.api.dataformat import DEFAULT_MAX_ERRORS, LineError, parse_lines
 from graft.api.reports import ValidationResult
 from graft.dataplane import termination
 from graft.dataplane.argtypes import positive_int
-from graft.dataplane.dataformat import DEFAULT_MAX_ERRORS, LineError, parse_lines
 from graft.dataplane.fetch import (
     EXIT_PERMANENT,
     EXIT_TRANSIENT,

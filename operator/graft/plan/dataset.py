@@ -4,29 +4,23 @@
 (graft.api.reports) as compact JSON to its termination message; the Dataset reconciler reads it
 back from the pod's status and turns it into conditions here.
 
-The signature of a Dataset is (sha256 of the data, file name). Both are in status and in labels,
-so a client can find a Dataset with the same data and name (`signature_selector()`) and reuse
-it. Label values hold at most 63 characters: the sha256 label carries the first 63 of its 64 hex
-digits (252 bits; the full digest is in status.sha256, which a client compares to be certain),
-and a file name that is not a valid label value is replaced by `sha256-` and the first 56 hex
-digits of the name's own SHA-256.
+The signature of a Dataset is (sha256 of the data, file name). Both are in status and in labels
+(graft.core.signatures, shared with the SDK), so a client can find a Dataset with the same data
+and name (`signature_selector()`) and reuse it.
 """
 
 from __future__ import annotations
 
-import hashlib
-import re
 from dataclasses import dataclass, field
 from urllib.parse import unquote, urlparse
 
 from graft.api.common import Condition
 from graft.api.reports import ValidationResult, shorten
 from graft.api.training import DatasetSpec, DatasetStatus
-from graft.core import keys
+from graft.core.signatures import signature_labels
 from graft.plan.jobs import JobState, Progress, lifecycle_conditions
 
 DEFAULT_FILENAME = "dataset.jsonl"
-_LABEL_VALUE = re.compile(r"^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$")
 
 # --- Signature ----------------------------------------------------------------------------------
 
@@ -39,22 +33,6 @@ def default_filename(spec: DatasetSpec) -> str:
         return spec.source.config_map.key
     path = urlparse(spec.source.uri or "").path
     return unquote(path.rstrip("/").rsplit("/", 1)[-1]) or DEFAULT_FILENAME
-
-
-def filename_label(filename: str) -> str:
-    """The file name as a label value: itself when it is one, else `sha256-` + 56 hex digits."""
-    if len(filename) <= 63 and _LABEL_VALUE.match(filename):
-        return filename
-    return "sha256-" + hashlib.sha256(filename.encode()).hexdigest()[:56]
-
-
-def signature_labels(sha256: str, filename: str) -> dict[str, str]:
-    return {keys.SHA256_PREFIX: sha256[:63], keys.FILENAME: filename_label(filename)}
-
-
-def signature_selector(sha256: str, filename: str) -> str:
-    """A label selector for Datasets with this data and file name (confirm with status.sha256)."""
-    return ",".join(f"{k}={v}" for k, v in sorted(signature_labels(sha256, filename).items()))
 
 
 # --- Status ---------------------------------------------------------------------------------------

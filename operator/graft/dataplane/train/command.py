@@ -28,10 +28,10 @@ from pathlib import Path
 from typing import NoReturn
 from urllib.parse import unquote, urlparse
 
+from graft.api.dataformat import DatasetError, DatasetReport, read_dataset
 from graft.api.reports import TrainerSummary
 from graft.dataplane import progress, termination
 from graft.dataplane.argtypes import positive_float, positive_int
-from graft.dataplane.dataformat import DatasetError, DatasetReport, read_dataset
 from graft.dataplane.train.config import TrainConfig
 
 EXIT_OK = 0

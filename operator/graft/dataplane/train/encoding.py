@@ -16,7 +16,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from graft.dataplane.dataformat import ChatExample, CompletionExample, Example, Message
+from graft.api.dataformat import ChatExample, CompletionExample, Example, Message
 
 # (messages, add_generation_prompt) -> the conversation as the chat template renders it
 RenderChat = Callable[[Sequence[Message], bool], str]

@@ -16,8 +16,8 @@ from typing import Any, cast
 
 import torch
 
+from graft.api.dataformat import ChatExample, DatasetReport, Message
 from graft.dataplane import progress as live
-from graft.dataplane.dataformat import ChatExample, DatasetReport, Message
 from graft.dataplane.train.config import TrainConfig
 from graft.dataplane.train.encoding import EncodedExample, TemplateError, encode, truncate
 
