@@ -15,8 +15,10 @@ name trains again; an invalid file fails locally, with line numbers, and creates
 from __future__ import annotations
 
 import base64
+import hashlib
 import json
 import os
+import re
 import subprocess
 import sys
 import uuid
@@ -224,7 +226,11 @@ def test_the_same_script_twice_creates_each_resource_once(world: World) -> None:
     (world.work / "train.jsonl").write_text(chat_lines(8))
     script = SCRIPT.format(name="first-job", hyperparameters=HYPERPARAMETERS)
     first = world.run(script)
-    assert "Succeeded" in first.stderr  # .wait() printed its progress (plain lines: no TTY)
+    # .wait() printed the job's phases and its status.progress (plain lines: no TTY); the last
+    # one carries the trainer's final figures, which the gateway and the operator wrote.
+    done = re.search(r"first-job: Succeeded  step (\d+)/(\d+)  epoch \S+  loss \d", first.stderr)
+    assert done is not None, first.stderr
+    assert done.group(1) == done.group(2) == "2"
     counts = {
         kind: world.names(kind)
         for kind in (
@@ -403,3 +409,55 @@ def test_shared_llms_scale_unload_and_delete(world: World) -> None:
         ),
         120,
     )
+
+
+def test_a_file_too_big_for_a_configmap_is_uploaded_through_the_gateway(world: World) -> None:
+    """Above 900 KiB the SDK uploads through the session gateway (into its file:// store) and
+    the Dataset names the uploaded file; the operator's validation agrees on the sha256."""
+    data = chat_lines(9000)
+    assert len(data) > 1024 * 1024
+    (world.work / "big.jsonl").write_text(data)
+    out = world.run(
+        "from graft.sdk import Dataset\n"
+        "d = Dataset.from_file('big.jsonl').sync(timeout=300)\nprint(d.id)\n"
+    ).stdout.split()
+    dataset = world.cluster.get("datasets.graft.dev", out[-1], world.account)
+    assert dataset is not None
+    sha = hashlib.sha256(data.encode()).hexdigest()
+    uri = dataset["spec"]["source"]["uri"]
+    assert uri.startswith("file://"), uri
+    assert uri.endswith(f"/{world.account}/datasets/{sha}/big.jsonl"), uri
+    assert dataset["status"]["sha256"] == sha
+    assert world.names("configmaps", "app.kubernetes.io/managed-by=graft-sdk").count("big") == 0
+
+
+def readme_script() -> str:
+    """The Python block of the README's SDK section, exactly as a reader copies it."""
+    text = (ROOT / "README.md").read_text()
+    section = text.split("## The Python SDK and the CLI", 1)[1]
+    return section.split("```python\n", 1)[1].split("```", 1)[0]
+
+
+def test_the_readmes_script_runs_as_written(world: World) -> None:
+    """The README's script, verbatim, as alice. Its base model is the README's name for the
+    base model (examples/quickstart.yaml's); here that Model holds the tiny test model, so the
+    test checks the script and the SDK, not SmolLM2's answers."""
+    from graft.dataplane.smallmodels import build_tiny_model
+
+    script = readme_script()
+    base = build_tiny_model(world.work / "readme-base")
+    world.cluster.apply(
+        obj(
+            "Model",
+            "smollm2-135m",
+            world.account,
+            {"kind": "Base", "source": {"uri": f"file://{base}"}},
+        )
+    )
+    (world.work / "train.jsonl").write_text(chat_lines(8))
+    proc = world.run(script)
+    assert re.search(r"my-job: Succeeded  step \d+/\d+", proc.stderr), proc.stderr
+    assert proc.stdout.strip(), "the script prints the tuned model's answer"
+    assert world.cluster.get("deployments.graft.dev", "my-deployment", world.account)
+    dm = world.names("deployedmodels.graft.dev")
+    assert "my-job-my-deployment" in dm, dm
