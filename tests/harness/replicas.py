@@ -192,6 +192,7 @@ class StaticView:
         self.jobs: dict[str, JobRecord] = {}  # "namespace/name" -> the job
         self.progress: list[tuple[str, dict[str, Any]]] = []  # ("namespace/name", report)
         self.on_patch: Callable[[str], Outcome | None] = lambda _: None
+        self.objs: dict[str, list[dict[str, Any]]] = {}  # plural -> raw objects (the dashboard)
 
     def catalog(self) -> Catalog:
         return self.cat
@@ -204,6 +205,11 @@ class StaticView:
 
     def synced(self) -> bool:
         return True
+
+    def objects(self, kind: str, namespace: str) -> list[dict[str, Any]]:
+        return [
+            o for o in self.objs.get(kind, []) if o.get("metadata", {}).get("namespace") == namespace
+        ]
 
     async def review_token(self, token: str) -> str | None:
         return self.tokens.get(token)

@@ -818,6 +818,7 @@ def test_gateway_rbac_is_exactly_what_it_needs(helm: str) -> None:
         "deployments",
         "deployedmodels",
         "finetuningjobs",
+        "datasets",  # shown on the dashboard
     )
     cluster_role = one(docs, "ClusterRole", rbac.GATEWAY_NAME)
     assert rules(cluster_role) == {

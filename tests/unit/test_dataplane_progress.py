@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 
 from graft.core.serverkeys import progress_token
-from graft.dataplane.progress import ProgressReporter, report
+from graft.dataplane.progress import ProgressReporter, loss_curve, report
 from graft.gateway.catalog import build
 from graft.gateway.progress import JobRecord, parse_report
 from graft.gateway.server import Settings
@@ -217,6 +217,33 @@ def test_eta_and_throughput_come_from_the_steps_done() -> None:
         step=20, total_steps=20, epoch=4, total_epochs=4, loss=0.5, examples=80, elapsed=8
     )
     assert done["etaSeconds"] == 0
+
+
+def test_the_loss_curve_keeps_every_step_while_short_then_samples_evenly() -> None:
+    assert loss_curve([3.0, 2.5, math.nan, 2.0]) == [[1, 3.0], [2, 2.5], [4, 2.0]]
+    assert loss_curve([]) == []
+    long = [1000.0 / (i + 1) for i in range(10_000)]
+    curve = loss_curve(long)
+    assert len(curve) == 100
+    assert curve[0] == [1, 1000.0]
+    assert curve[-1] == [10_000, 0.1]
+    steps = [p[0] for p in curve]
+    assert steps == sorted(set(steps))
+    gaps = {b - a for a, b in zip(steps, steps[1:], strict=False)}
+    assert max(gaps) - min(gaps) <= 1  # evenly spaced
+    body = report(
+        step=10_000,
+        total_steps=10_000,
+        epoch=1,
+        total_epochs=1,
+        loss=0.1,
+        examples=10_000,
+        elapsed=100.0,
+        losses=long,
+    )
+    raw = json.dumps(body).encode()
+    assert len(raw) < 4096  # the gateway's limit on a report
+    assert parse_report(raw, "2026-11-28T10:00:00Z")["lossCurve"] == curve
 
 
 def test_the_gateway_takes_what_the_trainer_sends() -> None:

@@ -47,6 +47,8 @@ def test_a_report_becomes_status_progress_stamped_by_the_gateway() -> None:
     assert parse_report(raw, NOW) == {**REPORT, "updatedAt": NOW}
     minimal = {"step": 0, "totalSteps": 1, "epoch": 0, "totalEpochs": 1}
     assert parse_report(json.dumps(minimal).encode(), NOW) == {**minimal, "updatedAt": NOW}
+    curved = {**REPORT, "lossCurve": [[1, 3.0], [2, 2.75], [3, 2.5]]}
+    assert parse_report(json.dumps(curved).encode(), NOW) == {**curved, "updatedAt": NOW}
 
 
 @pytest.mark.parametrize(
@@ -64,6 +66,16 @@ def test_a_report_becomes_status_progress_stamped_by_the_gateway() -> None:
         (json.dumps({**REPORT, "status": 1}).encode(), "status"),
         (json.dumps({k: v for k, v in REPORT.items() if k != "totalSteps"}).encode(), "total"),
         (b" " * (MAX_REPORT_BYTES + 1), f"at most {MAX_REPORT_BYTES} bytes"),
+        (json.dumps({**REPORT, "lossCurve": [[2, 1.0], [1, 0.5]]}).encode(), "ascending"),
+        (json.dumps({**REPORT, "lossCurve": [[1, 1.0], [1, 0.5]]}).encode(), "ascending"),
+        (json.dumps({**REPORT, "lossCurve": [[1.5, 1.0]]}).encode(), "whole numbers"),
+        (
+            b'{"step": 3, "totalSteps": 30, "epoch": 1, "totalEpochs": 2, "lossCurve": [[1, NaN]]}',
+            "lossCurve",
+        ),
+        (json.dumps({**REPORT, "lossCurve": [[1, 1.0, 2]]}).encode(), "lossCurve"),
+        (json.dumps({**REPORT, "lossCurve": [[1, "1.0"]]}).encode(), "lossCurve"),
+        (json.dumps({**REPORT, "lossCurve": [[i, 1.0] for i in range(101)]}).encode(), "lossCurve"),
     ],
 )
 def test_what_is_not_a_report_is_refused_with_the_reason(body: bytes, why: str) -> None:

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import math
 from enum import StrEnum
+from typing import Annotated
 
-from pydantic import ConfigDict, Field
+from pydantic import ConfigDict, Field, model_validator
 
 from graft.api.common import ID_PATTERN, REF_PATTERN, GraftModel, ResourceRequests, StatusBase
 from graft.api.models import URI_DESCRIPTION, URI_PATTERN
@@ -161,6 +163,12 @@ MAX_PROGRESS_STEPS = 1 << 40
 """The largest step count progress may report (far beyond any real run; bounds what a trainer
 can make the API server store)."""
 MAX_LOSS = 1e9
+MAX_CURVE_POINTS = 100
+"""Points of status.progress.lossCurve, at most: the curve stays a small part of a report."""
+LossPoint = Annotated[
+    list[Annotated[float, Field(ge=0, le=MAX_LOSS)]], Field(min_length=2, max_length=2)
+]
+"""One point of a loss curve: [step, loss]."""
 
 
 class TrainingProgress(GraftModel):
@@ -184,11 +192,33 @@ class TrainingProgress(GraftModel):
         le=MAX_PROGRESS_STEPS,
         description="Seconds until the last step, at the speed measured so far (0 once done).",
     )
+    loss_curve: list[LossPoint] | None = Field(
+        default=None,
+        max_length=MAX_CURVE_POINTS,
+        description=(
+            "The training loss so far as [step, loss] points, steps ascending, at most "
+            f"{MAX_CURVE_POINTS} (the trainer downsamples a longer run evenly, keeping the "
+            "first and the last step)."
+        ),
+    )
     updated_at: str = Field(
         max_length=40,
         pattern=RFC3339_PATTERN,
         description="When the trainer measured this (RFC 3339).",
     )
+
+    @model_validator(mode="after")
+    def _curve_is_a_curve(self) -> TrainingProgress:
+        """A curve the dashboard can plot: whole, ascending steps and finite losses (JSON
+        parsers accept NaN and Infinity, which no axis can scale to)."""
+        last = -1.0
+        for step, loss in self.loss_curve or []:
+            if not step.is_integer() or step <= last:
+                raise ValueError("lossCurve steps must be whole numbers in ascending order")
+            if not math.isfinite(loss):
+                raise ValueError("lossCurve losses must be finite numbers")
+            last = step
+        return self
 
 
 class FineTuningJobStatus(StatusBase):

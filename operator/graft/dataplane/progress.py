@@ -26,10 +26,11 @@ import os
 import socket
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 from urllib.parse import urlsplit
 
+from graft.api.training import MAX_CURVE_POINTS
 from graft.core.settings import PROGRESS_TOKEN_ENV, PROGRESS_URL_ENV
 
 INTERVAL = 2.0
@@ -207,6 +208,7 @@ def report(
     loss: float | None,
     examples: int,
     elapsed: float,
+    losses: Sequence[float] = (),
 ) -> dict[str, Any]:
     """One report as the gateway takes it (status.progress without updatedAt, which the
     gateway stamps). ETA: the steps left at the speed measured so far; examples per second: the
@@ -223,7 +225,25 @@ def report(
     if step > 0 and elapsed > 0:
         body["examplesPerSecond"] = round(examples / elapsed, 3)
         body["etaSeconds"] = max(0, round((total_steps - step) * elapsed / step))
+    curve = loss_curve(losses)
+    if curve:
+        body["lossCurve"] = curve
     return body
+
+
+def loss_curve(losses: Sequence[float], points: int = MAX_CURVE_POINTS) -> list[list[float]]:
+    """The losses of steps 1, 2, ... as at most `points` [step, loss] pairs for the dashboard's
+    plot: every step while there are few, else evenly spaced steps that keep the first and the
+    last (a report must stay small however long the run). Losses that are not finite numbers are
+    left out; a loss is rounded to 4 decimals (a plot needs no more)."""
+    n = len(losses)
+    if n <= points:
+        picked = range(n)
+    else:
+        picked = sorted({round(i * (n - 1) / (points - 1)) for i in range(points)})
+    return [
+        [i + 1, round(losses[i], 4)] for i in picked if math.isfinite(losses[i]) and losses[i] >= 0
+    ]
 
 
 def from_environment(log: Callable[[str], None]) -> ProgressReporter | None:

@@ -49,10 +49,12 @@ GRAFT_KINDS = (
     Plural.DEPLOYMENTS,
     Plural.DEPLOYED_MODELS,
     Plural.FINE_TUNING_JOBS,
+    Plural.DATASETS,
 )
-UNROUTED = frozenset({Plural.FINE_TUNING_JOBS})
-"""Kinds watched for what they are (a trainer's job), not for routing: their changes (every
-progress write is one) do not rebuild the catalog or wake the requests waiting for a replica."""
+UNROUTED = frozenset({Plural.FINE_TUNING_JOBS, Plural.DATASETS})
+"""Kinds watched for what they are (a trainer's job, the dashboard's datasets), not for routing:
+their changes (every progress write is one) do not rebuild the catalog or wake the requests
+waiting for a replica."""
 PROGRESS_WRITE_TIMEOUT = 10.0
 """Deadline of one write of a job's status.progress (a trainer waits at most 5 s anyway)."""
 GATEWAY_FIELD_MANAGER = "graft-gateway"
@@ -153,6 +155,19 @@ class ClusterCache:
     def finetuning_job(self, namespace: str, name: str) -> progress.JobRecord | None:
         obj = self.stores[Plural.FINE_TUNING_JOBS].objects.get(f"{namespace}/{name}")
         return None if obj is None else progress.job_record(obj)
+
+    def objects(self, kind: str, namespace: str) -> list[dict[str, Any]]:
+        """The cached objects of a watched Graft kind (its plural) in one namespace, by name;
+        the dashboard reads them and must not change them (they are the cache's own)."""
+        store = self.stores.get(kind)
+        if store is None or kind == "pods":
+            return []
+        found = [
+            o
+            for o in list(store.objects.values())
+            if (o.get("metadata") or {}).get("namespace") == namespace
+        ]
+        return sorted(found, key=lambda o: str(o["metadata"].get("name", "")))
 
     def progress_token(self, namespace: str, job: str, uid: str) -> str | None:
         return None if self._seed is None else progress_token(self._seed, namespace, job, uid)

@@ -33,7 +33,9 @@ from graft.gateway.apikeys import bearer_token
 log = logging.getLogger(__name__)
 
 MAX_REPORT_BYTES = 4096
-"""Largest report body accepted (a report is a few hundred bytes)."""
+"""Largest report body accepted (a report is a few hundred bytes, its loss curve of at most 100
+points about 2 KiB more)."""
+CURVE_FIELD = "lossCurve"
 WRITE_INTERVAL = 2.0
 """Seconds between two status writes of one job, at least."""
 CONFLICT_PAUSE = 0.5
@@ -97,6 +99,8 @@ def parse_report(raw: bytes, now: str) -> dict[str, Any]:
         raise ReportRejected("the body must be a JSON object")
     body.pop("updatedAt", None)  # the gateway's receipt time is what status shows
     for field, value in body.items():
+        if field == CURVE_FIELD:
+            continue  # a list of [step, loss] pairs: TrainingProgress checks it, strictly
         if isinstance(value, bool) or not isinstance(value, int | float | None):
             raise ReportRejected(f"{field} must be a number")
     try:

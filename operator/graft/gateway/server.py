@@ -80,6 +80,11 @@ class View(Protocol):
 
     def synced(self) -> bool: ...
 
+    def objects(self, kind: str, namespace: str) -> list[dict[str, Any]]:
+        """The cached objects of a watched Graft kind (its plural: deployments, datasets, ...)
+        in one namespace, for the read-only dashboard; never modified by the reader."""
+        ...
+
     async def review_token(self, token: str) -> str | None:
         """The account of a ServiceAccount token that may use it (TokenReview, then a
         SubjectAccessReview), or None: not a valid token, or no such right."""

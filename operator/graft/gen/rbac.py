@@ -466,6 +466,7 @@ GATEWAY_KINDS = (
     str(Plural.DEPLOYMENTS),
     str(Plural.DEPLOYED_MODELS),
     str(Plural.FINE_TUNING_JOBS),
+    str(Plural.DATASETS),
 )
 """The Graft kinds the gateway's watch cache follows (graft.gateway.kube.GRAFT_KINDS); ApiKey by
 its plural, a plain string, so the rule holds whether or not this tree defines the kind yet."""
@@ -473,8 +474,8 @@ its plural, a plain string, so the rule holds whether or not this tree defines t
 GATEWAY_RULES: tuple[Rule, ...] = (
     Rule(
         "Watch cache: accounts, users and API keys authenticate a request; models, deployments "
-        "and deployed models route it; fine-tuning jobs check a trainer's progress report "
-        "(listed once, then watched).",
+        "and deployed models route it; fine-tuning jobs check a trainer's progress report; "
+        "datasets are shown on the read-only dashboard (listed once, then watched).",
         (keys.GROUP,),
         GATEWAY_KINDS,
         READ,

@@ -123,6 +123,7 @@ def train(
                     loss=loss,
                     examples=examples_done,
                     elapsed=time.monotonic() - started,
+                    losses=losses,
                 )
             )
 
