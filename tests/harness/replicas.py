@@ -208,7 +208,9 @@ class StaticView:
 
     def objects(self, kind: str, namespace: str) -> list[dict[str, Any]]:
         return [
-            o for o in self.objs.get(kind, []) if o.get("metadata", {}).get("namespace") == namespace
+            o
+            for o in self.objs.get(kind, [])
+            if o.get("metadata", {}).get("namespace") == namespace
         ]
 
     async def review_token(self, token: str) -> str | None:

@@ -3,6 +3,7 @@ loopback: a recording one the tests control, and the gateway itself (harness/rep
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 import socket
@@ -229,7 +230,7 @@ def test_the_loss_curve_keeps_every_step_while_short_then_samples_evenly() -> No
     assert curve[-1] == [10_000, 0.1]
     steps = [p[0] for p in curve]
     assert steps == sorted(set(steps))
-    gaps = {b - a for a, b in zip(steps, steps[1:], strict=False)}
+    gaps = {b - a for a, b in itertools.pairwise(steps)}
     assert max(gaps) - min(gaps) <= 1  # evenly spaced
     body = report(
         step=10_000,

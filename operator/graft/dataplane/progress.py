@@ -237,6 +237,7 @@ def loss_curve(losses: Sequence[float], points: int = MAX_CURVE_POINTS) -> list[
     last (a report must stay small however long the run). Losses that are not finite numbers are
     left out; a loss is rounded to 4 decimals (a plot needs no more)."""
     n = len(losses)
+    picked: Sequence[int]
     if n <= points:
         picked = range(n)
     else:

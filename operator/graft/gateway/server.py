@@ -35,7 +35,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 
 from graft.core.settings import DEFAULT_MAX_BYTES
-from graft.gateway import apikeys, errors, progress, routing, stores, uploads
+from graft.gateway import apikeys, dashboard, errors, progress, routing, stores, uploads
 from graft.gateway.catalog import Catalog, DeploymentEntry, Target
 from graft.gateway.limits import Limiter, Refusal, Ticket
 
@@ -318,6 +318,9 @@ class Gateway:
         app.router.add_get("/health", self.health)
         app.router.add_get("/ready", self.ready)
         app.router.add_post("/v1/internal/progress/{namespace}/{name}", self.report_progress)
+        dashboard.Dashboard(
+            self.view, self._served, self._review, lambda t: JWT.fullmatch(t) is not None
+        ).register(app.router)
         app.middlewares.append(_not_found_middleware)
         app.on_startup.append(self._start)
         app.on_cleanup.append(self._stop)
@@ -393,6 +396,14 @@ class Gateway:
             return _error(result)
         status = 200 if result == progress.Outcome.WRITTEN else 202
         return web.json_response({"status": str(result)}, status=status)
+
+    def _served(self) -> dict[str, frozenset[str]]:
+        """What each ready pod serves (pod uid -> model names), as last probed."""
+        return self.prober.models if self.prober else {}
+
+    async def _review(self, token: str) -> str | None:
+        async with self._reviews:
+            return await self.view.review_token(token)
 
     async def _caller(self, request: web.Request, catalog: Catalog) -> str:
         """The account the request acts for: from a Graft API key, or from a Kubernetes

@@ -1,0 +1,123 @@
+"""The dashboard in a real browser: Debian's headless Chromium, driven through chromedriver by
+selenium, logs in through the form and reads the account and job pages of a real Gateway on
+loopback (tests/harness/dashboard.py). Screenshots go to pytest's tmp_path (their paths are
+printed: `pytest -s` shows them). Fails, not skips, without /usr/bin/chromium: install it with
+`apt-get install -y chromium chromium-driver`."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from harness.dashboard import ACCOUNT, DashboardWorld
+from harness.replicas import Loop
+
+pytestmark = pytest.mark.browser
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMEDRIVER = "/usr/bin/chromedriver"
+
+
+@pytest.fixture
+def browser(tmp_path: Path) -> Iterator[object]:
+    for program in (CHROMIUM, CHROMEDRIVER):
+        if not os.access(program, os.X_OK):
+            pytest.fail(
+                f"{program} is missing: install Debian's Chromium with "
+                "'apt-get install -y chromium chromium-driver' (the CI's .ci/run does)."
+            )
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = CHROMIUM
+    for arg in (
+        "--headless=new",
+        "--no-sandbox",  # root in a container has no user namespace for the sandbox
+        "--disable-dev-shm-usage",
+        "--window-size=1280,1000",
+        f"--user-data-dir={tmp_path / 'profile'}",
+    ):
+        options.add_argument(arg)
+    driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
+    driver.set_page_load_timeout(30)
+    try:
+        yield driver
+    finally:
+        driver.quit()
+        shutil.rmtree(tmp_path / "profile", ignore_errors=True)
+
+
+@pytest.fixture
+def world() -> Iterator[DashboardWorld]:
+    loop = Loop()
+    w = DashboardWorld(loop)
+    yield w
+    w.close()
+    loop.close()
+
+
+def test_a_person_logs_in_and_sees_the_account_and_the_loss_curve(
+    world: DashboardWorld, browser: object, tmp_path: Path
+) -> None:
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.remote.webdriver import WebDriver
+
+    assert isinstance(browser, WebDriver)
+    driver = browser
+
+    def shot(name: str) -> None:
+        path = tmp_path / f"{name}.png"
+        assert driver.save_screenshot(str(path)), f"no screenshot {path}"
+        assert path.stat().st_size > 1000
+        print(f"screenshot: {path}")
+
+    driver.get(f"{world.url}/dashboard/accounts/{ACCOUNT}")
+    assert driver.current_url == f"{world.url}/dashboard/"  # no key yet: the login form
+    driver.find_element(By.ID, "key").send_keys("graft_not-a-key")
+    driver.find_element(By.ID, "login").click()
+    assert "Malformed API key" in driver.find_element(By.ID, "problem").text
+    shot("login-refused")
+
+    driver.find_element(By.ID, "key").send_keys(world.key.key)
+    driver.find_element(By.ID, "login").click()
+    assert driver.current_url == f"{world.url}/dashboard/accounts/{ACCOUNT}"
+    shot("account")
+    deployments = driver.find_element(By.XPATH, "//h2[@id='deployments']/following-sibling::table")
+    row = deployments.find_element(By.XPATH, ".//tr[td/a[text()='chat']]").text
+    for shown in ("Ready", "1/2", "acme-tuned"):
+        assert shown in row, row
+    jobs = driver.find_element(By.XPATH, "//h2[@id='finetuningjobs']/following-sibling::table")
+    job_row = jobs.find_element(By.XPATH, ".//tr[td/a[text()='tune-support']]").text
+    for shown in ("Training", "6/20"):
+        assert shown in job_row, job_row
+    assert "support-chats" in driver.page_source
+    # What an escaped name looks like to a person: the text, not a script that ran.
+    assert '<script>alert("x")</script>' in driver.find_element(By.TAG_NAME, "main").text
+
+    driver.find_element(By.LINK_TEXT, "tune-support").click()
+    assert driver.current_url.endswith(
+        f"/dashboard/accounts/{ACCOUNT}/fine-tuning-jobs/tune-support"
+    )
+    shot("job")
+    line = driver.find_element(By.CSS_SELECTOR, "svg#loss-curve polyline")
+    points = (line.get_attribute("points") or "").split()
+    assert len(points) >= 2, points
+    assert line.size["width"] > 100
+    assert line.size["height"] > 50
+    chart = driver.find_element(By.ID, "loss-curve").text
+    for shown in ("step 1", "step 6", "3.2", "1.5"):
+        assert shown in chart, chart
+    assert driver.find_element(By.TAG_NAME, "progress").get_attribute("value") == "6"
+
+    driver.find_element(By.LINK_TEXT, "support-chats").click()
+    assert "support.jsonl" in driver.find_element(By.TAG_NAME, "main").text
+    shot("dataset")
+
+    driver.find_element(By.XPATH, "//button[text()='Log out']").click()
+    driver.get(f"{world.url}/dashboard/accounts/{ACCOUNT}")
+    assert driver.current_url == f"{world.url}/dashboard/"
