@@ -46,6 +46,22 @@ def test_the_deployment_it_applies() -> None:
     )
 
 
+def test_the_dashboard_urls_point_at_the_gateways_pages() -> None:
+    gateway = "http://gw.example:8080/"
+    llm = LLM(PUBLIC_BASE, id="chat", connection=conn(gateway))
+    assert llm.deployment_url == "http://gw.example:8080/dashboard/accounts/acme/deployments/chat"
+    named = LLM(PUBLIC_BASE, deployment_type="shared", deployment="pool", connection=conn(gateway))
+    assert named.deployment_url.endswith("/dashboard/accounts/acme/deployments/pool")
+    shared = LLM(PUBLIC_BASE, deployment_type="shared", connection=conn(gateway))
+    with pytest.raises(ConfigError, match="apply"):
+        _ = shared.deployment_url
+    job = SupervisedFineTuningJob(name="tune", model=llm, dataset="train")
+    with pytest.raises(ConfigError, match="sync"):
+        _ = job.url
+    job.id = "tune-1a2b"
+    assert job.url == "http://gw.example:8080/dashboard/accounts/acme/fine-tuning-jobs/tune-1a2b"
+
+
 def test_references() -> None:
     assert ref_full_name("tiny", "models", "acme") == "accounts/acme/models/tiny"
     assert ref_full_name(PUBLIC_BASE, "models", "acme") == PUBLIC_BASE

@@ -18,6 +18,7 @@ import threading
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, TypeVar
+from urllib.parse import quote
 
 import yaml
 from kubernetes import client, config
@@ -401,6 +402,15 @@ class Connection:
                 "gateway_url=..."
             )
         return self._gateway_url.rstrip("/")
+
+    def dashboard_url(self, kind: str | None = None, name: str | None = None) -> str:
+        """The gateway's read-only dashboard page of this account, or of one object of it
+        (kind: deployments, fine-tuning-jobs, datasets); it asks for an API key of the account
+        in the browser (docs/gateway.md, "Dashboard")."""
+        url = f"{self.gateway_url}/dashboard/accounts/{quote(self.account, safe='')}"
+        if kind is not None and name is not None:
+            url += f"/{kind}/{quote(name, safe='')}"
+        return url
 
     @property
     def api_key(self) -> str:

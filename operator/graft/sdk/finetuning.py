@@ -87,6 +87,18 @@ class SupervisedFineTuningJob:
         self.id: str | None = None
         self.obj: Obj | None = None
 
+    @property
+    def url(self) -> str:
+        """The dashboard page of the FineTuningJob on the gateway (GRAFT_GATEWAY_URL): progress,
+        the loss curve, conditions, links to its dataset and deployment. Known once the job was
+        created or found (after sync())."""
+        if self.id is None:
+            raise ConfigError(
+                "the job has no ID yet: call sync() (it creates the FineTuningJob or finds the "
+                "one with this signature) before url"
+            )
+        return self.connection.dashboard_url("fine-tuning-jobs", self.id)
+
     def __repr__(self) -> str:
         return f"SupervisedFineTuningJob(name={self.name!r}, model={self.model!r}, id={self.id!r})"
 

@@ -222,6 +222,19 @@ class LLM:
         return self
 
     @property
+    def deployment_url(self) -> str:
+        """The dashboard page of this LLM's Deployment on the gateway (GRAFT_GATEWAY_URL):
+        replicas, what each serves, conditions. A shared LLM knows its Deployment after
+        apply()."""
+        deployment = self.deployment
+        if deployment is None:
+            raise ConfigError(
+                "a shared LLM finds its Deployment in apply() (or name it: deployment=...); "
+                "call apply() before deployment_url"
+            )
+        return self.connection.dashboard_url("deployments", deployment)
+
+    @property
     def deployed_model(self) -> str | None:
         """The DeployedModel that loads the addon (after apply), by ID."""
         return self._deployed_model
