@@ -95,6 +95,22 @@ class DashboardWorld:
 def objects() -> dict[str, list[dict[str, Any]]]:
     """The raw objects of both accounts, as the watch cache would hold them."""
     return {
+        "models": [
+            {
+                "metadata": meta("base", ACCOUNT),
+                "spec": {"kind": "Base", "displayName": "Tiny base"},
+                "status": {"conditions": [cond("Ready", "True", "Available")]},
+            },
+            {
+                "metadata": meta("tuned", ACCOUNT),
+                "spec": {"kind": "PeftAddon", "baseModel": "base", "displayName": EVIL},
+                "status": {
+                    "loraRank": 8,
+                    "deployments": [f"accounts/{ACCOUNT}/deployments/chat"],
+                    "conditions": [cond("Ready", "True", "Inspected")],
+                },
+            },
+        ],
         "deployments": [
             {
                 "metadata": meta("chat", ACCOUNT),

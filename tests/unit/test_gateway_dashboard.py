@@ -81,6 +81,32 @@ def test_no_key_or_a_bad_one_goes_to_the_login_form(world: DashboardWorld, path:
         assert http.get(path).status_code == 303
 
 
+def test_a_form_posted_from_another_site_is_refused(world: DashboardWorld) -> None:
+    with client(world) as http:
+        for origin in ("https://evil.example", "null"):
+            answer = http.post(
+                "/dashboard/login", data={"key": world.key.key}, headers={"Origin": origin}
+            )
+            assert answer.status_code == 403, origin
+            assert "Set-Cookie" not in answer.headers
+        own = http.post(
+            "/dashboard/login", data={"key": world.key.key}, headers={"Origin": world.url}
+        )
+        assert own.status_code == 303
+        assert (
+            http.post("/dashboard/logout", headers={"Origin": "https://evil.example"}).status_code
+            == 403
+        )
+        assert http.get(ACCOUNT_PAGE).status_code == 200  # still logged in
+
+
+def test_a_long_body_is_not_a_key(world: DashboardWorld) -> None:
+    with client(world) as http:
+        answer = http.post("/dashboard/login", data={"key": "x" * 10_000})
+        assert answer.status_code == 400
+        assert "too long" in answer.text
+
+
 def test_another_accounts_key_gets_403(world: DashboardWorld) -> None:
     with client(world, world.other_key.key) as http:
         answer = http.get(ACCOUNT_PAGE)
@@ -174,9 +200,23 @@ def test_the_deployment_and_dataset_pages_link_to_what_they_relate_to(
     assert "no Deployment" in missing.text
 
 
+def test_a_model_page_links_its_base_deployments_and_the_job_that_made_it(
+    world: DashboardWorld,
+) -> None:
+    with client(world, world.key.key) as http:
+        job = http.get(JOB_PAGE).text
+        assert 'href="/dashboard/accounts/acme/models/tuned"' in job  # the output model
+        assert 'href="/dashboard/accounts/acme/models/base"' in job
+        model = http.get(f"{ACCOUNT_PAGE}/models/tuned").text
+    assert 'href="/dashboard/accounts/acme/models/base"' in model
+    assert 'href="/dashboard/accounts/acme/deployments/chat"' in model
+    assert 'href="/dashboard/accounts/acme/fine-tuning-jobs/tune-support"' in model
+
+
 def test_nothing_from_the_cluster_injects_html(world: DashboardWorld) -> None:
     with client(world, world.key.key) as http:
-        pages = [http.get(ACCOUNT_PAGE).text]
+        # A Model's display name a member chose: shown as text on its page.
+        pages = [http.get(ACCOUNT_PAGE).text, http.get(f"{ACCOUNT_PAGE}/models/tuned").text]
         link = re.search(r'href="(/dashboard/accounts/acme/fine-tuning-jobs/evil)"', pages[0])
         assert link is not None
         answer = http.get(link[1].replace("&amp;", "&"))

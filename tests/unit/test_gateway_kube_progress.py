@@ -113,3 +113,21 @@ def test_jobs_and_tokens_come_from_the_cache_and_the_seed(api: ApiServer) -> Non
     assert cache.progress_token("acme", "tune", "u1") == progress_token(
         b"seed", "acme", "tune", "u1"
     )
+
+
+def test_the_dashboard_reads_one_namespaces_objects_of_a_kind(api: ApiServer) -> None:
+    cache = cache_for(api)
+    datasets = cache.stores["datasets"].objects  # the gateway follows Datasets for the dashboard
+    for ns, name in (("acme", "b"), ("acme", "a"), ("other", "c")):
+        datasets[f"{ns}/{name}"] = {"metadata": {"namespace": ns, "name": name}}
+    assert [o["metadata"]["name"] for o in cache.objects("datasets", "acme")] == ["a", "b"]
+    assert cache.objects("datasets", "nobody") == []
+    assert cache.objects("pods", "acme") == []  # pods are the routing's, not raw objects
+    assert cache.objects("secrets", "acme") == []  # not watched at all
+
+
+def test_dataset_and_job_changes_leave_the_routing_catalog_alone() -> None:
+    from graft.gateway.kube import GRAFT_KINDS, UNROUTED
+
+    assert "datasets" in GRAFT_KINDS
+    assert {"datasets", "finetuningjobs"} <= UNROUTED

@@ -28,7 +28,7 @@ from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
-from urllib.parse import parse_qs, quote
+from urllib.parse import parse_qs, quote, urlsplit
 
 from aiohttp import web
 
@@ -51,11 +51,13 @@ HEADERS = {
     ),
     "X-Frame-Options": "DENY",
     "X-Content-Type-Options": "nosniff",
-    "Referrer-Policy": "no-referrer",
+    "Referrer-Policy": "same-origin",
     "Cache-Control": "no-store",
 }
 """On every dashboard answer: nothing but the page's own inline style runs or loads, no other
-site frames it, and no proxy or browser cache keeps an account's page."""
+site frames it, no proxy or browser cache keeps an account's page, and no other site learns a
+page's path. Referrer-Policy same-origin, not no-referrer: with no-referrer Chromium sends the
+login form's Origin as "null", which `_cross_site` must refuse."""
 
 
 @dataclass(frozen=True)
@@ -270,7 +272,7 @@ def account_page(
         (
             _link(account, Plural.DEPLOYMENTS, _name(d)),
             _badge(state(d)),
-            e(_spec(d).get("baseModel")),
+            _link(account, Plural.MODELS, _spec(d).get("baseModel")),
             e(_replicas_cell(replicas.get(_name(d), ())))
             + f" (spec {_int(_spec(d).get('replicas'))})",
             _serves(replicas.get(_name(d), ())),
@@ -281,7 +283,7 @@ def account_page(
         (
             e(_name(m)),
             _badge(state(m)),
-            e(_spec(m).get("model")),
+            _link(account, Plural.MODELS, _spec(m).get("model")),
             _link(account, Plural.DEPLOYMENTS, _spec(m).get("deployment")),
             e(_status(m).get("servedName")),
         )
@@ -343,6 +345,41 @@ def _fields(rows: Iterable[tuple[str, str]]) -> str:
     )
 
 
+def model_page(account: str, model: Mapping[str, Any], jobs: Sequence[Mapping[str, Any]]) -> str:
+    name = _name(model)
+    spec, status = _spec(model), _status(model)
+    summary = _fields(
+        [
+            ("State", _badge(state(model))),
+            ("Display name", e(spec.get("displayName") or "—")),
+            ("Kind", e(spec.get("kind"))),
+            ("Base model", _link(account, Plural.MODELS, spec.get("baseModel"))),
+            ("Public", e(spec.get("public", False))),
+            ("LoRA rank", e(status.get("loraRank") or "—")),
+            (
+                "Loaded in",
+                ", ".join(
+                    _link(account, Plural.DEPLOYMENTS, d) for d in status.get("deployments") or []
+                )
+                or "—",
+            ),
+        ]
+    )
+    made_by = [
+        j
+        for j in jobs
+        if ref_id(_spec(j).get("outputModel"), account, Plural.MODELS) == name
+        or ref_id(_status(j).get("outputModel"), account, Plural.MODELS) == name
+    ]
+    trained = _table(
+        ("Job", "State"),
+        [(_link(account, Plural.FINE_TUNING_JOBS, _name(j)), _badge(state(j))) for j in made_by],
+        "No fine-tuning job of this account made it.",
+    )
+    body = summary + "<h2>Trained by</h2>" + trained + conditions_table(model)
+    return page(f"Model {name}", body, account=account)
+
+
 def deployment_page(
     account: str,
     deployment: Mapping[str, Any],
@@ -354,7 +391,7 @@ def deployment_page(
     summary = _fields(
         [
             ("State", _badge(state(deployment))),
-            ("Base model", e(spec.get("baseModel"))),
+            ("Base model", _link(account, Plural.MODELS, spec.get("baseModel"))),
             ("Engine", e(spec.get("engine"))),
             ("Replicas (spec)", e(spec.get("replicas"))),
             ("Replicas ready", e(_replicas_cell(replicas))),
@@ -388,7 +425,7 @@ def deployment_page(
             (
                 e(_name(m)),
                 _badge(state(m)),
-                e(_spec(m).get("model")),
+                _link(account, Plural.MODELS, _spec(m).get("model")),
                 e(_status(m).get("servedName")),
                 e(_status(m).get("loadedReplicas")),
             )
@@ -510,10 +547,13 @@ def job_page(account: str, job: Mapping[str, Any]) -> str:
             ("Loss", e(_loss(job))),
             ("ETA", "—" if eta is None else e(f"{_int(eta)} s")),
             ("Updated", e(prog.get("updatedAt", "—"))),
-            ("Base model", e(spec.get("baseModel"))),
+            ("Base model", _link(account, Plural.MODELS, spec.get("baseModel"))),
             ("Dataset", _link(account, Plural.DATASETS, spec.get("dataset"))),
             ("Evaluation dataset", _link(account, Plural.DATASETS, spec.get("evaluationDataset"))),
-            ("Output model", e(status.get("outputModel") or spec.get("outputModel"))),
+            (
+                "Output model",
+                _link(account, Plural.MODELS, status.get("outputModel") or spec.get("outputModel")),
+            ),
             ("Deployment", _link(account, Plural.DEPLOYMENTS, spec.get("deployment"))),
             ("DeployedModel", e(status.get("deployedModel") or "—")),
         ]
@@ -556,6 +596,7 @@ class Dashboard:
         router.add_get(account + "/deployments/{name}", self.deployment)
         router.add_get(account + "/fine-tuning-jobs/{name}", self.job)
         router.add_get(account + "/datasets/{name}", self.dataset)
+        router.add_get(account + "/models/{name}", self.model)
 
     # --- authentication --------------------------------------------------------------------
 
@@ -604,7 +645,10 @@ class Dashboard:
         return _html(login_page())
 
     async def login(self, request: web.Request) -> web.Response:
-        raw = await request.content.read(MAX_LOGIN_BODY + 1)
+        refused = _cross_site(request)
+        if refused is not None:
+            return refused
+        raw = await _read_at_most(request, MAX_LOGIN_BODY + 1)
         if len(raw) > MAX_LOGIN_BODY:
             return _html(login_page("That is not an API key (too long)."), status=400)
         presented = (parse_qs(raw.decode("utf-8", "replace")).get("key") or [""])[0].strip()
@@ -626,7 +670,10 @@ class Dashboard:
         )
         return response
 
-    async def logout(self, _: web.Request) -> web.Response:
+    async def logout(self, request: web.Request) -> web.Response:
+        refused = _cross_site(request)
+        if refused is not None:
+            return refused
         response = _redirect(f"{BASE}/")
         response.del_cookie(COOKIE, path=BASE)
         return response
@@ -686,6 +733,17 @@ class Dashboard:
             return _missing(account, "FineTuningJob", name)
         return _html(job_page(account, obj))
 
+    async def model(self, request: web.Request) -> web.Response:
+        account = await self._guard(request)
+        if isinstance(account, web.Response):
+            return account
+        name = request.match_info["name"]
+        obj = self._one(account, Plural.MODELS, name)
+        if obj is None:
+            return _missing(account, "Model", name)
+        jobs = self.view.objects(Plural.FINE_TUNING_JOBS, account)
+        return _html(model_page(account, obj, jobs))
+
     async def dataset(self, request: web.Request) -> web.Response:
         account = await self._guard(request)
         if isinstance(account, web.Response):
@@ -696,6 +754,35 @@ class Dashboard:
             return _missing(account, "Dataset", name)
         jobs = self.view.objects(Plural.FINE_TUNING_JOBS, account)
         return _html(dataset_page(account, obj, jobs))
+
+
+def _cross_site(request: web.Request) -> web.Response | None:
+    """A 403 page for a form posted from another site (its Origin names another host): nobody
+    else's page may log a visitor in with a key of the attacker's choosing, or out. A request
+    without Origin (a script, an old browser) is let through: the cookie is SameSite=Strict
+    anyway."""
+    origin = request.headers.get("Origin")
+    if origin is None:
+        return None
+    if origin != "null" and urlsplit(origin).netloc == request.host:
+        return None
+    return _html(
+        message_page("Refused", "This form can only be sent from the dashboard's own pages."),
+        status=403,
+    )
+
+
+async def _read_at_most(request: web.Request, limit: int) -> bytes:
+    """The body, or its first `limit` bytes when it is longer (the rest is never read)."""
+    chunks: list[bytes] = []
+    size = 0
+    while size < limit:
+        chunk = await request.content.read(limit - size)
+        if not chunk:
+            break
+        chunks.append(chunk)
+        size += len(chunk)
+    return b"".join(chunks)
 
 
 def _html(body: str, status: int = 200) -> web.Response:
