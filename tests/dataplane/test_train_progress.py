@@ -72,6 +72,9 @@ def test_progress_reaches_the_jobs_status_through_the_gateway(
         assert final["epoch"] == final["totalEpochs"] == 10  # 3 batches of 10 examples an epoch
         assert final["loss"] > 0
         assert final["examplesPerSecond"] > 0
+        curve = final["lossCurve"]  # every step's loss (30 steps: no sampling yet)
+        assert [p[0] for p in curve] == list(range(1, 31))
+        assert curve[-1][1] == pytest.approx(final["loss"], abs=1e-4)
     finally:
         loop.run(gw.stop())
         loop.close()

@@ -155,6 +155,10 @@ def test_a_succeeded_job_keeps_the_trainers_final_figures() -> None:
         "etaSeconds": 0,
         "updatedAt": END,
     }
+    curve = [[1.0, 2.0], [29.0, 0.6]]
+    with_curve = status(done, {**LIVE, "lossCurve": curve}).wire()["progress"]
+    assert with_curve["lossCurve"] == curve  # the last report's curve stays to be plotted
+    assert with_curve["step"] == 30
     # No live report ever arrived (no gateway): the summary alone.
     assert status(done, None).wire()["progress"] == {
         "step": 30,
@@ -174,6 +178,8 @@ def test_a_failed_job_keeps_its_last_report_without_an_eta() -> None:
     )
     progress = status(failed, LIVE).wire()["progress"]
     assert progress == {k: v for k, v in LIVE.items() if k != "etaSeconds"}
+    curve = [[1.0, 2.0], [2.0, 1.5]]
+    assert status(failed, {**LIVE, "lossCurve": curve}).wire()["progress"]["lossCurve"] == curve
     assert "progress" not in status(failed, None).wire()
 
 

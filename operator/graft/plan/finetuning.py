@@ -175,7 +175,8 @@ def final_progress(
     """status.progress as it stays once the job has ended.
 
     Succeeded: the trainer's own summary (steps, epochs, final loss) with nothing left to do,
-    whatever the last live report said (the gateway may have dropped the last one). Failed: the
+    whatever the last live report said (the gateway may have dropped the last one), and the last
+    report's loss curve. Failed: the
     last report as it was, without an ETA. Before the end: the live report, as it is."""
     summary = outcome.summary
     if outcome.progress.kind == "failed":
@@ -197,6 +198,7 @@ def final_progress(
         loss=loss,
         examples_per_second=live.examples_per_second if live else None,
         eta_seconds=0,
+        loss_curve=live.loss_curve if live else None,  # the dashboard plots it after the end too
         updated_at=(job.completion_time if job and job.completion_time else None) or now,
     )
 
