@@ -34,6 +34,7 @@ from aiohttp import web
 
 from graft.api.kinds import Plural
 from graft.gateway import apikeys
+from graft.gateway.bodies import read_at_most
 
 if TYPE_CHECKING:
     from graft.gateway.server import View
@@ -648,7 +649,7 @@ class Dashboard:
         refused = _cross_site(request)
         if refused is not None:
             return refused
-        raw = await _read_at_most(request, MAX_LOGIN_BODY + 1)
+        raw = await read_at_most(request, MAX_LOGIN_BODY + 1)
         if len(raw) > MAX_LOGIN_BODY:
             return _html(login_page("That is not an API key (too long)."), status=400)
         presented = (parse_qs(raw.decode("utf-8", "replace")).get("key") or [""])[0].strip()
@@ -770,19 +771,6 @@ def _cross_site(request: web.Request) -> web.Response | None:
         message_page("Refused", "This form can only be sent from the dashboard's own pages."),
         status=403,
     )
-
-
-async def _read_at_most(request: web.Request, limit: int) -> bytes:
-    """The body, or its first `limit` bytes when it is longer (the rest is never read)."""
-    chunks: list[bytes] = []
-    size = 0
-    while size < limit:
-        chunk = await request.content.read(limit - size)
-        if not chunk:
-            break
-        chunks.append(chunk)
-        size += len(chunk)
-    return b"".join(chunks)
 
 
 def _html(body: str, status: int = 200) -> web.Response:

@@ -36,6 +36,7 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 
 from graft.core.settings import DEFAULT_MAX_BYTES
 from graft.gateway import apikeys, dashboard, errors, progress, routing, stores, uploads
+from graft.gateway.bodies import read_at_most
 from graft.gateway.catalog import Catalog, DeploymentEntry, Target
 from graft.gateway.limits import Limiter, Refusal, Ticket
 
@@ -390,7 +391,7 @@ class Gateway:
             request.match_info["namespace"],
             request.match_info["name"],
             authorization=request.headers.get("Authorization"),
-            read=lambda limit: _read_at_most(request, limit),
+            read=lambda limit: read_at_most(request, limit),
         )
         if isinstance(result, errors.ApiError):
             return _error(result)
@@ -814,19 +815,6 @@ async def _read_json(request: web.Request) -> tuple[dict[str, Any], errors.ApiEr
     if not isinstance(body, dict):
         return {}, errors.bad_request("The request body must be a JSON object.")
     return body, None
-
-
-async def _read_at_most(request: web.Request, limit: int) -> bytes:
-    """The body, or its first `limit` bytes when it is longer (the rest is never read)."""
-    chunks: list[bytes] = []
-    size = 0
-    while size < limit:
-        chunk = await request.content.read(limit - size)
-        if not chunk:
-            break
-        chunks.append(chunk)
-        size += len(chunk)
-    return b"".join(chunks)
 
 
 def _estimate(body: dict[str, Any]) -> int:

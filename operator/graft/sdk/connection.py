@@ -459,3 +459,21 @@ def connect(account: str | None = None, connection: Connection | None = None) ->
         if key not in _DEFAULTS:
             _DEFAULTS[key] = Connection(account)
         return _DEFAULTS[key]
+
+
+class AccountBound:
+    """A resource of one account that connects on first use: `_account` (None: from the
+    environment) and `_connection` (None until needed) are set by the resource's constructor."""
+
+    _account: str | None
+    _connection: Connection | None
+
+    @property
+    def connection(self) -> Connection:
+        if self._connection is None:
+            self._connection = connect(self._account)
+        return self._connection
+
+    @property
+    def account(self) -> str:
+        return self.connection.account

@@ -34,7 +34,7 @@ from graft.api.dataformat import DatasetReport, parse_jsonl, read_dataset
 from graft.core import keys
 from graft.core.signatures import signature_labels, signature_selector
 from graft.sdk import ids
-from graft.sdk.connection import Connection, Obj, connect
+from graft.sdk.connection import AccountBound, Connection, Obj
 from graft.sdk.errors import Conflict, DatasetFailed, DatasetInvalid, Timeout
 from graft.sdk.upload import Uploader
 
@@ -63,7 +63,7 @@ def config_map_key(filename: str) -> str:
     return key[:253]
 
 
-class Dataset:
+class Dataset(AccountBound):
     """JSONL training examples, identified by (sha256 of the data, file name)."""
 
     def __init__(
@@ -140,16 +140,6 @@ class Dataset:
     @property
     def signature(self) -> tuple[str, str]:
         return self.sha256, self.filename
-
-    @property
-    def connection(self) -> Connection:
-        if self._connection is None:
-            self._connection = connect(self._account)
-        return self._connection
-
-    @property
-    def account(self) -> str:
-        return self.connection.account
 
     @property
     def full_name(self) -> str:

@@ -21,7 +21,7 @@ from graft.api.common import ConditionStatus
 from graft.core.names import InvalidReference, parse_ref
 from graft.core.signatures import job_signature_labels, selector
 from graft.sdk import ids
-from graft.sdk.connection import Connection, Obj, connect
+from graft.sdk.connection import AccountBound, Connection, Obj
 from graft.sdk.dataset import Dataset, condition, is_true
 from graft.sdk.errors import ConfigError, Conflict, FineTuningJobFailed, NotFound, Timeout
 from graft.sdk.llm import LLM
@@ -52,7 +52,7 @@ def hyperparameters_wire(values: Mapping[str, Any]) -> dict[str, Any]:
     return {HYPERPARAMETERS[k]: v for k, v in values.items() if v is not None}
 
 
-class SupervisedFineTuningJob:
+class SupervisedFineTuningJob(AccountBound):
     """Train a LoRA addon of `model` on `dataset` (see the module's docstring)."""
 
     def __init__(
@@ -101,16 +101,6 @@ class SupervisedFineTuningJob:
 
     def __repr__(self) -> str:
         return f"SupervisedFineTuningJob(name={self.name!r}, model={self.model!r}, id={self.id!r})"
-
-    @property
-    def connection(self) -> Connection:
-        if self._connection is None:
-            self._connection = connect(self._account)
-        return self._connection
-
-    @property
-    def account(self) -> str:
-        return self.connection.account
 
     @property
     def base_model(self) -> str:

@@ -24,7 +24,7 @@ from graft.api.common import ConditionStatus
 from graft.core import keys
 from graft.core.names import InvalidReference, parse_ref
 from graft.sdk import ids
-from graft.sdk.connection import Connection, Obj, connect
+from graft.sdk.connection import AccountBound, Connection, Obj
 from graft.sdk.dataset import condition, is_true
 from graft.sdk.errors import ConfigError, GraftError, NotFound, NotReady, Timeout
 
@@ -79,7 +79,7 @@ class _Chat:
         self.completions = _Completions(llm, "chat.completions")
 
 
-class LLM:
+class LLM(AccountBound):
     """A model and where it is served (see the module's docstring)."""
 
     def __init__(
@@ -131,16 +131,6 @@ class LLM:
         )
 
     # --- Identity -------------------------------------------------------------------------------
-
-    @property
-    def connection(self) -> Connection:
-        if self._connection is None:
-            self._connection = connect(self._account)
-        return self._connection
-
-    @property
-    def account(self) -> str:
-        return self.connection.account
 
     @property
     def model_name(self) -> str:
