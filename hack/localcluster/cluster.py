@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
+import signal
 import ssl
 import subprocess
 import time
@@ -35,6 +37,7 @@ from localcluster.processes import (
 )
 from localcluster.state import (
     Layout,
+    cache_dir,
     cluster_lock,
     configured_ports,
     read_state,
@@ -292,10 +295,46 @@ def restart(component: str, timeout: float = 120.0) -> None:
 
 
 def down() -> None:
-    """Stop every component of the local cluster and remove its state directory."""
+    """Stop the local node (`graft localnode`) and every component of the local cluster, and
+    remove the cluster's state directory."""
+    stop_local_node()
     layout = Layout(state_dir())
     with cluster_lock():
         _down_locked(layout, quiet=False)
+
+
+LOCAL_NODE_PID_FILE = ("localnode", "localnode.pid")  # graft.localnode.paths, under cache_dir()
+LOCAL_NODE_STOP_SECONDS = 30.0
+
+
+def stop_local_node() -> None:
+    """SIGTERM the running `graft localnode` (it stops the processes it started), SIGKILL it
+    after LOCAL_NODE_STOP_SECONDS; its pid file says which process that is."""
+    pid_file = cache_dir().joinpath(*LOCAL_NODE_PID_FILE)
+    try:
+        pid = int(pid_file.read_text().strip())
+        # A stale pid file may name a pid the system gave to another program since.
+        if b"localnode" not in Path(f"/proc/{pid}/cmdline").read_bytes():
+            raise ProcessLookupError(pid)
+        os.kill(pid, signal.SIGTERM)
+    except (OSError, ValueError):
+        pid_file.unlink(missing_ok=True)
+        return
+    log(f"stopping the local node (pid {pid})")
+    deadline = time.monotonic() + LOCAL_NODE_STOP_SECONDS
+    while time.monotonic() < deadline:
+        try:
+            os.kill(pid, 0)
+        except OSError:
+            break
+        time.sleep(0.2)
+    else:
+        log(
+            f"the local node (pid {pid}) did not stop in {LOCAL_NODE_STOP_SECONDS:.0f}s: killing it"
+        )
+        with contextlib.suppress(OSError):
+            os.kill(pid, signal.SIGKILL)
+    pid_file.unlink(missing_ok=True)
 
 
 def _down_locked(layout: Layout, *, quiet: bool) -> None:

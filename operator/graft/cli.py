@@ -113,6 +113,10 @@ def _parser() -> argparse.ArgumentParser:
 
     gateway.register(sub)
 
+    from graft.localnode import command as localnode
+
+    localnode.register(sub)
+
     # The user verbs (get, create, load-lora, unload-lora, chat, completion): the SDK's.
     from graft.sdk import cli as user
 

@@ -12,6 +12,7 @@ A folder's name says who runs its code, and the rules keep it true:
 | dataplane/  | Graft's pods           | api, core, dataplane             | kopf, kubernetes                |
 | gateway/    | the gateway            | api, core, gateway               | kopf, kubernetes*, torch & co.  |
 | sdk/        | a user's program / CLI | api, core, sdk                   | kopf, torch & co.               |
+| localnode/  | the local cluster      | api, core, localnode             | kopf, torch & co.               |
 
 *gateway/kube.py, the gateway's watch cache, is the one module of the gateway that imports
 `kubernetes`: everything else in gateway/ (catalog, routing, limits, the aiohttp server) works on
@@ -55,6 +56,7 @@ LAYERS = {
     "dataplane": Layer(("api", "core", "dataplane"), CLUSTER_CLIENTS),
     "gateway": Layer(("api", "core", "gateway"), CLUSTER_CLIENTS + DATA_PLANE_LIBRARIES),
     "sdk": Layer(("api", "core", "sdk"), ("kopf", *DATA_PLANE_LIBRARIES)),
+    "localnode": Layer(("api", "core", "localnode"), ("kopf", *DATA_PLANE_LIBRARIES)),
 }
 EXCEPTIONS = {"graft.gateway.kube": ("kubernetes",)}
 """Modules allowed a third-party package their layer never imports, and which."""
