@@ -307,6 +307,15 @@ LOCAL_NODE_PID_FILE = ("localnode", "localnode.pid")  # graft.localnode.paths, u
 LOCAL_NODE_STOP_SECONDS = 30.0
 
 
+def _alive(pid: int) -> bool:
+    """Whether `pid` runs (a zombie, ended but not yet reaped by its parent, does not)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rpartition(")")[2].split()[0] != "Z"
+
+
 def stop_local_node() -> None:
     """SIGTERM the running `graft localnode` (it stops the processes it started), SIGKILL it
     after LOCAL_NODE_STOP_SECONDS; its pid file says which process that is."""
@@ -314,7 +323,7 @@ def stop_local_node() -> None:
     try:
         pid = int(pid_file.read_text().strip())
         # A stale pid file may name a pid the system gave to another program since.
-        if b"localnode" not in Path(f"/proc/{pid}/cmdline").read_bytes():
+        if b"localnode" not in Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0"):
             raise ProcessLookupError(pid)
         os.kill(pid, signal.SIGTERM)
     except (OSError, ValueError):
@@ -323,9 +332,7 @@ def stop_local_node() -> None:
     log(f"stopping the local node (pid {pid})")
     deadline = time.monotonic() + LOCAL_NODE_STOP_SECONDS
     while time.monotonic() < deadline:
-        try:
-            os.kill(pid, 0)
-        except OSError:
+        if not _alive(pid):
             break
         time.sleep(0.2)
     else:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -233,3 +234,64 @@ def test_the_process_of_a_deleted_pod_is_ended(node: KubeletStandIn) -> None:
     finally:
         if proc.poll() is None:
             proc.kill()
+
+
+# --- `hack/localcluster down` stops the local node through its pid file ------------------------
+
+
+def _localcluster_cluster() -> Any:
+    """hack/localcluster's cluster module (standard library only; hack/ is not a package)."""
+    import importlib
+
+    hack = str(Path(__file__).resolve().parents[2] / "hack")
+    if hack not in sys.path:
+        sys.path.insert(0, hack)
+    return importlib.import_module("localcluster.cluster")
+
+
+def _started(proc: subprocess.Popen[bytes]) -> subprocess.Popen[bytes]:
+    """`proc` once it runs its own program (between fork and exec it is still this pytest)."""
+    cmdline = Path(f"/proc/{proc.pid}/cmdline")
+    while b"time.sleep(600)" not in cmdline.read_bytes():
+        assert proc.poll() is None
+        time.sleep(0.01)
+    return proc
+
+
+def test_cluster_down_stops_the_local_node_of_its_pid_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    cluster = _localcluster_cluster()
+    monkeypatch.setenv("GRAFT_CACHE_DIR", str(tmp_path))
+    base = paths.root({"GRAFT_CACHE_DIR": str(tmp_path)})
+    base.mkdir(parents=True)
+    # A process whose command line names the local node, as `graft localnode` does.
+    node = _started(
+        subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)", "localnode"])
+    )
+    try:
+        paths.pid_file(base).write_text(f"{node.pid}\n")
+        cluster.stop_local_node()
+        assert node.wait(timeout=60) != 0  # ended by SIGTERM
+        assert not paths.pid_file(base).exists()
+    finally:
+        if node.poll() is None:
+            node.kill()
+
+
+def test_cluster_down_leaves_a_stale_pids_new_owner_alone(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    cluster = _localcluster_cluster()
+    monkeypatch.setenv("GRAFT_CACHE_DIR", str(tmp_path))
+    base = paths.root({"GRAFT_CACHE_DIR": str(tmp_path)})
+    base.mkdir(parents=True)
+    other = _started(subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"]))
+    try:
+        paths.pid_file(base).write_text(f"{other.pid}\n")  # the pid now belongs to another program
+        cluster.stop_local_node()
+        assert other.poll() is None
+        assert not paths.pid_file(base).exists()
+    finally:
+        other.kill()
+        other.wait()
