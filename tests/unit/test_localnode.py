@@ -5,10 +5,15 @@ tested by the integration tests, which run every Job and model-server pod throug
 
 from __future__ import annotations
 
+import http.server
 import os
+import socket
 import subprocess
 import sys
+import threading
 import time
+from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +30,14 @@ from graft.localnode.jobs import (
     takes_job_pod,
 )
 from graft.localnode.main import logs, running_pid, runtime_images
-from graft.localnode.servers import ServerPodError, server_argv, takes_server_pod
+from graft.localnode.servers import (
+    ServerPodError,
+    probe,
+    readiness_patch,
+    readiness_target,
+    server_argv,
+    takes_server_pod,
+)
 
 IMAGE = "ghcr.io/graft-dev/graft:1.0"
 
@@ -295,3 +307,90 @@ def test_cluster_down_leaves_a_stale_pids_new_owner_alone(
     finally:
         other.kill()
         other.wait()
+
+
+# --- readiness ---------------------------------------------------------------------------------
+
+
+def probed_pod(port: object = "http", path: str | None = "/health") -> dict[str, Any]:
+    pod = server_pod()
+    container = pod["spec"]["containers"][0]
+    container["ports"] = [
+        {"name": "metrics", "containerPort": 9000},
+        {"name": "http", "containerPort": 8000},
+    ]
+    container["readinessProbe"] = {"httpGet": {"port": port} | ({"path": path} if path else {})}
+    return pod
+
+
+def test_the_readiness_probe_is_the_containers_own() -> None:
+    assert readiness_target(probed_pod()) == ("127.64.0.7", 8000, "/health")
+    assert readiness_target(probed_pod(8123, None)) == ("127.64.0.7", 8123, "/")
+    assert readiness_target(probed_pod("8124")) == ("127.64.0.7", 8124, "/health")
+    assert readiness_target(server_pod()) is None  # no probe: ready once started
+    with pytest.raises(ServerPodError, match="'grpc' is not one of the container's ports"):
+        readiness_target(probed_pod("grpc"))
+
+
+class Answers(http.server.BaseHTTPRequestHandler):
+    def do_GET(self) -> None:
+        code = int(self.path.strip("/"))
+        self.send_response(code)
+        if code == 302:
+            self.send_header("Location", "/500")
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
+    def log_message(self, *_args: Any) -> None:
+        pass
+
+
+@pytest.fixture
+def answers() -> Iterator[int]:
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Answers)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield server.server_address[1]
+    server.shutdown()
+    server.server_close()
+
+
+def test_a_probe_succeeds_on_2xx_and_3xx_as_the_kubelets(answers: int) -> None:
+    assert probe(("127.0.0.1", answers, "/200"))
+    assert probe(("127.0.0.1", answers, "/302"))  # not followed (it would lead to a 500)
+    assert not probe(("127.0.0.1", answers, "/503"))
+    assert not probe(("127.0.0.1", answers, "/404"))
+
+
+def test_a_probe_of_nothing_listening_fails() -> None:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+    assert not probe(("127.0.0.1", port, "/health"))  # the port was just free: refused
+
+
+def test_the_readiness_patch_sets_both_conditions_and_each_container() -> None:
+    pod = probed_pod()
+    pod["status"]["containerStatuses"] = [
+        {"name": "server", "image": IMAGE, "ready": True, "restartCount": 0, "state": {}}
+    ]
+    when = datetime(2026, 11, 28, 18, 0, 5, tzinfo=UTC)
+    down = readiness_patch(pod, False, when)
+    assert down["conditions"] == [
+        {
+            "type": kind,
+            "status": "False",
+            "lastTransitionTime": "2026-11-28T18:00:05Z",
+            "reason": "ContainersNotReady",
+        }
+        for kind in ("ContainersReady", "Ready")
+    ]
+    assert down["containerStatuses"] == [
+        {"name": "server", "image": IMAGE, "ready": False, "restartCount": 0, "state": {}}
+    ]
+    up = readiness_patch(pod, True, when)
+    assert [c["status"] for c in up["conditions"]] == ["True", "True"]
+    assert [c["reason"] for c in up["conditions"]] == [None, None]  # deletes the old reason
+    assert up["containerStatuses"][0]["ready"] is True
+    del pod["status"]["containerStatuses"]
+    assert "containerStatuses" not in readiness_patch(pod, True, when)

@@ -33,7 +33,8 @@ Obj = dict[str, Any]
 
 
 class KubeSource:
-    """The PodSource of servers.py over the kubernetes client (every request has a timeout)."""
+    """The PodSource and StatusWriter of servers.py over the kubernetes client (every request
+    has a timeout)."""
 
     def __init__(self, api_client: client.ApiClient) -> None:
         self.api_client = api_client
@@ -52,6 +53,15 @@ class KubeSource:
             raise
         out: Obj = self.api_client.sanitize_for_serialization(secret)
         return out
+
+    def patch_pod_status(self, namespace: str, name: str, status: Obj) -> None:
+        self.core.patch_namespaced_pod_status(
+            name,
+            namespace,
+            {"status": status},
+            _request_timeout=REQUEST_TIMEOUT,
+            _content_type="application/strategic-merge-patch+json",
+        )
 
     def list(self, kind: str, namespace: str, selector: str | None = None) -> list[Obj]:
         if kind != "pods":
@@ -101,6 +111,7 @@ def run(namespaces: list[str], kubeconfig: str | None, images: frozenset[str], b
     kubelets: list[KubeletStandIn] = []
     servers: list[PodServers] = []
     api_client = config.new_client_from_config(config_file=kubeconfig)
+    source = KubeSource(api_client)
     try:
         for ns in namespaces:
             logs = paths.logs_dir(base, ns)
@@ -109,12 +120,13 @@ def run(namespaces: list[str], kubeconfig: str | None, images: frozenset[str], b
             )
             servers.append(
                 PodServers(
-                    KubeSource(api_client),
+                    source,
                     ns,
                     SERVER_SELECTOR,
                     logs,
                     images=images,
                     nested_logs=True,
+                    status=source,
                 ).start()
             )
         print(

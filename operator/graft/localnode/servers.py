@@ -13,16 +13,26 @@ Which pods: Running ones with a pod IP that match the label selector and, when `
 given (the local node gives Graft's runtime image), whose first container runs one of them;
 other pods stay kwok's fakes. Logs: `<log_dir>/<pod>.log`, or `<log_dir>/<pod>/<container>.log`
 with `nested_logs` (the local node's documented place, see graft.localnode.paths).
+
+Readiness, given a `StatusWriter` (the local node gives one; the tests' harness does not): kwok
+reports a pod Ready the moment it starts, before anything answers. The local node then owns the
+pod's readiness as a kubelet would: it marks the pod not Ready when it starts the server, probes
+the container's own `readinessProbe` (httpGet; at most every second, 1 s deadline, no
+redirects) and marks it Ready when that answers 2xx/3xx, not Ready again when it stops
+answering or the process exits. kwok touches a Running pod's status no more, so nothing undoes
+it; between kwok's start and the first patch the pod looks Ready for a moment.
 """
 
 from __future__ import annotations
 
 import base64
+import http.client
 import os
 import subprocess
 import sys
 import threading
 import time
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -36,6 +46,70 @@ class PodSource(Protocol):
     def get(self, kind: str, name: str, namespace: str | None = None) -> Obj | None: ...
 
     def list(self, kind: str, namespace: str, selector: str | None = None) -> list[Obj]: ...
+
+
+class StatusWriter(Protocol):
+    """Writes a pod's status (a strategic merge patch of its status subresource)."""
+
+    def patch_pod_status(self, namespace: str, name: str, status: Obj) -> None: ...
+
+
+PROBE_PERIOD = 1.0  # seconds between two probes of one pod
+PROBE_TIMEOUT = 1.0  # a probe's deadline, connection included
+
+
+def readiness_target(pod: Obj) -> tuple[str, int, str] | None:
+    """(host, port, path) of the first container's httpGet readinessProbe at the pod's IP; a
+    named port is looked up in the container's ports. None without such a probe."""
+    container = pod["spec"]["containers"][0]
+    probe = (container.get("readinessProbe") or {}).get("httpGet")
+    ip = (pod.get("status") or {}).get("podIP")
+    if not probe or not ip:
+        return None
+    port = probe.get("port")
+    if isinstance(port, str) and not port.isdigit():
+        named = [p for p in container.get("ports") or [] if p.get("name") == port]
+        if not named:
+            raise ServerPodError(
+                f"pod {pod['metadata']['name']}: readinessProbe port {port!r} is not one of "
+                "the container's ports"
+            )
+        port = named[0]["containerPort"]
+    return ip, int(port), str(probe.get("path") or "/")
+
+
+def probe(target: tuple[str, int, str]) -> bool:
+    """One HTTP GET, as the kubelet's httpGet probe: 200-399 is success; redirects are not
+    followed, anything else (refused, timeout, 5xx) is failure."""
+    host, port, path = target
+    conn = http.client.HTTPConnection(host, port, timeout=PROBE_TIMEOUT)
+    try:
+        conn.request("GET", path, headers={"User-Agent": "graft-localnode/probe"})
+        return 200 <= conn.getresponse().status < 400
+    except (OSError, http.client.HTTPException):
+        return False
+    finally:
+        conn.close()
+
+
+def readiness_patch(pod: Obj, ready: bool, now: datetime) -> Obj:
+    """The status patch that says the pod's server is (not) ready: the Ready and ContainersReady
+    conditions (merged by type) and each container status' `ready` (the list is replaced, so it
+    is sent whole, as it is)."""
+    stamp = now.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    value = "True" if ready else "False"
+    # The conditions merge by type, field by field: a ready one drops the reason (null deletes
+    # a field in a strategic merge patch), as the kubelet's has none.
+    reason = None if ready else "ContainersNotReady"
+    conditions = [
+        {"type": kind, "status": value, "lastTransitionTime": stamp, "reason": reason}
+        for kind in ("ContainersReady", "Ready")
+    ]
+    patch: Obj = {"conditions": conditions}
+    statuses = (pod.get("status") or {}).get("containerStatuses")
+    if statuses:
+        patch["containerStatuses"] = [{**c, "ready": ready} for c in statuses]
+    return patch
 
 
 class ServerPodError(Exception):
@@ -77,6 +151,7 @@ class PodServers:
         *,
         images: frozenset[str] | None = None,
         nested_logs: bool = False,
+        status: StatusWriter | None = None,
     ) -> None:
         self.cluster = cluster
         self.namespace = namespace
@@ -84,6 +159,9 @@ class PodServers:
         self.log_dir = log_dir
         self.images = images
         self.nested_logs = nested_logs
+        self.status = status
+        self.ready: dict[str, bool] = {}  # uid -> the readiness last written (with `status`)
+        self._probed: dict[str, float] = {}  # uid -> monotonic time of its last probe
         self.processes: dict[str, tuple[str, subprocess.Popen[bytes]]] = {}  # uid -> (pod, proc)
         self.started: list[str] = []  # pod names, in the order they were started
         self._stop = threading.Event()
@@ -139,6 +217,8 @@ class PodServers:
             if uid not in alive:
                 _, proc = self.processes.pop(uid)
                 terminate(proc)
+                self.ready.pop(uid, None)
+                self._probed.pop(uid, None)
         for uid, pod in alive.items():
             running = self.processes.get(uid)
             if running is not None and running[1].poll() is not None:
@@ -147,6 +227,37 @@ class PodServers:
                 del self.processes[uid]
             if uid not in self.processes:
                 self._start(pod)
+                self._set_ready(pod, False)
+            else:
+                self._check_ready(pod)
+
+    def _check_ready(self, pod: Obj) -> None:
+        if self.status is None:
+            return
+        uid = pod["metadata"]["uid"]
+        now = time.monotonic()
+        if now - self._probed.get(uid, 0.0) < PROBE_PERIOD:
+            return
+        self._probed[uid] = now
+        try:
+            target = readiness_target(pod)
+        except ServerPodError as exc:
+            if str(exc) not in self.errors:
+                self.errors.append(str(exc))
+            self._set_ready(pod, False)
+            return
+        self._set_ready(pod, target is None or probe(target))
+
+    def _set_ready(self, pod: Obj, ready: bool) -> None:
+        """Write the pod's readiness when it changed (and once, not Ready, at each start)."""
+        if self.status is None:
+            return
+        uid = pod["metadata"]["uid"]
+        if self.ready.get(uid) == ready:
+            return
+        patch = readiness_patch(pod, ready, datetime.now(UTC))
+        self.status.patch_pod_status(self.namespace, pod["metadata"]["name"], patch)
+        self.ready[uid] = ready
 
     def _start(self, pod: dict[str, Any]) -> None:
         container = pod["spec"]["containers"][0]
