@@ -146,7 +146,14 @@ def reconcile(ctx: Context, namespace: str, name: str) -> None:
         return
     if keys.IN_USE_FINALIZER not in (obj["metadata"].get("finalizers") or []):
         api.add_finalizer(PLURAL, obj, keys.IN_USE_FINALIZER)
-        return  # its event brings the next reconcile
+        # Go on with what was written: a finalizer's event is metadata only, and no handler
+        # runs on that, so returning here left every new Model to the next resync (60 s).
+        obj = api.get_graft(PLURAL, namespace, name)
+        if obj is None or keys.IN_USE_FINALIZER not in (obj["metadata"].get("finalizers") or []):
+            return  # changed meanwhile (the patch's test failed): the resync adds it
+        if is_terminating(obj):
+            release(api, obj)
+            return
     generation = obj["metadata"].get("generation", 0)
     status = ModelStatus(observed_generation=generation, name=full_name(namespace, PLURAL, name))
     try:
