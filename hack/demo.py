@@ -23,6 +23,7 @@ import base64
 import contextlib
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -73,6 +74,13 @@ def kubeconfig() -> str:
         say(f"using the cluster in KUBECONFIG={configured}")
         return configured
     say("no KUBECONFIG: starting the local control plane (first run builds it from Go modules)")
+    running = subprocess.run(
+        [sys.executable, str(ROOT / "hack" / "localcluster"), "kubeconfig"],
+        capture_output=True,
+        check=False,
+    )
+    if running.returncode != 0:
+        forget_artifacts()
     out = subprocess.run(
         [sys.executable, str(ROOT / "hack" / "localcluster"), "up"],
         check=True,
@@ -80,6 +88,16 @@ def kubeconfig() -> str:
         text=True,
     ).stdout
     return out.strip().splitlines()[-1]
+
+
+def forget_artifacts() -> None:
+    """A new local cluster starts empty (`make cluster-down` removed the last one's etcd): the
+    artifacts and uploads its objects pointed at go with it, or a FineTuningJob of the same name
+    would find its old output and refuse to overwrite it."""
+    for place in (ARTIFACTS, UPLOADS):
+        if place.exists():
+            say(f"a new cluster: removing the last one's {place.name} ({place})")
+            shutil.rmtree(place)
 
 
 def kubectl_binary() -> str:
@@ -377,6 +395,24 @@ def wait_condition(config: str, kind: str, name: str, condition: str, timeout: i
         )
 
 
+def wait_for_training(config: str, timeout: int) -> None:
+    """Until the FineTuningJob has Succeeded; a Failed one ends the demo at once, with why."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        status = get(config, "finetuningjobs.graft.dev", JOB).get("status") or {}
+        conditions = {c.get("type"): c for c in status.get("conditions") or []}
+        if (conditions.get("Succeeded") or {}).get("status") == "True":
+            return
+        failed = conditions.get("Failed") or {}
+        if failed.get("status") == "True":
+            sys.exit(
+                f"FineTuningJob {JOB} failed: {failed.get('message')}\n"
+                f"logs: {CACHE / 'localnode' / 'logs' / NAMESPACE}/{status.get('jobName')}-*/"
+            )
+        time.sleep(2)
+    wait_condition(config, "finetuningjobs.graft.dev", JOB, "Succeeded", 1)
+
+
 def train_and_chat(config: str) -> None:
     """The part that runs for real on this CPU (see the module docstring)."""
     from graft.dataplane.smallmodels import smollm2_dir
@@ -427,7 +463,7 @@ def train_and_chat(config: str) -> None:
         },
     )
     apply(config, "-", input=json.dumps(job))
-    wait_condition(config, "finetuningjobs.graft.dev", JOB, "Succeeded", 900)
+    wait_for_training(config, 900)
     status = get(config, "finetuningjobs.graft.dev", JOB).get("status") or {}
     say(f"trained: {status.get('steps')} steps, final loss {status.get('finalLoss')}")
     deployed = str(status.get("deployedModel") or "").rsplit("/", 1)[-1]

@@ -1,55 +1,27 @@
 """The dashboard in a real browser: Debian's headless Chromium, driven through chromedriver by
-selenium, logs in through the form and reads the account and job pages of a real Gateway on
-loopback (tests/harness/dashboard.py). Screenshots go to pytest's tmp_path (their paths are
-printed: `pytest -s` shows them). Fails, not skips, without /usr/bin/chromium: install it with
-`apt-get install -y chromium chromium-driver`."""
+selenium (tests/harness/browser.py), logs in through the form and reads the account and job
+pages of a real Gateway on loopback (tests/harness/dashboard.py). Screenshots go to pytest's
+tmp_path (their paths are printed: `pytest -s` shows them). tests/demo/ does the same against
+`make demo`'s cluster."""
 
 from __future__ import annotations
 
-import os
-import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from harness.browser import chromium, screenshot
 from harness.dashboard import ACCOUNT, DashboardWorld
 from harness.replicas import Loop
 
 pytestmark = pytest.mark.browser
 
-CHROMIUM = "/usr/bin/chromium"
-CHROMEDRIVER = "/usr/bin/chromedriver"
-
 
 @pytest.fixture
 def browser(tmp_path: Path) -> Iterator[object]:
-    for program in (CHROMIUM, CHROMEDRIVER):
-        if not os.access(program, os.X_OK):
-            pytest.fail(
-                f"{program} is missing: install Debian's Chromium with "
-                "'apt-get install -y chromium chromium-driver' (the CI's .ci/run does)."
-            )
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
-
-    options = webdriver.ChromeOptions()
-    options.binary_location = CHROMIUM
-    for arg in (
-        "--headless=new",
-        "--no-sandbox",  # root in a container has no user namespace for the sandbox
-        "--disable-dev-shm-usage",
-        "--window-size=1280,1000",
-        f"--user-data-dir={tmp_path / 'profile'}",
-    ):
-        options.add_argument(arg)
-    driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
-    driver.set_page_load_timeout(30)
-    try:
+    with chromium(tmp_path / "profile") as driver:
         yield driver
-    finally:
-        driver.quit()
-        shutil.rmtree(tmp_path / "profile", ignore_errors=True)
 
 
 @pytest.fixture
@@ -71,10 +43,7 @@ def test_a_person_logs_in_and_sees_the_account_and_the_loss_curve(
     driver = browser
 
     def shot(name: str) -> None:
-        path = tmp_path / f"{name}.png"
-        assert driver.save_screenshot(str(path)), f"no screenshot {path}"
-        assert path.stat().st_size > 1000
-        print(f"screenshot: {path}")
+        screenshot(driver, tmp_path / f"{name}.png")
 
     driver.get(f"{world.url}/dashboard/accounts/{ACCOUNT}")
     assert driver.current_url == f"{world.url}/dashboard/"  # no key yet: the login form
