@@ -30,6 +30,7 @@ from typing import Any
 
 import pytest
 import yaml
+from prometheus_client.parser import text_string_to_metric_families
 
 from harness.kube import ROOT, Cluster, GatewayProcess, OperatorProcess, condition, wait_for
 from harness.kubelet import KubeletStandIn
@@ -438,6 +439,21 @@ def readme_script() -> str:
     return section.split("```python\n", 1)[1].split("```", 1)[0]
 
 
+def gateway_counts(world: World, model: str) -> dict[str, float]:
+    """The gateway's own figures for `model`: answers with 200, and completion tokens."""
+    counts = {"200": 0.0, "out": 0.0}
+    for family in text_string_to_metric_families(world.gateway.metrics()):
+        for sample in family.samples:
+            labels = sample.labels
+            if labels.get("model") != model or not sample.name.endswith("_total"):
+                continue
+            if sample.name == "graft_gateway_requests_total" and labels.get("code") == "200":
+                counts["200"] += sample.value
+            if sample.name == "graft_gateway_tokens_total" and labels.get("direction") == "out":
+                counts["out"] += sample.value
+    return counts
+
+
 def test_the_readmes_script_runs_as_written(world: World) -> None:
     """The README's script, verbatim, as alice. Its base model is the README's name for the
     base model (examples/quickstart.yaml's); here that Model holds the tiny test model, so the
@@ -455,9 +471,16 @@ def test_the_readmes_script_runs_as_written(world: World) -> None:
         )
     )
     (world.work / "train.jsonl").write_text(chat_lines(8))
+    addon = f"accounts/{world.account}/models/my-job"
+    before = gateway_counts(world, addon)
     proc = world.run(script)
     assert re.search(r"my-job: Succeeded  step \d+/\d+", proc.stderr), proc.stderr
-    assert proc.stdout.strip(), "the script prints the tuned model's answer"
+    # What the tiny random model says is noise (whitespace, even nothing at all), so the test
+    # checks what the gateway saw: one chat answered by the addon, with tokens out, and printed.
+    after = gateway_counts(world, addon)
+    assert after["200"] - before["200"] == 1, (before, after)
+    assert after["out"] > before["out"], (before, after)
+    assert proc.stdout.endswith("\n"), proc.stdout
     assert world.cluster.get("deployments.graft.dev", "my-deployment", world.account)
     dm = world.names("deployedmodels.graft.dev")
     assert "my-job-my-deployment" in dm, dm
