@@ -61,3 +61,35 @@ def test_liveness_fails_when_every_worker_is_stuck() -> None:
         release.set()
         for t in threads:
             t.join()
+
+
+def test_watches_of_what_graft_creates_select_its_label_on_the_server() -> None:
+    """Pods, Jobs, ResourceQuotas and RoleBindings are watched with managed-by=graft as a
+    server-side label selector (kopf passes it as labelSelector on the list and the watch)."""
+    from kopf._cogs.structs import references
+
+    op = Operator(Context(api=Api.__new__(Api), settings=Settings()))
+    registry = kopf.OperatorRegistry()
+    op.register(registry)
+    settings = kopf.OperatorSettings()
+    op.configure(settings)
+    selected = {
+        r.plural: settings.watching.label_selectors.collect(r)
+        for r in (
+            references.Resource("", "v1", "pods"),
+            references.Resource("batch", "v1", "jobs"),
+            references.Resource("", "v1", "resourcequotas"),
+            references.Resource("rbac.authorization.k8s.io", "v1", "rolebindings"),
+            references.Resource("graft.dev", "v1alpha1", "deployments"),
+            references.Resource("", "v1", "secrets"),
+        )
+    }
+    graft = ["app.kubernetes.io/managed-by=graft"]
+    assert selected == {
+        "pods": graft,
+        "jobs": graft,
+        "resourcequotas": graft,
+        "rolebindings": graft,
+        "deployments": [],  # Graft's own kinds: every object
+        "secrets": [],  # not watched at all
+    }

@@ -23,7 +23,7 @@ from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack, contextmanager
 from dataclasses import replace
-from typing import Any
+from typing import Any, cast
 
 import kopf
 import urllib3
@@ -54,10 +54,14 @@ from graft.core import keys
 from graft.core.names import InvalidReference, full_name, parse_ref
 from graft.core.objects import is_finished, is_terminating
 from graft.core.settings import ConfigError, Settings
+from graft.plan.relevance import Relevance, model_facts
 
 log = logging.getLogger(__name__)
 
 EXIT_LEADERSHIP_LOST = 3
+# The server-side label selector of every watch of what Graft creates (Pods, Jobs, quotas,
+# RoleBindings): the operator's memory and traffic do not grow with the cluster's other objects.
+CHILD_SELECTOR = f"{keys.MANAGED_BY}={keys.MANAGED_BY_VALUE}"
 
 Reconcile = Callable[[Context, str, str], None]
 """reconcile(ctx, namespace, name); namespace is "" for cluster-scoped kinds."""
@@ -120,6 +124,9 @@ class Operator:
         self._locks: dict[tuple[str, str, str], threading.Lock] = {}
         self._locks_guard = threading.Lock()
         self._reconcilers: dict[str, Reconcile] = {}
+        # What on_children registered: watched with Graft's label selector, server-side.
+        self.child_resources: set[tuple[str, ...]] = set()
+        self.model_facts = Relevance()
         self._followups = ThreadPoolExecutor(max_workers=2, thread_name_prefix="followup")
         self.running = Running()
         # Its status writes take the reconcile's lock of the Deployment they write.
@@ -202,19 +209,22 @@ class Operator:
                 handler
             )
 
-    @staticmethod
     def on_children(
+        self,
         registry: kopf.OperatorRegistry,
         resource: tuple[str, ...],
         fn: Callable[..., None],
         component: str | None = None,
     ) -> None:
         """Register `fn` on the events of what Graft created (managed-by: graft), only of this
-        component when one is given; the API server filters by label."""
+        component when one is given. The API server selects by managed-by (configure() sets
+        it for the whole watch of `resource`), so the cluster's other Pods, Jobs, quotas and
+        bindings never reach the operator; kopf filters the component in the process."""
         labels = {keys.MANAGED_BY: keys.MANAGED_BY_VALUE}
         if component:
             labels[keys.COMPONENT] = component
         kopf.on.event(*resource, labels=labels, registry=registry)(fn)
+        self.child_resources.add(resource)
 
     def configure(self, settings: kopf.OperatorSettings, **_: Any) -> None:
         settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(
@@ -234,6 +244,9 @@ class Operator:
         settings.watching.server_timeout = 300
         settings.watching.client_timeout = 330
         settings.watching.connect_timeout = min(10.0, api_timeout)
+        for resource in sorted(self.child_resources):
+            # (group, version, plural) or (version, plural): kopf's own selector keys.
+            settings.watching.label_selectors[cast(Any, resource)] = CHILD_SELECTOR
 
     async def workers_alive(self, **_: Any) -> str:
         """Liveness: fails (HTTP 500 from kopf's liveness endpoint) when every reconcile worker
@@ -287,11 +300,21 @@ class Operator:
                 self.reconcile_soft(Plural.DEPLOYED_MODELS, namespace, dm["metadata"]["name"])
 
     def model_event(
-        self, namespace: str | None, name: str | None, body: Mapping[str, Any], **_: Any
+        self,
+        namespace: str | None,
+        name: str | None,
+        body: Mapping[str, Any],
+        type: str | None = None,
+        **_: Any,
     ) -> None:
         """A model appeared, changed or went: reconcile what uses it in its account (and, when
-        it is being deleted, the Model itself: its in-use finalizer)."""
+        it is being deleted, the Model itself: its in-use finalizer). Only when something its
+        users act on changed (graft.plan.relevance): not on its status or annotation noise."""
         if not namespace or not name:
+            return
+        if not self.model_facts.changed(
+            namespace, name, model_facts(body), deleted=type == "DELETED"
+        ):
             return
         self.model_deletion_event(namespace, name, body)
         api = self.ctx.api
