@@ -17,7 +17,7 @@ from localcluster.state import Layout
 
 AUDIT_ENV = "GRAFT_APISERVER_AUDIT"
 # Who called what, one JSON line per request, once its response is complete (watches also when
-# they start). Metadata only: no bodies. bench/operator.py attributes requests to the operator by
+# they start). Metadata only: no bodies. bench/operatorscale.py attributes requests to the operator by
 # its user (it runs as its ServiceAccount); leases are left out, everyone renews them.
 AUDIT_POLICY = """\
 apiVersion: audit.k8s.io/v1
