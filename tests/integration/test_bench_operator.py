@@ -106,7 +106,7 @@ def test_quick_run_prints_every_figure(tmp_path: Path) -> None:
     writes = found["writes"]
     per_deployment = value(writes, "all writes / reads per Deployment")
     assert all(number(v) > 0 for v in per_deployment.split(" / ")), out
-    assert number(value(writes, "  create pods")) == 1, out  # one pod per Deployment, once
+    assert number(value(writes, "create pods")) == 1, out  # one pod per Deployment, once
     assert number(value(writes, "writes/min to a Model whose deletion")) >= 0, out
 
     [delete] = found["delete"]
