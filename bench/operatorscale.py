@@ -36,7 +36,8 @@ For each N, in fresh namespaces, one after another:
   its users; goal 0), with the operator's reads per minute over the same window.
 - idle: once the operator made no write for a resync period and the quiet time (10 s; 5 s
   with --quick), its requests per minute by verb over a window of --window seconds (goal: 0
-  writes, reads not growing with N); the writes, if any, by resource.
+  writes, reads not growing with N); the writes, if any, by resource; the operator's CPU over
+  the window (utime + stime, /proc) in % of one core.
 - restart: kill -9 with N converged, start it again: seconds until its last write before a
   quiet time, until every Deployment was named in one of its requests (re-checked), and pods
   beyond one per Deployment (duplicates; must be 0).
@@ -82,6 +83,7 @@ WRITES = frozenset({"create", "update", "patch", "delete", "deletecollection"})
 READS = frozenset({"get", "list", "watch"})
 FIGURES = ("overhead", "idle", "memory", "restart", "writes", "delete", "addons")
 SOURCE = {"uri": "hf://HuggingFaceTB/SmolLM2-135M-Instruct"}
+CLOCK_TICK = os.sysconf("SC_CLK_TCK")
 PODS_PER_NODE = 110  # hack/localcluster's NODE_RESOURCES
 
 
@@ -258,6 +260,14 @@ class Bench:
             if line.startswith("VmRSS:"):
                 return int(line.split()[1]) / 1024
         raise RuntimeError("no VmRSS in /proc")
+
+    def cpu_seconds(self) -> float:
+        """The operator's CPU time so far (user + system, /proc)."""
+        assert self.operator is not None
+        assert self.operator.proc is not None
+        stat = Path(f"/proc/{self.operator.proc.pid}/stat").read_text()
+        fields = stat.rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / CLOCK_TICK
 
     def quiet(self, since: float, quiet: float, timeout: float) -> float | None:
         """Wait until the operator made no write for `quiet` seconds; seconds from `since` to
@@ -436,8 +446,9 @@ def run_n(bench: Bench, s: Settings, only: set[str], out: Results) -> None:
         # with its first timer, after its Deployments are Ready).
         if bench.quiet(started, bench.resync + s.quiet, timeout=3 * bench.resync) is None:
             log("the operator still writes after 3 resync periods; measuring idle anyway")
-        begin = time.time()
+        begin, cpu = time.time(), bench.cpu_seconds()
         time.sleep(s.window)
+        cpu = bench.cpu_seconds() - cpu
         requests = bench.audit.by(bench.user, begin, begin + s.window)
         verbs = Counter(r.verb for r in requests)
         for verb in sorted(READS | WRITES):
@@ -447,6 +458,7 @@ def run_n(bench: Bench, s: Settings, only: set[str], out: Results) -> None:
         writes = sum(v for k, v in verbs.items() if k in WRITES)
         out.add("idle", n, "reads", per_minute(reads, s.window))
         out.add("idle", n, "writes", per_minute(writes, s.window))
+        out.add("idle", n, "CPU, % of one core", f"{100 * cpu / s.window:.1f}")
         written = Counter((r.verb, r.resource) for r in requests if r.verb in WRITES)
         for (verb, resource), count in sorted(written.items()):
             out.add("idle", n, f"  {verb} {resource}", per_minute(count, s.window))
