@@ -118,6 +118,10 @@ bench: $(STAMP) ## print data-plane and gateway figures (hot-load latency, token
 	$(BIN)/python bench/dataplane.py
 	$(BIN)/python bench/gateway.py
 
+.PHONY: bench-operator
+bench-operator: $(STAMP) ## print operator-at-scale figures (issue 14) on a local control plane with an audit log (BENCH_N=100,250,500)
+	$(BIN)/python bench/operatorscale.py --n $(or $(BENCH_N),100)
+
 # --- container images (hack/build-images.py, docs/images.md) -----------------------------------
 # Needs root and Go; not the virtualenv. `make test` runs the image tests, so it builds them too.
 .PHONY: images

@@ -33,4 +33,6 @@ Environment:
     GRAFT_SCHEDULER_PORT           kube-scheduler port           (default 26259)
     GRAFT_KWOK_PORT                kwok healthz/metrics port     (default 26247)
     GRAFT_CLUSTER_TIMEOUT          seconds `up` may take in all  (default 180)
+    GRAFT_APISERVER_AUDIT          if set, the API server writes an audit log (Metadata level,
+                                   JSON) to <state directory>/audit.log (bench/operatorscale.py)
 """

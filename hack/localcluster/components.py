@@ -15,6 +15,36 @@ from localcluster.common import (
 )
 from localcluster.state import Layout
 
+AUDIT_ENV = "GRAFT_APISERVER_AUDIT"
+# Who called what, one JSON line per request, once its response is complete (watches also when
+# they start). Metadata only: no bodies. bench/operatorscale.py attributes requests to the operator by
+# its user (it runs as its ServiceAccount); leases are left out, everyone renews them.
+AUDIT_POLICY = """\
+apiVersion: audit.k8s.io/v1
+kind: Policy
+omitStages: [RequestReceived]
+rules:
+  - level: None
+    resources: [{group: coordination.k8s.io, resources: [leases]}]
+  - level: Metadata
+"""
+
+
+def audit_flags(layout: Layout) -> list[str]:
+    """The API server's audit-log flags when $GRAFT_APISERVER_AUDIT is set (opt-in: it costs a
+    write per request), or when the cluster was started with it: a `restart` keeps the log."""
+    policy = layout.root / "audit-policy.yaml"
+    if not os.environ.get(AUDIT_ENV) and not policy.exists():
+        return []
+    policy.write_text(AUDIT_POLICY)
+    return [
+        f"--audit-policy-file={policy}",
+        f"--audit-log-path={layout.audit_log}",
+        "--audit-log-format=json",
+        # One file for the whole life of the cluster: a reader follows it by offset.
+        "--audit-log-maxsize=0",
+    ]
+
 
 def component_argv(
     component: str, bin_dir: Path, layout: Layout, ports: dict[str, int]
@@ -65,6 +95,7 @@ def component_argv(
             f"--proxy-client-key-file={layout.key('front-proxy-client')}",
             "--allow-privileged=true",
             "--profiling=false",
+            *audit_flags(layout),
         ]
     common = [
         f"--kubeconfig={kubeconfig}",

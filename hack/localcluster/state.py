@@ -50,6 +50,11 @@ class Layout:
         return self.root / "run"
 
     @property
+    def audit_log(self) -> Path:
+        """The API server's audit log, when it keeps one ($GRAFT_APISERVER_AUDIT)."""
+        return self.root / "audit.log"
+
+    @property
     def state_file(self) -> Path:
         return self.root / "cluster.json"
 
