@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 
-from harness.browser import chromium, screenshot
+from harness.browser import chromium, click_and_load, screenshot
 
 pytestmark = pytest.mark.demo
 
@@ -81,7 +81,7 @@ def test_the_demos_dashboard_shows_what_it_trained_and_serves(demo: ModuleType) 
     with chromium(demo.STATE / "chromium-profile") as driver:
         driver.get(account)
         driver.find_element(By.ID, "key").send_keys(key)
-        driver.find_element(By.ID, "login").click()
+        click_and_load(driver, driver.find_element(By.ID, "login"))
         assert driver.current_url == account
         screenshot(driver, shots / "account.png")
 
@@ -101,7 +101,7 @@ def test_the_demos_dashboard_shows_what_it_trained_and_serves(demo: ModuleType) 
             assert shown in job_row, job_row
 
         # The job's link in its row (the addon Model has the job's name, and its own link).
-        jobs.find_element(By.XPATH, f".//tr/td/a[text()='{demo.JOB}']").click()
+        click_and_load(driver, jobs.find_element(By.XPATH, f".//tr/td/a[text()='{demo.JOB}']"))
         assert driver.current_url == f"{account}/fine-tuning-jobs/{demo.JOB}"
         screenshot(driver, shots / "job.png")
         line = driver.find_element(By.CSS_SELECTOR, "svg#loss-curve polyline")
@@ -111,7 +111,7 @@ def test_the_demos_dashboard_shows_what_it_trained_and_serves(demo: ModuleType) 
         assert line.size["width"] > 100
         assert driver.find_element(By.TAG_NAME, "progress").get_attribute("value") == str(steps)
 
-        driver.find_element(By.LINK_TEXT, demo.DATASET).click()
+        click_and_load(driver, driver.find_element(By.LINK_TEXT, demo.DATASET))
         assert driver.current_url == f"{account}/datasets/{demo.DATASET}"
         assert dataset["status"]["sha256"] in driver.find_element(By.TAG_NAME, "main").text
         screenshot(driver, shots / "dataset.png")

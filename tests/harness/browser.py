@@ -55,3 +55,18 @@ def screenshot(driver: Any, path: Path) -> None:
     assert driver.save_screenshot(str(path)), f"no screenshot {path}"
     assert path.stat().st_size > 1000
     print(f"screenshot: {path}")
+
+
+def click_and_load(driver: Any, element: Any, timeout: float = 15) -> None:
+    """Click a link or a form's button, then wait until the next page has replaced this one and
+    finished loading: a click returns before the browser navigates, so reading the URL or the
+    page right after it can still see the old one."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support import expected_conditions
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    old = driver.find_element(By.TAG_NAME, "html")
+    element.click()
+    wait = WebDriverWait(driver, timeout)
+    wait.until(expected_conditions.staleness_of(old))
+    wait.until(lambda d: d.execute_script("return document.readyState") == "complete")

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from harness.browser import chromium, screenshot
+from harness.browser import chromium, click_and_load, screenshot
 from harness.dashboard import ACCOUNT, DashboardWorld
 from harness.replicas import Loop
 
@@ -48,12 +48,12 @@ def test_a_person_logs_in_and_sees_the_account_and_the_loss_curve(
     driver.get(f"{world.url}/dashboard/accounts/{ACCOUNT}")
     assert driver.current_url == f"{world.url}/dashboard/"  # no key yet: the login form
     driver.find_element(By.ID, "key").send_keys("graft_not-a-key")
-    driver.find_element(By.ID, "login").click()
+    click_and_load(driver, driver.find_element(By.ID, "login"))
     assert "Malformed API key" in driver.find_element(By.ID, "problem").text
     shot("login-refused")
 
     driver.find_element(By.ID, "key").send_keys(world.key.key)
-    driver.find_element(By.ID, "login").click()
+    click_and_load(driver, driver.find_element(By.ID, "login"))
     assert driver.current_url == f"{world.url}/dashboard/accounts/{ACCOUNT}"
     shot("account")
     deployments = driver.find_element(By.XPATH, "//h2[@id='deployments']/following-sibling::table")
@@ -68,7 +68,7 @@ def test_a_person_logs_in_and_sees_the_account_and_the_loss_curve(
     # What an escaped name looks like to a person: the text, not a script that ran.
     assert '<script>alert("x")</script>' in driver.find_element(By.TAG_NAME, "main").text
 
-    driver.find_element(By.LINK_TEXT, "tune-support").click()
+    click_and_load(driver, driver.find_element(By.LINK_TEXT, "tune-support"))
     assert driver.current_url.endswith(
         f"/dashboard/accounts/{ACCOUNT}/fine-tuning-jobs/tune-support"
     )
@@ -83,10 +83,10 @@ def test_a_person_logs_in_and_sees_the_account_and_the_loss_curve(
         assert shown in chart, chart
     assert driver.find_element(By.TAG_NAME, "progress").get_attribute("value") == "6"
 
-    driver.find_element(By.LINK_TEXT, "support-chats").click()
+    click_and_load(driver, driver.find_element(By.LINK_TEXT, "support-chats"))
     assert "support.jsonl" in driver.find_element(By.TAG_NAME, "main").text
     shot("dataset")
 
-    driver.find_element(By.XPATH, "//button[text()='Log out']").click()
+    click_and_load(driver, driver.find_element(By.XPATH, "//button[text()='Log out']"))
     driver.get(f"{world.url}/dashboard/accounts/{ACCOUNT}")
     assert driver.current_url == f"{world.url}/dashboard/"
