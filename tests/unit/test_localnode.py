@@ -270,13 +270,17 @@ def _started(proc: subprocess.Popen[bytes]) -> subprocess.Popen[bytes]:
     return proc
 
 
-def test_cluster_down_stops_the_local_node_of_its_pid_file(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    cluster = _localcluster_cluster()
+@pytest.fixture
+def node_base(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """The local node's state directory under a GRAFT_CACHE_DIR of this test's own."""
     monkeypatch.setenv("GRAFT_CACHE_DIR", str(tmp_path))
     base = paths.root({"GRAFT_CACHE_DIR": str(tmp_path)})
     base.mkdir(parents=True)
+    return base
+
+
+def test_cluster_down_stops_the_local_node_of_its_pid_file(node_base: Path) -> None:
+    cluster, base = _localcluster_cluster(), node_base
     # A process whose command line names the local node, as `graft localnode` does.
     node = _started(
         subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)", "localnode"])
@@ -291,13 +295,8 @@ def test_cluster_down_stops_the_local_node_of_its_pid_file(
             node.kill()
 
 
-def test_cluster_down_leaves_a_stale_pids_new_owner_alone(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    cluster = _localcluster_cluster()
-    monkeypatch.setenv("GRAFT_CACHE_DIR", str(tmp_path))
-    base = paths.root({"GRAFT_CACHE_DIR": str(tmp_path)})
-    base.mkdir(parents=True)
+def test_cluster_down_leaves_a_stale_pids_new_owner_alone(node_base: Path) -> None:
+    cluster, base = _localcluster_cluster(), node_base
     other = _started(subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"]))
     try:
         paths.pid_file(base).write_text(f"{other.pid}\n")  # the pid now belongs to another program
