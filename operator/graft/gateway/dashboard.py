@@ -712,49 +712,46 @@ class Dashboard:
     def _one(self, account: str, kind: str, name: str) -> dict[str, Any] | None:
         return next((o for o in self.view.objects(kind, account) if _name(o) == name), None)
 
-    async def deployment(self, request: web.Request) -> web.Response:
+    async def _detail(
+        self,
+        request: web.Request,
+        plural: str,
+        kind: str,
+        render: Callable[[str, dict[str, Any]], str],
+    ) -> web.Response:
+        """The page of one object of the account: the guard, the lookup (a 404 page when there
+        is no such object), then `render(account, obj)`."""
         account = await self._guard(request)
         if isinstance(account, web.Response):
             return account
         name = request.match_info["name"]
-        obj = self._one(account, Plural.DEPLOYMENTS, name)
+        obj = self._one(account, plural, name)
         if obj is None:
-            return _missing(account, "Deployment", name)
-        models = self.view.objects(Plural.DEPLOYED_MODELS, account)
-        replicas = self._replicas(account).get(name, [])
-        return _html(deployment_page(account, obj, replicas, models))
+            return _missing(account, kind, name)
+        return _html(render(account, obj))
+
+    async def deployment(self, request: web.Request) -> web.Response:
+        def render(account: str, obj: dict[str, Any]) -> str:
+            models = self.view.objects(Plural.DEPLOYED_MODELS, account)
+            replicas = self._replicas(account).get(_name(obj), [])
+            return deployment_page(account, obj, replicas, models)
+
+        return await self._detail(request, Plural.DEPLOYMENTS, "Deployment", render)
 
     async def job(self, request: web.Request) -> web.Response:
-        account = await self._guard(request)
-        if isinstance(account, web.Response):
-            return account
-        name = request.match_info["name"]
-        obj = self._one(account, Plural.FINE_TUNING_JOBS, name)
-        if obj is None:
-            return _missing(account, "FineTuningJob", name)
-        return _html(job_page(account, obj))
+        return await self._detail(request, Plural.FINE_TUNING_JOBS, "FineTuningJob", job_page)
 
     async def model(self, request: web.Request) -> web.Response:
-        account = await self._guard(request)
-        if isinstance(account, web.Response):
-            return account
-        name = request.match_info["name"]
-        obj = self._one(account, Plural.MODELS, name)
-        if obj is None:
-            return _missing(account, "Model", name)
-        jobs = self.view.objects(Plural.FINE_TUNING_JOBS, account)
-        return _html(model_page(account, obj, jobs))
+        def render(account: str, obj: dict[str, Any]) -> str:
+            return model_page(account, obj, self.view.objects(Plural.FINE_TUNING_JOBS, account))
+
+        return await self._detail(request, Plural.MODELS, "Model", render)
 
     async def dataset(self, request: web.Request) -> web.Response:
-        account = await self._guard(request)
-        if isinstance(account, web.Response):
-            return account
-        name = request.match_info["name"]
-        obj = self._one(account, Plural.DATASETS, name)
-        if obj is None:
-            return _missing(account, "Dataset", name)
-        jobs = self.view.objects(Plural.FINE_TUNING_JOBS, account)
-        return _html(dataset_page(account, obj, jobs))
+        def render(account: str, obj: dict[str, Any]) -> str:
+            return dataset_page(account, obj, self.view.objects(Plural.FINE_TUNING_JOBS, account))
+
+        return await self._detail(request, Plural.DATASETS, "Dataset", render)
 
 
 def _cross_site(request: web.Request) -> web.Response | None:
