@@ -7,27 +7,20 @@ the browser test (tests/unit/test_gateway_dashboard.py, test_dashboard_browser.p
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 from graft.gateway import apikeys
 from graft.gateway.catalog import Catalog, build
 from graft.gateway.server import Pod, Settings
-from harness.replicas import Loop, RunningGateway, StaticView, StubReplica
+from harness.replicas import Loop, RunningGateway, StaticView, StubReplica, api_key_object, meta
 
 ACCOUNT = "acme"
 OTHER = "other"
 SHA = "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08"
 CURVE = [[1, 3.2], [2, 2.9], [3, 2.4], [4, 2.1], [5, 1.7], [6, 1.5]]
 EVIL = '<script>alert("x")</script><img src=x onerror=alert(1)>'
-
-
-def meta(name: str, ns: str | None = None, uid: str = "") -> dict[str, Any]:
-    m: dict[str, Any] = {"name": name, "creationTimestamp": "2026-11-28T10:00:00Z"}
-    if ns:
-        m["namespace"] = ns
-    if uid:
-        m["uid"] = uid
-    return m
 
 
 def cond(kind: str, status: str, reason: str, message: str = "") -> dict[str, str]:
@@ -63,20 +56,16 @@ class DashboardWorld:
         loop.run(self.gw.start())  # probes the replicas once before it returns
 
     def catalog(self) -> Catalog:
-        def key(ns: str, user: str, k: apikeys.NewKey) -> dict[str, Any]:
-            return {
-                "metadata": meta(f"{user}-key", ns),
-                "spec": {"user": user},
-                "status": {"keyId": k.key_id, "keyHash": k.key_hash},
-            }
-
         return build(
             accounts=[{"metadata": meta(ACCOUNT), "spec": {}}, {"metadata": meta(OTHER)}],
             users=[
                 {"metadata": meta("vera", ACCOUNT), "spec": {"role": "viewer"}},
                 {"metadata": meta("olga", OTHER), "spec": {"role": "admin"}},
             ],
-            api_keys=[key(ACCOUNT, "vera", self.key), key(OTHER, "olga", self.other_key)],
+            api_keys=[
+                api_key_object(ACCOUNT, "vera", self.key),
+                api_key_object(OTHER, "olga", self.other_key),
+            ],
             models=[{"metadata": meta("base", ACCOUNT), "spec": {"kind": "Base"}}],
             deployments=[
                 {"metadata": meta("chat", ACCOUNT), "spec": {"baseModel": "base", "replicas": 2}}
@@ -190,3 +179,15 @@ def objects() -> dict[str, list[dict[str, Any]]]:
             },
         ],
     }
+
+
+@contextmanager
+def running_world() -> Iterator[DashboardWorld]:
+    """A DashboardWorld on a loop of its own, closed after."""
+    loop = Loop()
+    world = DashboardWorld(loop)
+    try:
+        yield world
+    finally:
+        world.close()
+        loop.close()

@@ -21,11 +21,32 @@ from typing import Any, TypeVar
 from aiohttp import web
 
 from graft.core.serverkeys import progress_token
+from graft.gateway.apikeys import NewKey
 from graft.gateway.catalog import Catalog, DeploymentEntry
 from graft.gateway.progress import JobRecord, Outcome
 from graft.gateway.server import Gateway, Pod, Settings, serve
 
 T = TypeVar("T")
+
+
+def meta(name: str, ns: str | None = None, uid: str = "") -> dict[str, Any]:
+    """An object's metadata as the gateway's catalog reads it."""
+    m: dict[str, Any] = {"name": name, "creationTimestamp": "2026-11-28T10:00:00Z"}
+    if ns:
+        m["namespace"] = ns
+    if uid:
+        m["uid"] = uid
+    return m
+
+
+def api_key_object(ns: str, user: str, key: NewKey) -> dict[str, Any]:
+    """The ApiKey `<user>-key` of `user` in account `ns`, as the operator leaves it: the key's
+    id and hash in status."""
+    return {
+        "metadata": meta(f"{user}-key", ns),
+        "spec": {"user": user},
+        "status": {"keyId": key.key_id, "keyHash": key.key_hash},
+    }
 
 
 class Loop:

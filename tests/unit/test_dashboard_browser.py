@@ -12,8 +12,7 @@ from pathlib import Path
 import pytest
 
 from harness.browser import chromium, click_and_load, screenshot
-from harness.dashboard import ACCOUNT, DashboardWorld
-from harness.replicas import Loop
+from harness.dashboard import ACCOUNT, DashboardWorld, running_world
 
 pytestmark = pytest.mark.browser
 
@@ -26,11 +25,8 @@ def browser(tmp_path: Path) -> Iterator[object]:
 
 @pytest.fixture
 def world() -> Iterator[DashboardWorld]:
-    loop = Loop()
-    w = DashboardWorld(loop)
-    yield w
-    w.close()
-    loop.close()
+    with running_world() as w:
+        yield w
 
 
 def test_a_person_logs_in_and_sees_the_account_and_the_loss_curve(

@@ -11,17 +11,13 @@ import httpx
 import pytest
 
 from graft.gateway import dashboard
-from harness.dashboard import ACCOUNT, CURVE, EVIL, OTHER, SHA, DashboardWorld
-from harness.replicas import Loop
+from harness.dashboard import ACCOUNT, CURVE, EVIL, OTHER, SHA, DashboardWorld, running_world
 
 
 @pytest.fixture
 def world() -> Iterator[DashboardWorld]:
-    loop = Loop()
-    w = DashboardWorld(loop)
-    yield w
-    w.close()
-    loop.close()
+    with running_world() as w:
+        yield w
 
 
 def client(world: DashboardWorld, key: str | None = None) -> httpx.Client:

@@ -18,19 +18,12 @@ import pytest
 from graft.gateway import apikeys
 from graft.gateway.catalog import Catalog, build
 from graft.gateway.server import Pod, Settings
-from harness.replicas import Loop, RunningGateway, StaticView, StubReplica
+from harness.replicas import Loop, RunningGateway, StaticView, StubReplica, api_key_object, meta
 
 BASE = "accounts/a/models/base"
 ADDON = "accounts/a/models/addon"
 PUBLIC = "accounts/b/models/pub"
 SECRET_ADDON = "accounts/b/models/secret-addon"
-
-
-def meta(name: str, ns: str | None = None) -> dict[str, Any]:
-    m: dict[str, Any] = {"name": name, "creationTimestamp": "2026-11-28T10:00:00Z"}
-    if ns:
-        m["namespace"] = ns
-    return m
 
 
 class World:
@@ -67,20 +60,16 @@ class World:
         return Pod(uid, uid, f"accounts/{ns}/deployments/{dep}", "127.0.0.1", r.port, ready)
 
     def catalog(self) -> Catalog:
-        def key(ns: str, user: str, k: apikeys.NewKey) -> dict[str, Any]:
-            return {
-                "metadata": meta(f"{user}-key", ns),
-                "spec": {"user": user},
-                "status": {"keyId": k.key_id, "keyHash": k.key_hash},
-            }
-
         return build(
             accounts=[{"metadata": meta("a"), "spec": {"limits": self.limits}}],
             users=[
                 {"metadata": meta("alice", "a"), "spec": {}},
                 {"metadata": meta("bob", "b"), "spec": {}},
             ],
-            api_keys=[key("a", "alice", self.key_a), key("b", "bob", self.key_b)],
+            api_keys=[
+                api_key_object("a", "alice", self.key_a),
+                api_key_object("b", "bob", self.key_b),
+            ],
             models=[
                 {"metadata": meta("base", "a"), "spec": {"kind": "Base"}},
                 {"metadata": meta("addon", "a"), "spec": {"kind": "PeftAddon"}},

@@ -26,20 +26,13 @@ from graft.gateway.catalog import build
 from graft.gateway.main import uploads_uri
 from graft.gateway.server import Settings
 from graft.gateway.uploads import check_file_name, upload_id
-from harness.replicas import Loop, RunningGateway, StaticView
+from harness.replicas import Loop, RunningGateway, StaticView, api_key_object, meta
 from harness.s3server import S3Server
 
 MiB = 1024 * 1024
 SIZE = 20_000_000
 CHUNK = 8 * MiB
 MAX_BYTES = 30_000_000
-
-
-def meta(name: str, ns: str | None = None) -> dict[str, Any]:
-    m: dict[str, Any] = {"name": name, "creationTimestamp": "2026-11-28T10:00:00Z"}
-    if ns:
-        m["namespace"] = ns
-    return m
 
 
 @pytest.fixture(scope="module")
@@ -96,14 +89,7 @@ class World:
                 {"metadata": meta(u, ns), "spec": {"role": role} if role else {}}
                 for u, ns, role in users
             ],
-            api_keys=[
-                {
-                    "metadata": meta(f"{u}-key", ns),
-                    "spec": {"user": u},
-                    "status": {"keyId": self.keys[u].key_id, "keyHash": self.keys[u].key_hash},
-                }
-                for u, ns, _ in users
-            ],
+            api_keys=[api_key_object(ns, u, self.keys[u]) for u, ns, _ in users],
         )
         self.view = StaticView(catalog, [], {})
         settings = Settings(uploads_uri=uri, max_upload_bytes=MAX_BYTES)
