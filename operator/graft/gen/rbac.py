@@ -171,10 +171,11 @@ OPERATOR_RULES: tuple[Rule, ...] = (
     # Account and User.
     Rule(
         "Account: create the account's namespace (Pod Security restricted), restore its Pod "
-        "Security labels; delete it when the Account is deleted.",
+        "Security labels; delete it when the Account is deleted. kopf, under `graft run "
+        "--namespace`: list and watch namespaces to know which of them exist.",
         (CORE,),
         ("namespaces",),
-        ("get", "create", "patch", "delete"),
+        ("get", "list", "watch", "create", "patch", "delete"),
     ),
     Rule(
         "Account: the NetworkPolicy that lets only the account, the operator and the gateway "
