@@ -182,7 +182,7 @@ class OperatorProcess(_GraftProcess):
         self,
         cluster: Cluster,
         log_path: Path,
-        resync_seconds: float = 2.0,
+        resync_seconds: float | None = None,
         env: dict[str, str] | None = None,
         kubeconfig: str | None = None,
     ) -> None:
@@ -190,10 +190,20 @@ class OperatorProcess(_GraftProcess):
         self.log_path = log_path
         self.port = free_port()
         self.metrics_port = free_port()
-        self.resync_seconds = resync_seconds
+        # GRAFT_TEST_RESYNC_SECONDS: run the suite with another resync, e.g. a long one to find
+        # a change that only the resync notices (an event trigger missing).
+        self.resync_seconds = resync_seconds or float(
+            os.environ.get("GRAFT_TEST_RESYNC_SECONDS", "2")
+        )
         self.extra_env = env or {}
         self.kubeconfig = kubeconfig or cluster.kubeconfig
         self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def settle_seconds(self) -> float:
+        """How long a test watches for something that must not happen (a write, a flap): a few
+        resyncs with the suite's short one, at most 5 s with a long one."""
+        return min(self.resync_seconds, 5.0)
 
     def start(self) -> None:
         self._spawn(

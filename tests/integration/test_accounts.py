@@ -691,5 +691,5 @@ def test_every_kind_reconciles_without_rbac_denials(
         wait_for("every object to have a Ready condition", lambda: not unreconciled(), 60)
     except AssertionError:
         raise AssertionError(f"never reconciled: {unreconciled()}") from None
-    time.sleep(graft.resync_seconds * 3)
+    time.sleep(graft.settle_seconds * 3)
     assert not rbac_denials(graft)

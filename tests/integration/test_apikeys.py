@@ -255,7 +255,7 @@ def test_a_key_is_issued_once_into_a_secret_only_its_user_can_read(
     assert len(before) == 4
     out = cluster.apply(api_key("ci", ns, "alice", description="CI pipeline"))
     assert "unchanged" in out
-    time.sleep(3 * operator.resync_seconds + 2)
+    time.sleep(3 * operator.settle_seconds + 2)
     assert versions(cluster, "ci", ns) == before
     assert key_in_secret(cluster, "ci-apikey", ns) == key
 

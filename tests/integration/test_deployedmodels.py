@@ -421,7 +421,7 @@ def test_rejections_are_conditions_not_retries(
     dump_current(cluster, "deployments.graft.dev", "chat", ns, "scaled-to-zero")
     # No retry loop: a rejected object is not rewritten while nothing changes.
     versions = {n: dm_state(cluster, ns, n)["metadata"]["resourceVersion"] for n in expected}  # type: ignore[index]
-    time.sleep(3 * operator.resync_seconds)
+    time.sleep(3 * operator.settle_seconds)
     assert {
         n: dm_state(cluster, ns, n)["metadata"]["resourceVersion"] for n in expected
     } == versions  # type: ignore[index]
@@ -455,7 +455,7 @@ def test_model_in_use_is_not_deleted(
     )
     dump(model, "in-use")
     assert f"accounts/{ns}/deployments/chat" in condition(model, "Ready")["message"]  # type: ignore[index]
-    time.sleep(2 * operator.resync_seconds)
+    time.sleep(2 * operator.settle_seconds)
     assert cluster.get("models.graft.dev", "base", ns) is not None
     cluster.kubectl("delete", "deployments.graft.dev/chat", "-n", ns, "--timeout=60s")
     wait_for(

@@ -297,7 +297,7 @@ def test_deployment_lifecycle(operator: OperatorProcess, namespace: str) -> None
     before = versions()
     out = cluster.apply(deployment("chat", ns, replicas=2, engineArgs=["--max-model-len", "4096"]))
     assert "unchanged" in out
-    time.sleep(3 * operator.resync_seconds + 2)
+    time.sleep(3 * operator.settle_seconds + 2)
     assert versions() == before
 
     # Deleting the Deployment leaves no pods or Service behind.
@@ -343,7 +343,7 @@ def test_base_model_must_exist_and_be_a_base_model(
     dump(dep, "base-model-not-base")
     assert "PeftAddon" in condition(dep, "Ready")["message"]  # type: ignore[index]
     assert dep["status"]["state"] == "Failed"
-    time.sleep(2 * operator.resync_seconds)
+    time.sleep(2 * operator.settle_seconds)
     assert pods(cluster, ns, "wrong") == []
     warnings = [
         e

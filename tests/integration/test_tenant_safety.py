@@ -294,9 +294,17 @@ def test_blocked_deletions_wait_for_events_without_writing(
         ]
     )
     wait_for("Model Ready", lambda: ready(cluster, "models.graft.dev", "base", name), 60)
-    model = cluster.get("models.graft.dev", "base", name)
-    assert model is not None
-    assert "graft.dev/in-use-protection" in model["metadata"]["finalizers"]
+    # The in-use finalizer comes with the first user (the Deployment), not with the Model.
+    wait_for(
+        "the Model protected while the Deployment uses it",
+        lambda: (
+            "graft.dev/in-use-protection"
+            in ((cluster.get("models.graft.dev", "base", name) or {}).get("metadata") or {}).get(
+                "finalizers", []
+            )
+        ),
+        60,
+    )
 
     cluster.kubectl("delete", "models.graft.dev", "base", "-n", name, "--wait=false")
     cluster.kubectl("delete", "accounts.graft.dev", name, "--wait=false")

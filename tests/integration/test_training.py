@@ -262,7 +262,7 @@ def test_valid_datasets_report_their_signature_once(env: Env) -> None:
     before = versions(env, names)
     out = cluster.apply(manifests)
     assert out.count("unchanged") == len(manifests), out
-    time.sleep(3 * env.op.resync_seconds + 2)
+    time.sleep(3 * env.op.settle_seconds + 2)
     assert versions(env, names) == before
     assert len(env.jobs()) == 3
     assert [
@@ -535,7 +535,7 @@ def test_finetuning_job_waits_then_trains_and_publishes_the_addon(
     names = [("finetuningjobs.graft.dev", "tune"), ("jobs.batch", "tune-train")]
     before = versions(env, names)
     assert "unchanged" in cluster.apply(job)
-    time.sleep(3 * env.op.resync_seconds + 2)
+    time.sleep(3 * env.op.settle_seconds + 2)
     assert versions(env, names) == before
     # The published addon was inspected like any other (its Job reads the adapter just written).
     assert sorted(j["metadata"]["name"] for j in env.jobs()) == [
@@ -625,7 +625,7 @@ def test_progress_appears_in_status_while_the_trainer_runs(
     # Progress writes stop when the job ends: the trainer's last reports, and any the gateway
     # kept for its next write, find the job ended (409) and change nothing.
     before = done["metadata"]["resourceVersion"]
-    time.sleep(max(6.0, 3 * env.op.resync_seconds))
+    time.sleep(max(6.0, 3 * env.op.settle_seconds))
     after = env.get("finetuningjobs.graft.dev", "live")
     assert after is not None
     assert after["metadata"]["resourceVersion"] == before

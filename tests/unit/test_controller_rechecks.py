@@ -94,31 +94,41 @@ def test_the_operator_hands_reconcilers_its_rechecks() -> None:
     assert op.ctx.recheck == op.rechecks.schedule
     registry = kopf.OperatorRegistry()
     op.register(registry)
-    # ApiKeys have no kopf timer: it would put kopf's finalizer on them, and a User's keys must
-    # go with the User even while the operator is down.
+    # No kopf timers nor create/update/resume handlers: kopf would put its finalizer on every
+    # object (a User's ApiKeys must go with the User even while the operator is down) and write
+    # its progress annotations. Only a DeployedModel's deletion waits for the operator (it
+    # unloads the addon from the model servers).
     # (kopf's registry lists its handlers only through these private members.)
     timers = {str(h.id) for h in registry._spawning.get_all_handlers()}
     changes = {str(h.id) for h in registry._changing.get_all_handlers()}
-    assert "reconcile_deployments" in timers
-    assert "reconcile_apikeys" not in timers
-    assert {"reconcile_apikeys", "reconcile_apikeys/spec"} <= changes
+    assert timers == set()
+    assert changes == {"Operator.deployed_model_deleted"}
 
 
-def test_a_failed_recheck_is_asked_for_again_after_the_resync_interval() -> None:
-    """A reconcile asks for its next re-check only when it succeeds; the operator re-arms one
-    that failed, or the ApiKey would never be looked at again (it has no kopf timer)."""
-    settings = replace(Settings(), resync_seconds=0.2)
+def test_a_failed_recheck_is_retried_with_backoff_without_holding_a_worker() -> None:
+    """A reconcile asks for its next re-check only when it succeeds; a failed one goes back into
+    the work queue with backoff (capped at the resync interval), or the ApiKey would never be
+    looked at again (it has no resync), and the one worker stays free for other objects."""
+    settings = replace(Settings(), resync_seconds=0.2, workers=1)
     op = Operator(Context(api=Api.__new__(Api), settings=settings))
     calls: list[float] = []
+    others: list[str] = []
 
     def failing(ctx: Context, namespace: str, name: str) -> None:
         calls.append(time.monotonic())
         raise RuntimeError("API server unreachable")
 
     op._reconcilers["apikeys"] = failing
+    op._reconcilers["users"] = lambda ctx, namespace, name: others.append(name)
+    op.queue.start()
     try:
         op.rechecks.schedule("apikeys", "acme", "ci", 0)
-        wait_until(lambda: len(calls) >= 3)
-        assert calls[2] - calls[1] >= 0.2
+        wait_until(lambda: len(calls) >= 2)
+        op.enqueue("users", "acme", "alice")
+        wait_until(lambda: others == ["alice"])
+        wait_until(lambda: len(calls) >= 4)
+        assert op.queue.failures(("apikeys", "acme", "ci")) >= 4
+        assert calls[3] - calls[2] >= 0.2 * 0.9  # the cap, less at most 10% jitter
     finally:
+        op.queue.stop()
         op.rechecks.stop()

@@ -65,7 +65,7 @@ def test_config_errors_name_the_variable(env: dict[str, str], message: str) -> N
         # Jobs run the Reference image unless GRAFT_IMAGE says otherwise.
         ({"GRAFT_REFERENCE_IMAGE": "r/graft:dev"}, "image", "r/graft:dev"),
         ({"GRAFT_REFERENCE_IMAGE": "r/graft:dev"}, "trainer_image", "r/graft:dev"),
-        ({}, "resync_seconds", 60.0),
+        ({}, "resync_seconds", 300.0),
         ({"GRAFT_RESYNC_SECONDS": "2.5"}, "resync_seconds", 2.5),
         ({}, "workers", 8),
         ({"GRAFT_WORKERS": "3"}, "workers", 3),

@@ -96,7 +96,7 @@ def reconcile(ctx: Context, namespace: str, name: str) -> None:
         )
         return
 
-    user = api.get_graft(Plural.USERS, namespace, spec.user)
+    user = api.cached_graft(Plural.USERS, namespace, spec.user)
     if user is not None and not is_terminating(user) and not user_references(obj):
         obj = adopt(api, obj, user)
     problem = expired_problem(issued, spec.expires_at, now) or user_problem(obj, spec.user, user)

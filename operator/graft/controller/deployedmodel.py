@@ -44,7 +44,7 @@ def _deployment_of(
             "CrossAccountDeployment",
             f"{ref.full_name} is in another account; load addons into this account's Deployments",
         )
-    return ref.id, api.get_graft(Plural.DEPLOYMENTS, namespace, ref.id)
+    return ref.id, api.cached_graft(Plural.DEPLOYMENTS, namespace, ref.id)
 
 
 def judge_this(

@@ -79,7 +79,7 @@ def resolve_base_model(
         ref = parse_ref(spec.base_model, Plural.MODELS, account=namespace)
     except InvalidReference as exc:
         return BlockedBy("InvalidBaseModel", str(exc), waiting=False)
-    model = api.get_graft(Plural.MODELS, ref.account, ref.id)
+    model = api.cached_graft(Plural.MODELS, ref.account, ref.id)
     if model is None:
         return BlockedBy(
             "BaseModelNotFound", f"base model {ref.full_name} does not exist (yet)", waiting=True

@@ -237,19 +237,21 @@ def inputs_ready(
         )
         if taken is not None:
             return taken
-    dataset_obj = api.get_graft(Plural.DATASETS, namespace, refs["dataset"].id)
+    dataset_obj = api.cached_graft(Plural.DATASETS, namespace, refs["dataset"].id)
     dataset = dataset_gate(dataset_obj, refs["dataset"])
     if isinstance(dataset, Progress):
         return dataset
     if "evaluation" in refs:
         ref = refs["evaluation"]
         evaluation = dataset_gate(
-            api.get_graft(Plural.DATASETS, namespace, ref.id), ref, "evaluation dataset"
+            api.cached_graft(Plural.DATASETS, namespace, ref.id), ref, "evaluation dataset"
         )
         if isinstance(evaluation, Progress):
             return evaluation
     base = refs["base"]
-    base_uri = base_model_gate(api.get_graft(Plural.MODELS, base.account, base.id), base, namespace)
+    base_uri = base_model_gate(
+        api.cached_graft(Plural.MODELS, base.account, base.id), base, namespace
+    )
     if isinstance(base_uri, Progress):
         return base_uri
     # The data must still be where it was validated (the trainer checks its sha256 too).

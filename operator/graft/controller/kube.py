@@ -12,8 +12,10 @@ from typing import Any
 from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
 
+from graft.controller.store import Store
 from graft.core import keys
 from graft.core.objects import Obj
+from graft.plan.indices import INDICES
 
 log = logging.getLogger(__name__)
 
@@ -85,7 +87,13 @@ def _remove_ops(obj: Obj, finalizer: str) -> list[Obj]:
 
 
 class Api:
-    """A small facade over the generated clients, returning plain dicts."""
+    """A small facade over the generated clients, returning plain dicts.
+
+    The `cached_*` reads answer from the operator's cache of Graft objects (`store`,
+    graft.controller.store) when it covers the kind and namespace, else from the API server;
+    everything else is a request."""
+
+    store: Store | None = None
 
     def __init__(self, api_client: client.ApiClient | None = None) -> None:
         self.client = api_client or client.ApiClient()
@@ -144,6 +152,41 @@ class Api:
         result = self.custom.list_cluster_custom_object(keys.GROUP, keys.VERSION, plural)
         items: list[Obj] = result.get("items", [])
         return items
+
+    def cached_graft(self, plural: str, namespace: str, name: str) -> Obj | None:
+        """A Graft object another reconcile depends on (namespace "": an Account)."""
+        if self.store is not None and self.store.covers(plural, namespace):
+            return self.store.get(plural, namespace, name)
+        if not namespace:
+            return self.get_graft_cluster(plural, name)
+        return self.get_graft(plural, namespace, name)
+
+    def cached_list(self, plural: str, namespace: str | None) -> list[Obj]:
+        """Every object of a namespaced Graft kind in `namespace` (None: in every account)."""
+        if self.store is not None and (
+            self.store.covers(plural, namespace)
+            if namespace is not None
+            else self.store.covers_all(plural)
+        ):
+            return self.store.list(plural, namespace)
+        if namespace is None:
+            return self.list_graft_everywhere(plural)
+        return self.list_graft(plural, namespace)
+
+    def cached_index(self, plural: str, index: str, value: str, namespace: str | None) -> list[Obj]:
+        """The objects of `plural` in `namespace` (None: anywhere) whose `index`
+        (graft.plan.indices) includes `value`."""
+        if self.store is not None and (
+            self.store.covers(plural, namespace)
+            if namespace is not None
+            else self.store.covers_all(plural)
+        ):
+            found = self.store.by_index(plural, index, value)
+            if namespace is None:
+                return found
+            return [o for o in found if o["metadata"].get("namespace") == namespace]
+        indexer = INDICES[(plural, index)]
+        return [o for o in self.cached_list(plural, namespace) if value in indexer(o)]
 
     def add_cluster_finalizer(self, plural: str, obj: Obj, finalizer: str) -> None:
         self._json_patch(plural, "", obj["metadata"]["name"], _add_ops(obj, finalizer))

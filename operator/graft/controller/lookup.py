@@ -19,12 +19,13 @@ from graft.plan.apikey import WAITING_FOR_ACCOUNT
 from graft.plan.deployedmodel import Candidate, DeploymentFacts, ModelFacts, Verdict, judge
 from graft.plan.deployment import selector_string
 from graft.plan.engines import PORT
+from graft.plan.indices import BY_DEPLOYMENT, BY_USER
 from graft.plan.model import not_ready
 from graft.plan.storage import addon_path
 
 
 def model_facts(ctx: Context, ref: Ref) -> ModelFacts | None:
-    obj = ctx.api.get_graft(Plural.MODELS, ref.account, ref.id)
+    obj = ctx.api.cached_graft(Plural.MODELS, ref.account, ref.id)
     if obj is None:
         return None
     try:
@@ -78,8 +79,10 @@ def api_keys_of(api: Api, namespace: str, user: str) -> list[str]:
     """The names of the ApiKeys of a User (spec.user is an ID in the User's own account)."""
     return [
         key["metadata"]["name"]
-        for key in api.list_graft(Plural.API_KEYS, namespace)
-        if (key.get("spec") or {}).get("user") == user and not is_terminating(key)
+        for key in api.cached_index(
+            Plural.API_KEYS, BY_USER, full_name(namespace, Plural.USERS, user), namespace
+        )
+        if not is_terminating(key)
     ]
 
 
@@ -88,7 +91,7 @@ def api_keys_waiting_for_account(api: Api, namespace: str) -> list[str]:
     Secrets (Ready reason WaitingForAccount)."""
     return [
         key["metadata"]["name"]
-        for key in api.list_graft(Plural.API_KEYS, namespace)
+        for key in api.cached_list(Plural.API_KEYS, namespace)
         if (condition(key, "Ready") or {}).get("reason") == WAITING_FOR_ACCOUNT
         and not is_terminating(key)
     ]
@@ -96,19 +99,12 @@ def api_keys_waiting_for_account(api: Api, namespace: str) -> list[str]:
 
 def deployed_models_of(api: Api, namespace: str, deployment: str) -> list[Obj]:
     """The DeployedModels in the account that point at this Deployment (not being deleted)."""
-    out = []
-    for dm in api.list_graft(Plural.DEPLOYED_MODELS, namespace):
-        if is_terminating(dm):
-            continue
-        try:
-            ref = parse_ref(
-                (dm.get("spec") or {}).get("deployment", ""), Plural.DEPLOYMENTS, account=namespace
-            )
-        except InvalidReference:
-            continue
-        if (ref.account, ref.id) == (namespace, deployment):
-            out.append(dm)
-    return out
+    me = full_name(namespace, Plural.DEPLOYMENTS, deployment)
+    return [
+        dm
+        for dm in api.cached_index(Plural.DEPLOYED_MODELS, BY_DEPLOYMENT, me, namespace)
+        if not is_terminating(dm)
+    ]
 
 
 def addon_verdicts(

@@ -1,9 +1,18 @@
 """kopf wiring only: settings, handler registration, and `run()`. The work is in the reconcilers.
 
-Every kind is reconciled level-triggered: create, update (of the spec), resume and a periodic
-resync all call the kind's `reconcile(ctx, namespace, name)`, one at a time per object; events of
-other objects (pods, models, ...) call it too. Each reconcile reads fresh state, so it does not
+Every kind is reconciled level-triggered by `reconcile(ctx, namespace, name)` of its module. kopf
+only watches: its handlers put objects into the operator's cache (graft.controller.store) and
+add keys to the work queue (graft.controller.workqueue), whose own workers run the reconciles,
+one at a time per object, merging the events that arrive meanwhile. An object is queued when it
+is first seen (start-up included), when its generation changes (spec) and when its deletion
+starts; events of other objects (pods, models, ...) queue it too, and a jittered resync
+(GRAFT_RESYNC_SECONDS) queues it again as a safety net. Each reconcile reads the state it acts on
+(its own object and pods fresh, the Graft objects it depends on from the cache), so it does not
 matter which trigger fired or whether one was missed.
+
+kopf's handlers here are all event handlers (no create/update/resume handlers, no timers): kopf
+writes no progress annotations and puts its finalizer only on DeployedModels, whose deletion
+unloads the addon from the model servers (outside the garbage collector's reach).
 
 `run()` reads the settings once, makes the one API client, and registers every handler on a
 registry of its own; importing this module registers nothing.
@@ -15,12 +24,13 @@ registers any extra triggers.
 
 from __future__ import annotations
 
+import copy
 import logging
 import os
+import random
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
-from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack, contextmanager
 from dataclasses import replace
 from typing import Any, cast
@@ -50,10 +60,13 @@ from graft.controller.metrics import OperatorMetrics, Outcome, serving
 from graft.controller.modelclient import Limits, ModelServers
 from graft.controller.rechecks import Rechecks
 from graft.controller.serverkeys import load_seed
+from graft.controller.store import Store
+from graft.controller.workqueue import Backoff, Key, WorkQueue
 from graft.core import keys
 from graft.core.names import InvalidReference, full_name, parse_ref
 from graft.core.objects import is_finished, is_terminating
 from graft.core.settings import ConfigError, Settings
+from graft.plan.indices import INDICES, INPUTS, USES_MODEL
 from graft.plan.relevance import Relevance, model_facts
 
 log = logging.getLogger(__name__)
@@ -117,17 +130,42 @@ class Running:
 class Operator:
     """The handlers of one operator process, bound to its context."""
 
-    def __init__(self, ctx: Context, metrics: OperatorMetrics | None = None) -> None:
+    def __init__(
+        self,
+        ctx: Context,
+        metrics: OperatorMetrics | None = None,
+        namespaces: list[str] | None = None,
+    ) -> None:
         self.rechecks = Rechecks(self.recheck_soon)
+        self.store = Store()
+        for (plural, index), values in INDICES.items():
+            self.store.add_index(plural, index, values)
+        ctx.api.store = self.store
         self.ctx = replace(ctx, kick=self.kick, recheck=self.rechecks.schedule)
         self.metrics = metrics or ctx.servers.metrics
+        self.namespaces = namespaces or None
+        """`graft run --namespace`: the namespaces watched (None: the whole cluster)."""
+        workers = self.ctx.settings.workers
+        self.queue = WorkQueue(
+            self._process,
+            workers=workers,
+            # One kind may take three quarters of the workers: a restart's 5,000 Models leave
+            # room for the Deployments.
+            per_kind=max(1, workers - workers // 4),
+            backoff=Backoff(first=1.0, cap=self.ctx.settings.resync_seconds),
+            after_success=self._resync_later,
+        )
         self._locks: dict[tuple[str, str, str], threading.Lock] = {}
         self._locks_guard = threading.Lock()
         self._reconcilers: dict[str, Reconcile] = {}
+        self._resynced: set[str] = set()
+        # What each object's own events last showed that a reconcile must follow (uid,
+        # generation, deletion started); present while the object exists.
+        self._seen: dict[Key, tuple[Any, ...]] = {}
+        self._seen_guard = threading.Lock()
         # What on_children registered: watched with Graft's label selector, server-side.
         self.child_resources: set[tuple[str, ...]] = set()
         self.model_facts = Relevance()
-        self._followups = ThreadPoolExecutor(max_workers=2, thread_name_prefix="followup")
         self.running = Running()
         # Its status writes take the reconcile's lock of the Deployment they write.
         self.autoscaler = Autoscaler(
@@ -135,29 +173,29 @@ class Operator:
         )
 
     def kick(self, plural: str, namespace: str, name: str) -> None:
-        """Reconcile an object again soon, off the caller's thread (a background load that
-        ended asks for it)."""
-        self._followups.submit(self.reconcile_soft, plural, namespace, name)
+        """Reconcile an object again soon (a background load that ended asks for it)."""
+        self.queue.add((plural, namespace, name))
 
     def recheck_soon(self, plural: str, namespace: str, name: str) -> None:
-        """A re-check a reconcile asked for is due (graft.controller.rechecks)."""
-        self._followups.submit(self.recheck, plural, namespace, name)
+        """A re-check a reconcile asked for is due (graft.controller.rechecks). A failed one is
+        retried by the queue's backoff."""
+        self.queue.add((plural, namespace, name))
 
-    def recheck(self, plural: str, namespace: str, name: str) -> None:
-        """Reconcile on a re-check. A successful reconcile asks for the next one; a failed one
-        is asked for again after the resync interval, since nothing else would (these kinds
-        have no kopf timer)."""
-        try:
-            self.reconcile(plural, namespace, name)
-        except Exception:
-            log.exception(
-                "re-checking %s %s/%s failed; it is retried in %g s",
-                plural,
-                namespace,
-                name,
-                self.ctx.settings.resync_seconds,
-            )
-            self.rechecks.schedule(plural, namespace, name, self.ctx.settings.resync_seconds)
+    def _process(self, key: Key) -> None:
+        self.reconcile(*key)
+
+    def _resync_later(self, key: Key) -> None:
+        """After a successful reconcile: queue the object again within the resync interval
+        (at a random point of its second half, so objects seen together are not resynced
+        together), unless an earlier pass is due already or the object is gone."""
+        plural = key[0]
+        if plural not in self._resynced:
+            return
+        with self._seen_guard:
+            if key not in self._seen:
+                return
+        interval = self.ctx.settings.resync_seconds
+        self.queue.add_after(key, interval * random.uniform(0.5, 1.0))
 
     @contextmanager
     def exclusive(self, plural: str, namespace: str, name: str) -> Iterator[None]:
@@ -175,39 +213,84 @@ class Operator:
         ):
             self._reconcilers[plural](self.ctx, namespace, name)
 
-    def reconcile_soft(self, plural: str, namespace: str, name: str) -> None:
-        """Reconcile triggered by another object's event: a failure is retried by the next
-        event or the resync, so it is logged, not raised."""
-        try:
-            self.reconcile(plural, namespace, name)
-        except Exception:
-            log.exception(
-                "reconciling %s %s/%s failed; it will be retried", plural, namespace, name
-            )
+    def enqueue(self, plural: str, namespace: str, name: str) -> None:
+        """Reconcile an object soon (another object's event asks for it); merged with any
+        reconcile of it that is waiting already."""
+        self.queue.add((plural, namespace, name))
 
     def level_triggered(
         self, registry: kopf.OperatorRegistry, plural: Plural, fn: Reconcile, *, resync: bool = True
     ) -> None:
-        """Register create, spec update, resume and (unless `resync` is False) the resync timer
-        of a Graft kind on `fn`. A kopf timer puts kopf's finalizer on every object of the kind:
-        a kind whose deletion must not wait for the operator does without one, and follows its
-        children's events instead."""
+        """Reconcile a Graft kind with `fn`: its own events keep the cache and queue the object
+        when it is first seen, its generation changes or its deletion starts (`observe`); unless
+        `resync` is False, every object is queued again within the resync interval. Registered
+        before any other handler of the kind, so they see the cache updated."""
         self._reconcilers[plural] = fn
+        if resync:
+            self._resynced.add(plural)
         resource = (keys.GROUP, keys.VERSION, str(plural))
 
-        def handler(namespace: str | None, name: str | None, **_: Any) -> None:
-            assert name is not None
-            self.reconcile(plural, namespace or "", name)
+        def handler(
+            type: str | None,
+            body: Mapping[str, Any],
+            namespace: str | None,
+            name: str | None,
+            **_: Any,
+        ) -> None:
+            if name:
+                self.observe(plural, type, body, namespace or "", name)
 
-        handler.__name__ = handler.__qualname__ = f"reconcile_{plural}"
-        kopf.on.create(*resource, registry=registry)(handler)
-        kopf.on.update(*resource, field="spec", registry=registry)(handler)
-        kopf.on.resume(*resource, registry=registry)(handler)
-        if resync:
-            interval = self.ctx.settings.resync_seconds
-            kopf.timer(*resource, interval=interval, initial_delay=interval, registry=registry)(
-                handler
-            )
+        handler.__name__ = handler.__qualname__ = f"observe_{plural}"
+        kopf.on.event(*resource, registry=registry)(handler)
+
+    def observe(
+        self, plural: str, type: str | None, body: Mapping[str, Any], namespace: str, name: str
+    ) -> None:
+        """One watch event of a Graft object (type None: the start-up listing)."""
+        key = (plural, namespace, name)
+        if type == "DELETED":
+            self.store.remove(plural, namespace, name)
+            with self._seen_guard:
+                self._seen.pop(key, None)
+            self.queue.forget(key)
+            return
+        obj = copy.deepcopy(dict(body))
+        self.store.put(plural, obj)
+        meta = obj.get("metadata") or {}
+        facts = (meta.get("uid"), meta.get("generation"), bool(meta.get("deletionTimestamp")))
+        with self._seen_guard:
+            changed = self._seen.get(key) != facts
+            self._seen[key] = facts
+        if changed:
+            self.queue.add(key)
+
+    def prime(self, logger: Any = None, **_: Any) -> None:
+        """Start-up, before kopf watches anything: fill the cache with one listing per kind
+        (of the watched namespaces), then start the work queue's workers. A kind whose listing
+        fails is read from the API server instead (logged)."""
+        api = self.ctx.api
+        for plural in self._reconcilers:
+            try:
+                if plural == Plural.ACCOUNTS:
+                    items = api.custom.list_cluster_custom_object(
+                        keys.GROUP, keys.VERSION, plural
+                    ).get("items", [])
+                    self.store.prime(plural, items, None)
+                elif self.namespaces is None:
+                    self.store.prime(plural, api.list_graft_everywhere(plural), None)
+                else:
+                    items = [o for ns in self.namespaces for o in api.list_graft(plural, ns)]
+                    self.store.prime(plural, items, self.namespaces)
+            except (ApiException, OSError, urllib3.exceptions.HTTPError) as exc:
+                log.warning(
+                    "cannot cache %s (%s): reconciles read them from the API server", plural, exc
+                )
+        log.info(
+            "cached %d Graft objects; starting %d reconcile workers",
+            self.store.count(),
+            self.ctx.settings.workers,
+        )
+        self.queue.start()
 
     def on_children(
         self,
@@ -268,9 +351,22 @@ class Operator:
         # default registry would add this by itself, a registry of our own does not.
         kopf.on.login(registry=registry)(kopf.login_via_client)
         kopf.on.startup(registry=registry)(self.configure)
+        kopf.on.startup(registry=registry)(self.prime)
         kopf.on.probe(id="workers", errors=kopf.ErrorsMode.PERMANENT, registry=registry)(
             self.workers_alive
         )
+        # Every kind's own events first: the cache is updated before any other handler of
+        # that event looks at it.
+        self.level_triggered(registry, Plural.DEPLOYMENTS, deployment.reconcile)
+        self.level_triggered(registry, Plural.MODELS, model.reconcile)
+        self.level_triggered(registry, Plural.DEPLOYED_MODELS, deployedmodel.reconcile)
+        self.level_triggered(registry, Plural.ACCOUNTS, account.reconcile)
+        self.level_triggered(registry, Plural.USERS, user.reconcile)
+        # An ApiKey's reconcile asks for its own re-check (ctx.recheck): just after the key
+        # expires, else after the resync interval.
+        self.level_triggered(registry, Plural.API_KEYS, apikey.reconcile, resync=False)
+        self.level_triggered(registry, Plural.DATASETS, dataset.reconcile)
+        self.level_triggered(registry, Plural.FINE_TUNING_JOBS, finetuning.reconcile)
         self._register_deployments(registry)
         self._register_models(registry)
         self._register_deployed_models(registry)
@@ -281,7 +377,6 @@ class Operator:
     # --- Deployment ------------------------------------------------------------------------
 
     def _register_deployments(self, registry: kopf.OperatorRegistry) -> None:
-        self.level_triggered(registry, Plural.DEPLOYMENTS, deployment.reconcile)
         # The autoscaler sizes what this watch shows it (started by `run()`, in the leader).
         kopf.on.event(keys.GROUP, keys.VERSION, Plural.DEPLOYMENTS, registry=registry)(
             self.autoscaler.observe
@@ -295,9 +390,9 @@ class Operator:
         """A replica came, went or changed readiness: the Deployment and its addons follow."""
         owner = labels.get(keys.DEPLOYMENT)
         if namespace and owner:
-            self.reconcile_soft(Plural.DEPLOYMENTS, namespace, owner)
+            self.enqueue(Plural.DEPLOYMENTS, namespace, owner)
             for dm in lookup.deployed_models_of(self.ctx.api, namespace, owner):
-                self.reconcile_soft(Plural.DEPLOYED_MODELS, namespace, dm["metadata"]["name"])
+                self.enqueue(Plural.DEPLOYED_MODELS, namespace, dm["metadata"]["name"])
 
     def model_event(
         self,
@@ -317,71 +412,75 @@ class Operator:
         ):
             return
         self.model_deletion_event(namespace, name, body)
-        api = self.ctx.api
-        for dep in api.list_graft(Plural.DEPLOYMENTS, namespace):
-            try:
-                ref = parse_ref(
-                    dep.get("spec", {}).get("baseModel", ""), Plural.MODELS, account=namespace
-                )
-            except InvalidReference:
-                continue
-            if (ref.account, ref.id) == (namespace, name):
-                self.reconcile_soft(Plural.DEPLOYMENTS, namespace, dep["metadata"]["name"])
-        for dm in api.list_graft(Plural.DEPLOYED_MODELS, namespace):
-            if (dm.get("spec") or {}).get("model") in (
-                name,
-                full_name(namespace, Plural.MODELS, name),
-            ):
-                self.reconcile_soft(Plural.DEPLOYED_MODELS, namespace, dm["metadata"]["name"])
+        me = full_name(namespace, Plural.MODELS, name)
+        for plural in (Plural.DEPLOYMENTS, Plural.DEPLOYED_MODELS):
+            for obj in self.ctx.api.cached_index(plural, USES_MODEL, me, namespace):
+                self.enqueue(plural, namespace, obj["metadata"]["name"])
 
     # --- Model -----------------------------------------------------------------------------
 
     def _register_models(self, registry: kopf.OperatorRegistry) -> None:
         # No deletion handler: a Model in use is held by Graft's in-use finalizer, which the
         # reconciler removes when the Model's or its users' events show it unused.
-        self.level_triggered(registry, Plural.MODELS, model.reconcile)
         kopf.on.event(keys.GROUP, keys.VERSION, Plural.DEPLOYMENTS, registry=registry)(
             self.model_user_event
         )
 
     def model_deletion_event(self, namespace: str, name: str, body: Mapping[str, Any]) -> None:
         if (body.get("metadata") or {}).get("deletionTimestamp"):
-            self.reconcile_soft(Plural.MODELS, namespace, name)
+            self.enqueue(Plural.MODELS, namespace, name)
 
-    def model_user_event(self, namespace: str | None, spec: Mapping[str, Any], **_: Any) -> None:
-        """A Deployment or DeployedModel changed or went: a deleted Model it used may go now."""
+    def model_user_event(
+        self,
+        namespace: str | None,
+        spec: Mapping[str, Any],
+        body: Mapping[str, Any],
+        type: str | None = None,
+        **_: Any,
+    ) -> None:
+        """A Deployment or DeployedModel appeared, changed or went: the Model it uses follows
+        when its in-use finalizer must come (a new user) or may go (a user gone, a deletion
+        waiting for its users)."""
         if not namespace:
             return
+        gone = type == "DELETED" or bool((body.get("metadata") or {}).get("deletionTimestamp"))
         for field in ("baseModel", "model"):
             try:
                 ref = parse_ref(str(spec.get(field) or ""), Plural.MODELS, account=namespace)
             except InvalidReference:
                 continue
-            used = self.ctx.api.get_graft(Plural.MODELS, ref.account, ref.id)
-            if used is not None and is_terminating(used):
-                self.reconcile_soft(Plural.MODELS, ref.account, ref.id)
+            used = self.ctx.api.cached_graft(Plural.MODELS, ref.account, ref.id)
+            if used is None:
+                continue
+            protected = keys.IN_USE_FINALIZER in (used["metadata"].get("finalizers") or [])
+            if is_terminating(used) or protected == gone:
+                self.enqueue(Plural.MODELS, ref.account, ref.id)
 
     # --- DeployedModel ---------------------------------------------------------------------
 
     def _register_deployed_models(self, registry: kopf.OperatorRegistry) -> None:
-        self.level_triggered(registry, Plural.DEPLOYED_MODELS, deployedmodel.reconcile)
         resource = (keys.GROUP, keys.VERSION, Plural.DEPLOYED_MODELS)
         kopf.on.event(*resource, registry=registry)(self.deployed_model_event)
         kopf.on.delete(*resource, registry=registry)(self.deployed_model_deleted)
 
     def deployed_model_event(
-        self, namespace: str | None, spec: Mapping[str, Any], **_: Any
+        self,
+        namespace: str | None,
+        spec: Mapping[str, Any],
+        body: Mapping[str, Any],
+        type: str | None = None,
+        **_: Any,
     ) -> None:
         """The Deployment's addon set changed: new pods must start with it, status must say it."""
         if not namespace:
             return
-        self.model_user_event(namespace, spec)
+        self.model_user_event(namespace, spec, body, type)
         try:
             ref = parse_ref(str(spec.get("deployment", "")), Plural.DEPLOYMENTS, account=namespace)
         except InvalidReference:
             return
         if ref.account == namespace:
-            self.reconcile_soft(Plural.DEPLOYMENTS, namespace, ref.id)
+            self.enqueue(Plural.DEPLOYMENTS, namespace, ref.id)
 
     def deployed_model_deleted(self, namespace: str | None, name: str | None, **_: Any) -> None:
         assert namespace is not None
@@ -392,11 +491,9 @@ class Operator:
     # --- Account and User ------------------------------------------------------------------
 
     def _register_tenancy(self, registry: kopf.OperatorRegistry) -> None:
-        self.level_triggered(registry, Plural.ACCOUNTS, account.reconcile)
         # A User's RoleBinding is owned by the User: deleting the User revokes access through the
-        # garbage collector, even while the operator is down. So Users carry no finalizer (no
-        # deletion handler, no timer); a change to the binding reconciles its User instead.
-        self.level_triggered(registry, Plural.USERS, user.reconcile, resync=False)
+        # garbage collector, even while the operator is down, so Users carry no finalizer; a
+        # change to the binding reconciles its User.
         self.on_children(
             registry,
             (keys.RBAC_GROUP, "v1", "rolebindings"),
@@ -425,15 +522,15 @@ class Operator:
     def account_event(self, name: str | None, body: Mapping[str, Any], **_: Any) -> None:
         """A deleted Account is looked at on its own events (its finalizer)."""
         if name and (body.get("metadata") or {}).get("deletionTimestamp"):
-            self.reconcile_soft(Plural.ACCOUNTS, "", name)
+            self.enqueue(Plural.ACCOUNTS, "", name)
 
     def account_content_event(self, namespace: str | None, type: str | None, **_: Any) -> None:
         """Something in an account's namespace went: a deleted Account waiting for it may go."""
         if not namespace or type != "DELETED":
             return
-        owner = self.ctx.api.get_graft_cluster(Plural.ACCOUNTS, namespace)
+        owner = self.ctx.api.cached_graft(Plural.ACCOUNTS, "", namespace)
         if owner is not None and is_terminating(owner):
-            self.reconcile_soft(Plural.ACCOUNTS, "", namespace)
+            self.enqueue(Plural.ACCOUNTS, "", namespace)
 
     def user_binding_event(
         self, namespace: str | None, labels: Mapping[str, str], **_: Any
@@ -441,13 +538,13 @@ class Operator:
         """Someone changed or deleted a User's RoleBinding: the User puts it back."""
         name = labels.get(keys.USER)
         if namespace and name:
-            self.reconcile_soft(Plural.USERS, namespace, name)
+            self.enqueue(Plural.USERS, namespace, name)
 
     def account_quota_event(self, labels: Mapping[str, str], **_: Any) -> None:
         """The API server counted usage (or someone changed the quota): refresh the Account."""
         name = labels.get(keys.ACCOUNT)
         if name:
-            self.reconcile_soft(Plural.ACCOUNTS, "", name)
+            self.enqueue(Plural.ACCOUNTS, "", name)
 
     def account_secrets_binding_event(
         self, namespace: str | None, labels: Mapping[str, str], **_: Any
@@ -457,19 +554,16 @@ class Operator:
         it go on."""
         name = labels.get(keys.ACCOUNT)
         if name:
-            self.reconcile_soft(Plural.ACCOUNTS, "", name)
+            self.enqueue(Plural.ACCOUNTS, "", name)
         if namespace:
             for key in lookup.api_keys_waiting_for_account(self.ctx.api, namespace):
-                self.reconcile_soft(Plural.API_KEYS, namespace, key)
+                self.enqueue(Plural.API_KEYS, namespace, key)
 
     # --- ApiKey ----------------------------------------------------------------------------
 
     def _register_api_keys(self, registry: kopf.OperatorRegistry) -> None:
         # An ApiKey goes with its User through the garbage collector, even while the operator is
-        # down, so like a User it has no kopf timer (which would add kopf's finalizer): its
-        # reconcile schedules its own re-check (ctx.recheck), just after the key expires or
-        # after the resync interval.
-        self.level_triggered(registry, Plural.API_KEYS, apikey.reconcile, resync=False)
+        # down: no finalizer.
         kopf.on.event(keys.GROUP, keys.VERSION, Plural.USERS, registry=registry)(
             self.user_event_for_api_keys
         )
@@ -484,7 +578,7 @@ class Operator:
         """A User appeared, became Ready, changed its email or went: its ApiKeys follow."""
         if namespace and name:
             for key in lookup.api_keys_of(self.ctx.api, namespace, name):
-                self.reconcile_soft(Plural.API_KEYS, namespace, key)
+                self.enqueue(Plural.API_KEYS, namespace, key)
 
     def api_key_binding_event(
         self, namespace: str | None, labels: Mapping[str, str], **_: Any
@@ -492,13 +586,11 @@ class Operator:
         """Someone changed or deleted the RoleBinding that lets a User read its key: put it back."""
         name = labels.get(keys.API_KEY)
         if namespace and name:
-            self.reconcile_soft(Plural.API_KEYS, namespace, name)
+            self.enqueue(Plural.API_KEYS, namespace, name)
 
     # --- Dataset and FineTuningJob ---------------------------------------------------------
 
     def _register_training(self, registry: kopf.OperatorRegistry) -> None:
-        self.level_triggered(registry, Plural.DATASETS, dataset.reconcile)
-        self.level_triggered(registry, Plural.FINE_TUNING_JOBS, finetuning.reconcile)
         self.on_children(registry, ("batch", "v1", "jobs"), self.graft_job_event)
         kopf.on.event(keys.GROUP, keys.VERSION, Plural.DATASETS, registry=registry)(
             self.dataset_event
@@ -513,42 +605,33 @@ class Operator:
         if not namespace:
             return
         if owner := labels.get(keys.MODEL):
-            self.reconcile_soft(Plural.MODELS, namespace, owner)
+            self.enqueue(Plural.MODELS, namespace, owner)
         if owner := labels.get(keys.DATASET):
-            self.reconcile_soft(Plural.DATASETS, namespace, owner)
+            self.enqueue(Plural.DATASETS, namespace, owner)
         if owner := labels.get(keys.FINETUNING_JOB):
-            self.reconcile_soft(Plural.FINE_TUNING_JOBS, namespace, owner)
+            self.enqueue(Plural.FINE_TUNING_JOBS, namespace, owner)
 
-    def _unfinished_finetuning_jobs(
-        self, namespace: str, plural: Plural, name: str, fields: tuple[str, ...]
-    ) -> list[str]:
-        """FineTuningJobs of the account that have not ended and name this object in `fields`."""
-        wanted = (name, full_name(namespace, plural, name))
-        out = []
-        for ftj in self.ctx.api.list_graft(Plural.FINE_TUNING_JOBS, namespace):
-            if is_finished(ftj):
-                continue
-            spec = ftj.get("spec") or {}
-            if any(spec.get(f) in wanted for f in fields):
-                out.append(ftj["metadata"]["name"])
-        return out
+    def _unfinished_finetuning_jobs(self, namespace: str, plural: Plural, name: str) -> list[str]:
+        """FineTuningJobs of the account that have not ended and use this Dataset or Model."""
+        me = full_name(namespace, plural, name)
+        return [
+            ftj["metadata"]["name"]
+            for ftj in self.ctx.api.cached_index(Plural.FINE_TUNING_JOBS, INPUTS, me, namespace)
+            if not is_finished(ftj)
+        ]
 
     def dataset_event(self, namespace: str | None, name: str | None, **_: Any) -> None:
         """A Dataset was validated (or failed): the FineTuningJobs waiting for it follow."""
         if namespace and name:
-            for job in self._unfinished_finetuning_jobs(
-                namespace, Plural.DATASETS, name, ("dataset", "evaluationDataset")
-            ):
-                self.reconcile_soft(Plural.FINE_TUNING_JOBS, namespace, job)
+            for job in self._unfinished_finetuning_jobs(namespace, Plural.DATASETS, name):
+                self.enqueue(Plural.FINE_TUNING_JOBS, namespace, job)
 
     def model_event_for_training(self, namespace: str | None, name: str | None, **_: Any) -> None:
         """A base model became Ready (or went): the FineTuningJobs of its account waiting for it
         follow (jobs of other accounts using a public model notice at their next resync)."""
         if namespace and name:
-            for job in self._unfinished_finetuning_jobs(
-                namespace, Plural.MODELS, name, ("baseModel",)
-            ):
-                self.reconcile_soft(Plural.FINE_TUNING_JOBS, namespace, job)
+            for job in self._unfinished_finetuning_jobs(namespace, Plural.MODELS, name):
+                self.enqueue(Plural.FINE_TUNING_JOBS, namespace, job)
 
 
 def run(
@@ -619,7 +702,7 @@ def _lead(
     try:
         seed = load_seed(api, settings.operator_namespace)
         ctx = Context(api=api, settings=settings, servers=servers, server_key_seed=seed)
-        operator = Operator(ctx, metrics)
+        operator = Operator(ctx, metrics, namespaces=namespace)
         operator.register(registry)
         # Only the leader scales: this process holds the Lease from here on, and exits when it
         # loses it.
@@ -634,5 +717,7 @@ def _lead(
     finally:
         if operator is not None:
             operator.autoscaler.stop()
+            operator.queue.stop()
+            operator.rechecks.stop()
         elector.release()
     return 0

@@ -20,6 +20,7 @@ from graft.core.conditions import conditions_of, now_rfc3339
 from graft.core.names import InvalidReference, full_name, parse_ref
 from graft.core.objects import Obj, Owner, is_terminating, owned_by
 from graft.core.settings import Settings
+from graft.plan.indices import USES_MODEL
 from graft.plan.jobs import (
     INSPECTOR_CONTAINER,
     inspector_job,
@@ -54,7 +55,7 @@ def validate(api: Api, obj: Obj, spec: ModelSpec, status: ModelStatus, settings:
         ref = parse_ref(spec.base_model or "", Plural.MODELS, account=namespace)
     except InvalidReference as exc:
         raise ModelProblem("InvalidBaseModel", str(exc)) from exc
-    check_base(ref, api.get_graft(Plural.MODELS, ref.account, ref.id), namespace)
+    check_base(ref, api.cached_graft(Plural.MODELS, ref.account, ref.id), namespace)
     inspect_adapter(api, obj, spec.source.uri, settings).record(status)
 
 
@@ -102,27 +103,20 @@ def used_by(
 ) -> tuple[list[str], list[str]]:
     """(Deployments serving this base model, DeployedModels loading this addon), full names;
     of every account when the model is public, else of its own."""
-    me = (namespace, name)
+    me = full_name(namespace, PLURAL, name)
+    scope = None if public else namespace
     deployments, deployed = [], []
-
-    def listed(plural: str) -> list[Obj]:
-        if public:
-            return api.list_graft_everywhere(plural)
-        return api.list_graft(plural, namespace)
-
     if kind == ModelKind.BASE:
-        for d in listed(Plural.DEPLOYMENTS):
+        for d in api.cached_index(Plural.DEPLOYMENTS, USES_MODEL, me, scope):
             where = d["metadata"]["namespace"]
-            if _refers(d, "baseModel", where) == me:
-                deployments.append(full_name(where, Plural.DEPLOYMENTS, d["metadata"]["name"]))
+            deployments.append(full_name(where, Plural.DEPLOYMENTS, d["metadata"]["name"]))
     else:
-        for dm in listed(Plural.DEPLOYED_MODELS):
+        for dm in api.cached_index(Plural.DEPLOYED_MODELS, USES_MODEL, me, scope):
             where = dm["metadata"]["namespace"]
-            if _refers(dm, "model", where) == me:
-                deployed.append(full_name(where, Plural.DEPLOYED_MODELS, dm["metadata"]["name"]))
-                dep = _refers(dm, "deployment", where, Plural.DEPLOYMENTS)
-                if dep is not None:
-                    deployments.append(full_name(dep[0], Plural.DEPLOYMENTS, dep[1]))
+            deployed.append(full_name(where, Plural.DEPLOYED_MODELS, dm["metadata"]["name"]))
+            dep = _refers(dm, "deployment", where, Plural.DEPLOYMENTS)
+            if dep is not None:
+                deployments.append(full_name(dep[0], Plural.DEPLOYMENTS, dep[1]))
     return sorted(set(deployments)), sorted(deployed)
 
 
@@ -144,13 +138,19 @@ def reconcile(ctx: Context, namespace: str, name: str) -> None:
     if is_terminating(obj):
         release(api, obj)
         return
-    if keys.IN_USE_FINALIZER not in (obj["metadata"].get("finalizers") or []):
-        api.add_finalizer(PLURAL, obj, keys.IN_USE_FINALIZER)
-        # Go on with what was written: a finalizer's event is metadata only, and no handler
-        # runs on that, so returning here left every new Model to the next resync (60 s).
+    protected = keys.IN_USE_FINALIZER in (obj["metadata"].get("finalizers") or [])
+    if bool(users_of(api, obj)) != protected:
+        # The in-use finalizer is on a Model while something uses it, and only then: deleting
+        # an unused Model never waits for the operator.
+        if protected:
+            api.remove_finalizer(PLURAL, obj, keys.IN_USE_FINALIZER)
+        else:
+            api.add_finalizer(PLURAL, obj, keys.IN_USE_FINALIZER)
+        # Go on with what was written: a finalizer's event is metadata only, and no reconcile
+        # follows it.
         obj = api.get_graft(PLURAL, namespace, name)
-        if obj is None or keys.IN_USE_FINALIZER not in (obj["metadata"].get("finalizers") or []):
-            return  # changed meanwhile (the patch's test failed): the resync adds it
+        if obj is None:
+            return
         if is_terminating(obj):
             release(api, obj)
             return
@@ -190,16 +190,25 @@ def reconcile(ctx: Context, namespace: str, name: str) -> None:
     )
 
 
+def users_of(api: Api, obj: Obj) -> list[str]:
+    """What keeps a Model from going: the Deployments serving a base model, the DeployedModels
+    loading an addon (of every account when it is public)."""
+    meta = obj["metadata"]
+    spec = obj.get("spec") or {}
+    kind = str(spec.get("kind", ""))
+    deployments, deployed = used_by(
+        api, meta["namespace"], meta["name"], kind, bool(spec.get("public"))
+    )
+    return deployed if kind == ModelKind.PEFT_ADDON else deployments
+
+
 def release(api: Api, obj: Obj) -> None:
     """A deleted Model goes when nothing uses it; until then its status says what does. Called
     by the events of the Model and of what uses it, never by a timer: a blocked deletion makes
     no writes while it waits."""
     meta = obj["metadata"]
     namespace, name = meta["namespace"], meta["name"]
-    spec = obj.get("spec") or {}
-    kind = str(spec.get("kind", ""))
-    deployments, deployed = used_by(api, namespace, name, kind, bool(spec.get("public")))
-    users = deployed if kind == ModelKind.PEFT_ADDON else deployments
+    users = users_of(api, obj)
     if not users:
         api.remove_finalizer(PLURAL, obj, keys.IN_USE_FINALIZER)
         log.info("released deleted Model %s/%s: nothing uses it", namespace, name)

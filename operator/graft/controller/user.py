@@ -47,7 +47,7 @@ def reconcile(ctx: Context, namespace: str, name: str) -> None:
     action = binding_action(existing, desired)
 
     problem = account_problem(
-        namespace, api.get_graft_cluster(Plural.ACCOUNTS, namespace), api.get_namespace(namespace)
+        namespace, api.cached_graft(Plural.ACCOUNTS, "", namespace), api.get_namespace(namespace)
     )
     if problem is not None:
         # No account, no access: drop a binding this User had (never someone else's).

@@ -19,7 +19,7 @@ Operator settings (`Settings`):
 | GRAFT_STORAGE_SECRET | graft-storage | Secret of the account namespace whose keys fetchers and validators get |
 | GRAFT_DATASET_MAX_BYTES | 1 GiB | dataset size limit |
 | GRAFT_DATASET_MAX_EXAMPLES | 3,000,000 | dataset example limit |
-| GRAFT_RESYNC_SECONDS | 60 | how often every object is reconciled without an event |
+| GRAFT_RESYNC_SECONDS | 300 | the safety net: every object is reconciled again within this time (at a random point of its second half) without an event; a failed reconcile backs off up to it |
 | GRAFT_WORKERS | 8 | reconciles that run at once |
 | GRAFT_SERVER_TIMEOUT_SECONDS | 5 | total deadline of a call to a model server, and the longest a reconcile waits for one |
 | GRAFT_SERVER_LOAD_TIMEOUT_SECONDS | 120 | total deadline of loading one addon into one replica (in the background) |
@@ -100,7 +100,7 @@ DEFAULT_STORAGE_SECRET = "graft-storage"
 DEFAULT_MAX_BYTES = 1 << 30  # 1 GiB
 DEFAULT_MAX_EXAMPLES = 3_000_000
 MIN_EXAMPLES = 3
-DEFAULT_RESYNC_SECONDS = 60.0
+DEFAULT_RESYNC_SECONDS = 300.0
 DEFAULT_WORKERS = 8
 DEFAULT_SERVER_TIMEOUT_SECONDS = 5.0
 DEFAULT_SERVER_LOAD_TIMEOUT_SECONDS = 120.0
