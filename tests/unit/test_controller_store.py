@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import types
 from typing import Any
 
 import pytest
@@ -274,3 +275,30 @@ def test_a_reconciled_object_is_resynced_within_the_interval_at_a_random_point()
     op.observe(Plural.MODELS, None, obj("acme", "other"), "acme", "other")
     op._resync_later((Plural.MODELS, "acme", "other"))
     assert (Plural.MODELS, "acme", "other") not in op.queue.delayed()
+
+
+def test_an_object_a_fresh_read_does_not_find_leaves_the_cache_and_the_resync() -> None:
+    """kopf's re-listing after a broken watch sends no DELETED for what went meanwhile: the
+    reconcile's own fresh read finds nothing, and that corrects the cache."""
+
+    class Gone(CountingApi):
+        # The generated client's method is only handed to _read, which answers instead.
+        custom = types.SimpleNamespace(get_namespaced_custom_object=None)
+
+        def _read(self, read: Any, *args: Any) -> Obj | None:
+            self.requests.append("get")
+            return None
+
+    api = Gone({})
+    op = Operator(Context(api=api, settings=Settings()))
+    op.store.prime(Plural.DEPLOYMENTS, DEPLOYMENTS, None)
+    op._resynced.add(Plural.DEPLOYMENTS)
+    key = (Plural.DEPLOYMENTS, "acme", "chat")
+    op.observe(Plural.DEPLOYMENTS, None, DEPLOYMENTS[0], "acme", "chat")
+    assert Api.get_graft(api, Plural.DEPLOYMENTS, "acme", "chat") is None
+    assert op.store.get(Plural.DEPLOYMENTS, "acme", "chat") is None
+    assert names(
+        api.cached_index(Plural.DEPLOYMENTS, USES_MODEL, "accounts/acme/models/llama", "acme")
+    ) == ["acme/code"]
+    op._resync_later(key)
+    assert key not in op.queue.delayed()

@@ -131,7 +131,9 @@ class Api:
     # --- Graft custom objects -------------------------------------------------------------
 
     def get_graft(self, plural: str, namespace: str, name: str) -> Obj | None:
-        return self._read(
+        """A fresh read. One that finds nothing also drops the object from the cache: kopf's
+        re-listing after a broken watch brings no DELETED event for what went meanwhile."""
+        found = self._read(
             self.custom.get_namespaced_custom_object,
             keys.GROUP,
             keys.VERSION,
@@ -139,6 +141,9 @@ class Api:
             plural,
             name,
         )
+        if found is None and self.store is not None:
+            self.store.remove(plural, namespace, name)
+        return found
 
     def list_graft(self, plural: str, namespace: str) -> list[Obj]:
         result = self.custom.list_namespaced_custom_object(
@@ -410,10 +415,14 @@ class Api:
         return client.RbacAuthorizationV1Api(self.client)
 
     def get_graft_cluster(self, plural: str, name: str) -> Obj | None:
-        """A cluster-scoped Graft object (an Account), or None."""
-        return self._read(
+        """A cluster-scoped Graft object (an Account), or None (dropped from the cache, as in
+        `get_graft`)."""
+        found = self._read(
             self.custom.get_cluster_custom_object, keys.GROUP, keys.VERSION, plural, name
         )
+        if found is None and self.store is not None:
+            self.store.remove(plural, "", name)
+        return found
 
     def get_namespace(self, name: str) -> Obj | None:
         return self._read(self.core.read_namespace, name)

@@ -188,10 +188,13 @@ class Operator:
         """After a successful reconcile: queue the object again within the resync interval
         (at a random point of its second half, so objects seen together are not resynced
         together), unless an earlier pass is due already or the object is gone."""
-        plural = key[0]
+        plural, namespace, _ = key
         if plural not in self._resynced:
             return
         with self._seen_guard:
+            if self.store.covers(plural, namespace) and not self.store.has(*key):
+                # Gone, though no DELETED event said so (a fresh read found nothing).
+                self._seen.pop(key, None)
             if key not in self._seen:
                 return
         interval = self.ctx.settings.resync_seconds

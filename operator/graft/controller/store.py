@@ -133,6 +133,10 @@ class Store:
                 if not in_ns:
                     del self._objects[plural][namespace]
 
+    def has(self, plural: str, namespace: str, name: str) -> bool:
+        with self._guard:
+            return name in self._objects.get(plural, {}).get(namespace, {})
+
     def get(self, plural: str, namespace: str, name: str) -> Obj | None:
         with self._guard:
             obj = self._objects.get(plural, {}).get(namespace, {}).get(name)
