@@ -302,3 +302,25 @@ def test_an_object_a_fresh_read_does_not_find_leaves_the_cache_and_the_resync() 
     ) == ["acme/code"]
     op._resync_later(key)
     assert key not in op.queue.delayed()
+
+
+def test_a_quota_change_retries_the_deployments_whose_pods_it_refused() -> None:
+    """Raising (or freeing) an account's quota is a ResourceQuota event: the Deployments whose
+    pods admission refused try again at once, not at the next resync."""
+
+    def with_ready(name: str, reason: str) -> Obj:
+        d = obj("acme", name, {"baseModel": "llama"})
+        d["status"] = {"conditions": [{"type": "Ready", "status": "False", "reason": reason}]}
+        return d
+
+    op = operator()
+    op.store.prime(
+        Plural.DEPLOYMENTS,
+        [with_ready("big", "PodCreationForbidden"), with_ready("small", "ReplicasNotReady")],
+        None,
+    )
+    op.account_quota_event(namespace="acme", labels={"graft.dev/account": "acme"})
+    assert op.queue.waiting() == {
+        (Plural.ACCOUNTS, "", "acme"),
+        (Plural.DEPLOYMENTS, "acme", "big"),
+    }

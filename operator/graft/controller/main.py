@@ -64,8 +64,9 @@ from graft.controller.store import Store
 from graft.controller.workqueue import Backoff, Key, WorkQueue
 from graft.core import keys
 from graft.core.names import InvalidReference, full_name, parse_ref
-from graft.core.objects import is_finished, is_terminating
+from graft.core.objects import condition, is_finished, is_terminating
 from graft.core.settings import ConfigError, Settings
+from graft.plan.deployment import POD_CREATION_FORBIDDEN
 from graft.plan.indices import INDICES, INPUTS, USES_MODEL
 from graft.plan.relevance import Relevance, model_facts
 
@@ -543,11 +544,18 @@ class Operator:
         if namespace and name:
             self.enqueue(Plural.USERS, namespace, name)
 
-    def account_quota_event(self, labels: Mapping[str, str], **_: Any) -> None:
-        """The API server counted usage (or someone changed the quota): refresh the Account."""
+    def account_quota_event(
+        self, namespace: str | None, labels: Mapping[str, str], **_: Any
+    ) -> None:
+        """The API server counted usage (or someone changed the quota): refresh the Account,
+        and try again the Deployments whose pods the quota refused (there may be room now)."""
         name = labels.get(keys.ACCOUNT)
         if name:
             self.enqueue(Plural.ACCOUNTS, "", name)
+        if namespace:
+            for dep in self.ctx.api.cached_list(Plural.DEPLOYMENTS, namespace):
+                if (condition(dep, "Ready") or {}).get("reason") == POD_CREATION_FORBIDDEN:
+                    self.enqueue(Plural.DEPLOYMENTS, namespace, dep["metadata"]["name"])
 
     def account_secrets_binding_event(
         self, namespace: str | None, labels: Mapping[str, str], **_: Any

@@ -138,6 +138,11 @@ class WorkQueue:
         with self._cond:
             return len(self._queued)
 
+    def waiting(self) -> set[Key]:
+        """The keys waiting for a worker now."""
+        with self._cond:
+            return set(self._queued)
+
     def delayed(self) -> dict[Key, float]:
         """Seconds until each delayed add."""
         with self._cond:

@@ -235,6 +235,10 @@ def pod_plan(
     return PodPlan(create=create, delete=tuple(delete), reasons=tuple(reasons))
 
 
+POD_CREATION_FORBIDDEN = "PodCreationForbidden"
+"""Ready reason while admission (a ResourceQuota, most often) refuses the Deployment's pods: a
+change of the account's quota queues it again."""
+
 SURGE_REFUSED = "SurgeRefused"
 """Progressing reason while admission (a quota) refuses pods above spec.replicas and pods are
 replaced one at a time."""
