@@ -85,6 +85,20 @@ class Cluster:
         out: dict[str, Any] = json.loads(proc.stdout)
         return out
 
+    def patch_pod_status(self, namespace: str, name: str, status: dict[str, Any]) -> None:
+        """A strategic merge patch of a pod's status, as a kubelet writes it (readiness)."""
+        self.kubectl(
+            "patch",
+            "pod",
+            name,
+            "-n",
+            namespace,
+            "--subresource=status",
+            "--type=strategic",
+            "-p",
+            json.dumps({"status": status}),
+        )
+
     def list(self, kind: str, namespace: str, selector: str | None = None) -> list[dict[str, Any]]:
         args = ["get", kind, "-n", namespace, "-o", "json"]
         if selector:
@@ -214,6 +228,8 @@ class OperatorProcess(_GraftProcess):
                 # Several operators run at once here; none may take the default port.
                 "--metrics",
                 f"http://127.0.0.1:{self.metrics_port}/metrics",
+                # GRAFT_TEST_OPERATOR_VERBOSE=1: every reconcile in the operator's log.
+                *(["--verbose"] if os.environ.get("GRAFT_TEST_OPERATOR_VERBOSE") else []),
             ],
             self.cluster.env(
                 GRAFT_RESYNC_SECONDS=str(self.resync_seconds),

@@ -324,3 +324,28 @@ def test_a_quota_change_retries_the_deployments_whose_pods_it_refused() -> None:
         (Plural.ACCOUNTS, "", "acme"),
         (Plural.DEPLOYMENTS, "acme", "big"),
     }
+
+
+def test_a_deployed_model_that_goes_has_its_siblings_judged_again() -> None:
+    """maxAddons: a refused DeployedModel waits for a slot; the one holding it going (or any
+    other of the Deployment appearing, going, changing its spec) queues the others."""
+    op = operator()
+    first = obj("acme", "first", {"deployment": "chat", "model": "sql"})
+    op.store.prime(
+        Plural.DEPLOYED_MODELS,
+        [
+            first,
+            obj("acme", "second", {"deployment": "chat", "model": "poem"}),
+            obj("acme", "elsewhere", {"deployment": "other", "model": "poem"}),
+        ],
+        None,
+    )
+    assert op.observe(Plural.DEPLOYED_MODELS, "DELETED", first, "acme", "first")
+    op.deployed_model_changed("acme", first)
+    assert op.queue.waiting() == {(Plural.DEPLOYED_MODELS, "acme", "second")}
+    # A status write of a sibling is not a change of the set.
+    second = obj("acme", "second", {"deployment": "chat", "model": "poem"})
+    op.queue = type(op.queue)(lambda key: None, workers=1)
+    assert op.observe(Plural.DEPLOYED_MODELS, None, second, "acme", "second")  # first sight
+    second["status"] = {"state": "Ready"}
+    assert not op.observe(Plural.DEPLOYED_MODELS, "MODIFIED", second, "acme", "second")

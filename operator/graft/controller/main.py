@@ -215,6 +215,7 @@ class Operator:
             self.exclusive(plural, namespace, name),
             self.metrics.reconcile(plural, reconcile_outcome),
         ):
+            log.debug("reconciling %s %s/%s", plural, namespace, name)
             self._reconcilers[plural](self.ctx, namespace, name)
 
     def enqueue(self, plural: str, namespace: str, name: str) -> None:
@@ -241,23 +242,28 @@ class Operator:
             name: str | None,
             **_: Any,
         ) -> None:
-            if name:
-                self.observe(plural, type, body, namespace or "", name)
+            if not name:
+                return
+            changed = self.observe(plural, type, body, namespace or "", name)
+            if changed and plural == Plural.DEPLOYED_MODELS and namespace:
+                self.deployed_model_changed(namespace, body)
 
         handler.__name__ = handler.__qualname__ = f"observe_{plural}"
         kopf.on.event(*resource, registry=registry)(handler)
 
     def observe(
         self, plural: str, type: str | None, body: Mapping[str, Any], namespace: str, name: str
-    ) -> None:
-        """One watch event of a Graft object (type None: the start-up listing)."""
+    ) -> bool:
+        """One watch event of a Graft object (type None: the start-up listing): keep the cache,
+        queue the object when a reconcile must follow. True when it appeared, went, or its
+        spec or deletion changed."""
         key = (plural, namespace, name)
         if type == "DELETED":
             self.store.remove(plural, namespace, name)
             with self._seen_guard:
                 self._seen.pop(key, None)
             self.queue.forget(key)
-            return
+            return True
         obj = copy.deepcopy(dict(body))
         self.store.put(plural, obj)
         meta = obj.get("metadata") or {}
@@ -267,6 +273,7 @@ class Operator:
             self._seen[key] = facts
         if changed:
             self.queue.add(key)
+        return changed
 
     def prime(self, logger: Any = None, **_: Any) -> None:
         """Start-up, before kopf watches anything: fill the cache with one listing per kind
@@ -485,6 +492,17 @@ class Operator:
             return
         if ref.account == namespace:
             self.enqueue(Plural.DEPLOYMENTS, namespace, ref.id)
+
+    def deployed_model_changed(self, namespace: str, body: Mapping[str, Any]) -> None:
+        """A DeployedModel appeared, went, or changed its spec: the others of its Deployment are
+        judged again (one fewer may free the slot a refused one waits for)."""
+        spec = body.get("spec") or {}
+        try:
+            ref = parse_ref(str(spec.get("deployment", "")), Plural.DEPLOYMENTS, account=namespace)
+        except InvalidReference:
+            return
+        for dm in lookup.deployed_models_of(self.ctx.api, namespace, ref.id):
+            self.enqueue(Plural.DEPLOYED_MODELS, namespace, dm["metadata"]["name"])
 
     def deployed_model_deleted(self, namespace: str | None, name: str | None, **_: Any) -> None:
         assert namespace is not None
