@@ -80,6 +80,8 @@ def test_watches_of_what_graft_creates_select_its_label_on_the_server() -> None:
             references.Resource("batch", "v1", "jobs"),
             references.Resource("", "v1", "resourcequotas"),
             references.Resource("rbac.authorization.k8s.io", "v1", "rolebindings"),
+            references.Resource("", "v1", "namespaces"),
+            references.Resource("networking.k8s.io", "v1", "networkpolicies"),
             references.Resource("graft.dev", "v1alpha1", "deployments"),
             references.Resource("", "v1", "secrets"),
         )
@@ -90,6 +92,8 @@ def test_watches_of_what_graft_creates_select_its_label_on_the_server() -> None:
         "jobs": graft,
         "resourcequotas": graft,
         "rolebindings": graft,
+        "namespaces": graft,
+        "networkpolicies": graft,
         "deployments": [],  # Graft's own kinds: every object
         "secrets": [],  # not watched at all
     }

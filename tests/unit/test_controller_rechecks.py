@@ -132,3 +132,15 @@ def test_a_failed_recheck_is_retried_with_backoff_without_holding_a_worker() -> 
     finally:
         op.queue.stop()
         op.rechecks.stop()
+
+
+def test_waiting_for_what_is_not_watched_looks_again_soon_then_less_often() -> None:
+    """A Dataset waiting for a ConfigMap or claim (not watched) looks again after 2 s, then a
+    quarter of the time it has waited, at most the resync interval."""
+    from graft.controller.rechecks import waiting_delay
+
+    assert waiting_delay(0, 300) == 2.0
+    assert waiting_delay(4, 300) == 2.0
+    assert waiting_delay(60, 300) == 15.0
+    assert waiting_delay(3600, 300) == 300
+    assert waiting_delay(60, 10) == 10

@@ -534,6 +534,17 @@ class Operator:
         self.on_children(
             registry, ("v1", "resourcequotas"), self.account_quota_event, keys.ACCOUNT_QUOTA
         )
+        # Someone relabels an account's namespace (Pod Security) or edits its NetworkPolicy:
+        # the Account puts them back at once, not at the next resync.
+        self.on_children(
+            registry, ("v1", "namespaces"), self.account_child_event, keys.ACCOUNT_NAMESPACE
+        )
+        self.on_children(
+            registry,
+            ("networking.k8s.io", "v1", "networkpolicies"),
+            self.account_child_event,
+            keys.ACCOUNT_NETWORK_POLICY,
+        )
         self.on_children(
             registry,
             (keys.RBAC_GROUP, "v1", "rolebindings"),
@@ -574,6 +585,11 @@ class Operator:
             for dep in self.ctx.api.cached_list(Plural.DEPLOYMENTS, namespace):
                 if (condition(dep, "Ready") or {}).get("reason") == POD_CREATION_FORBIDDEN:
                     self.enqueue(Plural.DEPLOYMENTS, namespace, dep["metadata"]["name"])
+
+    def account_child_event(self, labels: Mapping[str, str], **_: Any) -> None:
+        """The account's namespace or NetworkPolicy changed or went: the Account follows."""
+        if name := labels.get(keys.ACCOUNT):
+            self.enqueue(Plural.ACCOUNTS, "", name)
 
     def account_secrets_binding_event(
         self, namespace: str | None, labels: Mapping[str, str], **_: Any

@@ -22,6 +22,17 @@ Key = tuple[str, str, str]
 """(plural, namespace, name)"""
 
 
+WAITING_FIRST_SECONDS = 2.0
+
+
+def waiting_delay(waited: float, cap: float) -> float:
+    """When to look again for something the operator cannot watch (a user's ConfigMap or
+    PersistentVolumeClaim that does not exist yet), having waited `waited` seconds so far: soon
+    at first, then a quarter of the time waited, at most `cap` (the resync interval). Watching
+    every ConfigMap of the cluster for the few a Dataset waits for would cost more."""
+    return min(cap, max(WAITING_FIRST_SECONDS, waited / 4))
+
+
 class Rechecks:
     """`schedule(plural, namespace, name, delay)` calls `fire(plural, namespace, name)` once, on
     this object's thread, `delay` seconds from now, unless the object is scheduled again before

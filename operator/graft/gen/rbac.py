@@ -171,18 +171,20 @@ OPERATOR_RULES: tuple[Rule, ...] = (
     # Account and User.
     Rule(
         "Account: create the account's namespace (Pod Security restricted), restore its Pod "
-        "Security labels; delete it when the Account is deleted. kopf, under `graft run "
-        "--namespace`: list and watch namespaces to know which of them exist.",
+        "Security labels, watched (Graft's own, by label) so that a change is undone at once; "
+        "delete it when the Account is deleted. kopf, under `graft run --namespace`: list and "
+        "watch namespaces to know which of them exist.",
         (CORE,),
         ("namespaces",),
         ("get", "list", "watch", "create", "patch", "delete"),
     ),
     Rule(
         "Account: the NetworkPolicy that lets only the account, the operator and the gateway "
-        "reach its model servers (server-side apply).",
+        "reach its model servers (server-side apply), watched (Graft's own, by label) so that "
+        "a change is undone at once.",
         ("networking.k8s.io",),
         ("networkpolicies",),
-        ("get", "create", "patch"),
+        ("get", "list", "watch", "create", "patch"),
     ),
     Rule(
         "Account: the account's ResourceQuota (server-side apply), watched for usage.",
