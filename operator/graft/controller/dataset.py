@@ -9,7 +9,6 @@ restored if someone removed them.
 from __future__ import annotations
 
 import logging
-from datetime import UTC, datetime
 from urllib.parse import urlparse
 
 from graft.api.kinds import Plural
@@ -17,9 +16,9 @@ from graft.api.training import DatasetSpec
 from graft.controller.context import Context
 from graft.controller.kube import Api
 from graft.controller.lookup import missing_claim
-from graft.controller.rechecks import waiting_delay
+from graft.controller.rechecks import UNWATCHED, look_again
 from graft.controller.status import publish
-from graft.core.conditions import conditions_of, find, finished, is_true, now_rfc3339
+from graft.core.conditions import conditions_of, finished, is_true, now_rfc3339
 from graft.core.names import full_name
 from graft.core.objects import Obj, Owner, is_terminating, labels_of, owned_by
 from graft.core.settings import Settings
@@ -73,23 +72,7 @@ def reconcile(ctx: Context, namespace: str, name: str) -> None:
     )
     publish(api, obj, PLURAL, status, warning=outcome.progress.kind == "failed")
     if outcome.progress.reason in UNWATCHED:
-        # Waiting since the Ready condition last changed (this pass's status, if it did now).
-        ready = find(previous, "Ready")
-        since = _parse_time(ready.last_transition_time) if ready is not None else None
-        waited = (datetime.now(UTC) - since).total_seconds() if since else 0.0
-        ctx.recheck(PLURAL, namespace, name, waiting_delay(waited, ctx.settings.resync_seconds))
-
-
-UNWATCHED = frozenset({"WaitingForConfigMap", "WaitingForVolume"})
-"""Waiting reasons whose cause the operator does not watch (a user's ConfigMap or claim):
-the Dataset looks again by itself (graft.controller.rechecks.waiting_delay)."""
-
-
-def _parse_time(text: str | None) -> datetime | None:
-    try:
-        return datetime.fromisoformat(text.replace("Z", "+00:00")) if text else None
-    except ValueError:
-        return None
+        look_again(ctx, PLURAL, namespace, name, previous)
 
 
 def evaluate(api: Api, obj: Obj, spec: DatasetSpec, settings: Settings) -> DatasetOutcome:

@@ -33,7 +33,6 @@ from graft.core.conditions import conditions_of, now_rfc3339
 from graft.core.names import InvalidReference, full_name, parse_ref
 from graft.core.objects import Obj, Owner, is_ready, is_terminating, labels_of
 from graft.plan.deployment import (
-    POD_CREATION_FORBIDDEN,
     SURGE_REFUSED,
     BlockedBy,
     ObservedPod,
@@ -334,7 +333,7 @@ def execute_plan(
                 break
             if exc.status != 403:
                 raise
-            blocked = BlockedBy(POD_CREATION_FORBIDDEN, error_message(exc), waiting=True)
+            blocked = BlockedBy("PodCreationForbidden", error_message(exc), waiting=True)
             break
         created += 1
         log.info("created pod %s/%s", owner.namespace, made["metadata"]["name"])

@@ -17,6 +17,7 @@ from graft.controller.context import Context
 from graft.controller.dataset import source_problem
 from graft.controller.kube import Api
 from graft.controller.lookup import missing_claim
+from graft.controller.rechecks import UNWATCHED, look_again
 from graft.controller.status import publish
 from graft.core.conditions import conditions_of, finished, now_rfc3339
 from graft.core.names import InvalidReference, Ref, full_name, parse_ref
@@ -70,6 +71,8 @@ def reconcile(ctx: Context, namespace: str, name: str) -> None:
         progress=progress_of(obj.get("status")),
     )
     publish(api, obj, PLURAL, status, warning=outcome.progress.kind == "failed")
+    if outcome.progress.reason in UNWATCHED:
+        look_again(ctx, PLURAL, namespace, name, previous)
 
 
 def references(spec: FineTuningJobSpec, namespace: str) -> dict[str, Ref] | Progress:

@@ -14,6 +14,7 @@ from graft.api.models import ModelKind, ModelSpec, ModelStatus
 from graft.controller.context import Context
 from graft.controller.kube import Api
 from graft.controller.lookup import missing_claim
+from graft.controller.rechecks import UNWATCHED, look_again
 from graft.controller.status import publish
 from graft.core import keys
 from graft.core.conditions import conditions_of, now_rfc3339
@@ -188,6 +189,8 @@ def reconcile(ctx: Context, namespace: str, name: str) -> None:
         warning=problem is not None,
         quiet={"Inspecting"},
     )
+    if problem is not None and problem.reason in UNWATCHED:
+        look_again(ctx, PLURAL, namespace, name, conditions_of(obj))
 
 
 def users_of(api: Api, obj: Obj) -> list[str]:

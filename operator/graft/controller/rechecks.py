@@ -15,6 +15,14 @@ import logging
 import threading
 import time
 from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING
+
+from graft.api.common import Condition
+from graft.core.conditions import find
+
+if TYPE_CHECKING:
+    from graft.controller.context import Context
 
 log = logging.getLogger(__name__)
 
@@ -94,3 +102,25 @@ class Rechecks:
                 self._fire(*key)
             except Exception:
                 log.exception("re-checking %s %s/%s failed", *key)
+
+
+UNWATCHED = frozenset({"WaitingForConfigMap", "WaitingForVolume"})
+"""Waiting reasons whose cause the operator does not watch (a user's ConfigMap or claim)."""
+
+
+def look_again(
+    ctx: Context, plural: str, namespace: str, name: str, previous: list[Condition]
+) -> None:
+    """Ask for the next look at an object that waits for something unwatched, by how long it has
+    waited: since its Ready condition last changed (`waiting_delay`)."""
+    ready = find(previous, "Ready")
+    since = _parse_time(ready.last_transition_time) if ready is not None else None
+    waited = (datetime.now(UTC) - since).total_seconds() if since else 0.0
+    ctx.recheck(plural, namespace, name, waiting_delay(waited, ctx.settings.resync_seconds))
+
+
+def _parse_time(text: str | None) -> datetime | None:
+    try:
+        return datetime.fromisoformat(text.replace("Z", "+00:00")) if text else None
+    except ValueError:
+        return None

@@ -237,7 +237,8 @@ def pod_plan(
 
 POD_CREATION_FORBIDDEN = "PodCreationForbidden"
 """Ready reason while admission (a ResourceQuota, most often) refuses the Deployment's pods: a
-change of the account's quota queues it again."""
+change of the account's quota queues it again. (controller/deployment.py writes it as a literal:
+tests/unit/test_argocd_health.py reads the reasons from the source.)"""
 
 SURGE_REFUSED = "SurgeRefused"
 """Progressing reason while admission (a quota) refuses pods above spec.replicas and pods are
