@@ -471,21 +471,16 @@ class Operator:
 
     def _register_deployed_models(self, registry: kopf.OperatorRegistry) -> None:
         resource = (keys.GROUP, keys.VERSION, Plural.DEPLOYED_MODELS)
+        kopf.on.event(*resource, registry=registry)(self.model_user_event)
         kopf.on.event(*resource, registry=registry)(self.deployed_model_event)
         kopf.on.delete(*resource, registry=registry)(self.deployed_model_deleted)
 
     def deployed_model_event(
-        self,
-        namespace: str | None,
-        spec: Mapping[str, Any],
-        body: Mapping[str, Any],
-        type: str | None = None,
-        **_: Any,
+        self, namespace: str | None, spec: Mapping[str, Any], **_: Any
     ) -> None:
         """The Deployment's addon set changed: new pods must start with it, status must say it."""
         if not namespace:
             return
-        self.model_user_event(namespace, spec, body, type)
         try:
             ref = parse_ref(str(spec.get("deployment", "")), Plural.DEPLOYMENTS, account=namespace)
         except InvalidReference:
