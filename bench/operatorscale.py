@@ -7,9 +7,9 @@ against a plain `kubernetes` client creating the same Pods and Services (issue 1
 
 Not a test: it prints figures (tests/integration/test_bench_operator.py runs --quick and
 checks that every figure is there). --quick is a smoke run: N = 10, the operator's resync
-period (GRAFT_RESYNC_SECONDS) 10 s instead of the production 60 s, and windows of 10 s, so its
+period (GRAFT_RESYNC_SECONDS) 10 s instead of the production 300 s, and windows of 10 s, so its
 per-minute rates are extrapolated from one short period; the full run uses the production
-period and 60 s windows. It runs against the local control plane (hack/localcluster:
+period and 60 s windows (`--window`). It runs against the local control plane (hack/localcluster:
 kube-apiserver, controllers and kwok, which plays the kubelet: a pod bound to a fake node is
 Running and Ready at once) and starts that cluster with an API-server audit log
 (GRAFT_APISERVER_AUDIT=1) unless it is already up with one; it stops a cluster it started. It
@@ -445,7 +445,7 @@ def run_n(bench: Bench, s: Settings, only: set[str], out: Results) -> None:
 
     if "idle" in only:
         # Idle: a whole resync period without a write first (a Model's first status may come
-        # with its first timer, after its Deployments are Ready).
+        # with its first resync, after its Deployments are Ready).
         if bench.quiet(started, bench.resync + s.quiet, timeout=3 * bench.resync) is None:
             log("the operator still writes after 3 resync periods; measuring idle anyway")
         begin, cpu = time.time(), bench.cpu_seconds()
@@ -701,8 +701,9 @@ def main() -> int:
     if unknown := only - set(FIGURES):
         parser.error(f"unknown figures {sorted(unknown)}; choose from {', '.join(FIGURES)}")
     sizes = [10] if args.quick else [int(v) for v in args.n.split(",")]
-    # The idle and blocked windows cover whole resync periods: every object's timer fires
-    # once per period. --quick shortens the operator's period so that a short window does.
+    # Idle reads come from the resync: every object is queued again at a random point of the
+    # second half of each period, so a window's rate is an average over the period's spread.
+    # --quick shortens the operator's period so that a short window sees it.
     resync = 10.0 if args.quick else None
     window = 10.0 if args.quick else args.window
 
