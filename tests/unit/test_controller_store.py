@@ -349,3 +349,23 @@ def test_a_deployed_model_that_goes_has_its_siblings_judged_again() -> None:
     assert op.observe(Plural.DEPLOYED_MODELS, None, second, "acme", "second")  # first sight
     second["status"] = {"state": "Ready"}
     assert not op.observe(Plural.DEPLOYED_MODELS, "MODIFIED", second, "acme", "second")
+
+
+def test_a_model_follows_its_users_appearing_and_going_not_their_status() -> None:
+    """The in-use finalizer comes with a Model's first user and goes with its last; the
+    Model's status lists its Deployments. A user's status write changes neither."""
+    op = operator()
+    op.store.prime(Plural.DEPLOYMENTS, [], None)
+    chat = obj("acme", "chat", {"baseModel": "llama"})
+    op.own_event(Plural.DEPLOYMENTS, None, chat, "acme", "chat")
+    assert op.queue.waiting() == {
+        (Plural.DEPLOYMENTS, "acme", "chat"),
+        (Plural.MODELS, "acme", "llama"),
+    }
+    op.queue = type(op.queue)(lambda key: None, workers=1)
+    chat["status"] = {"replicas": 1}
+    op.own_event(Plural.DEPLOYMENTS, "MODIFIED", chat, "acme", "chat")
+    assert op.queue.waiting() == set()
+    shared = obj("beta", "shared", {"baseModel": "accounts/acme/models/llama"})
+    op.own_event(Plural.DEPLOYMENTS, "DELETED", shared, "beta", "shared")
+    assert op.queue.waiting() == {(Plural.MODELS, "acme", "llama")}

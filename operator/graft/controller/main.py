@@ -67,7 +67,7 @@ from graft.core.names import InvalidReference, full_name, parse_ref
 from graft.core.objects import condition, is_finished, is_terminating
 from graft.core.settings import ConfigError, Settings
 from graft.plan.deployment import POD_CREATION_FORBIDDEN
-from graft.plan.indices import INDICES, INPUTS, USES_MODEL
+from graft.plan.indices import INDICES, INPUTS, USES_MODEL, models_used
 from graft.plan.relevance import Relevance, model_facts
 
 log = logging.getLogger(__name__)
@@ -242,14 +242,23 @@ class Operator:
             name: str | None,
             **_: Any,
         ) -> None:
-            if not name:
-                return
-            changed = self.observe(plural, type, body, namespace or "", name)
-            if changed and plural == Plural.DEPLOYED_MODELS and namespace:
-                self.deployed_model_changed(namespace, body)
+            if name:
+                self.own_event(plural, type, body, namespace or "", name)
 
         handler.__name__ = handler.__qualname__ = f"observe_{plural}"
         kopf.on.event(*resource, registry=registry)(handler)
+
+    def own_event(
+        self, plural: str, type: str | None, body: Mapping[str, Any], namespace: str, name: str
+    ) -> None:
+        """A Graft object's own event: `observe` it; when it appeared, went or changed its
+        spec or deletion, what depends on it follows."""
+        if not self.observe(plural, type, body, namespace, name) or not namespace:
+            return
+        if plural in (Plural.DEPLOYMENTS, Plural.DEPLOYED_MODELS):
+            self.model_users_changed(namespace, body)
+        if plural == Plural.DEPLOYED_MODELS:
+            self.deployed_model_changed(namespace, body)
 
     def observe(
         self, plural: str, type: str | None, body: Mapping[str, Any], namespace: str, name: str
@@ -369,6 +378,8 @@ class Operator:
         # Every kind's own events first: the cache is updated before any other handler of
         # that event looks at it.
         self.level_triggered(registry, Plural.DEPLOYMENTS, deployment.reconcile)
+        # No deletion handler for Models: one in use is held by Graft's in-use finalizer, which
+        # its reconcile removes when its or its users' events show it unused.
         self.level_triggered(registry, Plural.MODELS, model.reconcile)
         self.level_triggered(registry, Plural.DEPLOYED_MODELS, deployedmodel.reconcile)
         self.level_triggered(registry, Plural.ACCOUNTS, account.reconcile)
@@ -379,7 +390,6 @@ class Operator:
         self.level_triggered(registry, Plural.DATASETS, dataset.reconcile)
         self.level_triggered(registry, Plural.FINE_TUNING_JOBS, finetuning.reconcile)
         self._register_deployments(registry)
-        self._register_models(registry)
         self._register_deployed_models(registry)
         self._register_tenancy(registry)
         self._register_api_keys(registry)
@@ -430,48 +440,22 @@ class Operator:
 
     # --- Model -----------------------------------------------------------------------------
 
-    def _register_models(self, registry: kopf.OperatorRegistry) -> None:
-        # No deletion handler: a Model in use is held by Graft's in-use finalizer, which the
-        # reconciler removes when the Model's or its users' events show it unused.
-        kopf.on.event(keys.GROUP, keys.VERSION, Plural.DEPLOYMENTS, registry=registry)(
-            self.model_user_event
-        )
-
     def model_deletion_event(self, namespace: str, name: str, body: Mapping[str, Any]) -> None:
         if (body.get("metadata") or {}).get("deletionTimestamp"):
             self.enqueue(Plural.MODELS, namespace, name)
 
-    def model_user_event(
-        self,
-        namespace: str | None,
-        spec: Mapping[str, Any],
-        body: Mapping[str, Any],
-        type: str | None = None,
-        **_: Any,
-    ) -> None:
-        """A Deployment or DeployedModel appeared, changed or went: the Model it uses follows
-        when its in-use finalizer must come (a new user) or may go (a user gone, a deletion
-        waiting for its users)."""
-        if not namespace:
-            return
-        gone = type == "DELETED" or bool((body.get("metadata") or {}).get("deletionTimestamp"))
-        for field in ("baseModel", "model"):
-            try:
-                ref = parse_ref(str(spec.get(field) or ""), Plural.MODELS, account=namespace)
-            except InvalidReference:
-                continue
-            used = self.ctx.api.cached_graft(Plural.MODELS, ref.account, ref.id)
-            if used is None:
-                continue
-            protected = keys.IN_USE_FINALIZER in (used["metadata"].get("finalizers") or [])
-            if is_terminating(used) or protected == gone:
-                self.enqueue(Plural.MODELS, ref.account, ref.id)
+    def model_users_changed(self, namespace: str, body: Mapping[str, Any]) -> None:
+        """A Deployment or DeployedModel appeared, went, changed its spec or began its
+        deletion: the Model it uses follows (its in-use finalizer comes with the first user and
+        goes with the last; a deleted Model waits for its users; its status lists them)."""
+        for used in models_used(dict(body)):
+            ref = parse_ref(used, Plural.MODELS, account=namespace)
+            self.enqueue(Plural.MODELS, ref.account, ref.id)
 
     # --- DeployedModel ---------------------------------------------------------------------
 
     def _register_deployed_models(self, registry: kopf.OperatorRegistry) -> None:
         resource = (keys.GROUP, keys.VERSION, Plural.DEPLOYED_MODELS)
-        kopf.on.event(*resource, registry=registry)(self.model_user_event)
         kopf.on.event(*resource, registry=registry)(self.deployed_model_event)
         kopf.on.delete(*resource, registry=registry)(self.deployed_model_deleted)
 
