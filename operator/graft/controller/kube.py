@@ -160,19 +160,25 @@ class Api:
 
     def cached_graft(self, plural: str, namespace: str, name: str) -> Obj | None:
         """A Graft object another reconcile depends on (namespace "": an Account)."""
-        if self.store is not None and self.store.covers(plural, namespace):
+        if self._cached(plural, namespace):
+            assert self.store is not None
             return self.store.get(plural, namespace, name)
         if not namespace:
             return self.get_graft_cluster(plural, name)
         return self.get_graft(plural, namespace, name)
 
+    def _cached(self, plural: str, namespace: str | None) -> bool:
+        """Whether the cache holds every object of `plural` in `namespace` (None: anywhere)."""
+        if self.store is None:
+            return False
+        if namespace is None:
+            return self.store.covers_all(plural)
+        return self.store.covers(plural, namespace)
+
     def cached_list(self, plural: str, namespace: str | None) -> list[Obj]:
         """Every object of a namespaced Graft kind in `namespace` (None: in every account)."""
-        if self.store is not None and (
-            self.store.covers(plural, namespace)
-            if namespace is not None
-            else self.store.covers_all(plural)
-        ):
+        if self._cached(plural, namespace):
+            assert self.store is not None
             return self.store.list(plural, namespace)
         if namespace is None:
             return self.list_graft_everywhere(plural)
@@ -181,11 +187,8 @@ class Api:
     def cached_index(self, plural: str, index: str, value: str, namespace: str | None) -> list[Obj]:
         """The objects of `plural` in `namespace` (None: anywhere) whose `index`
         (graft.plan.indices) includes `value`."""
-        if self.store is not None and (
-            self.store.covers(plural, namespace)
-            if namespace is not None
-            else self.store.covers_all(plural)
-        ):
+        if self._cached(plural, namespace):
+            assert self.store is not None
             found = self.store.by_index(plural, index, value)
             if namespace is None:
                 return found
