@@ -94,6 +94,7 @@ def test_every_series_is_there_from_the_start(scraped: Scraped) -> None:
     assert content_type.startswith("text/plain")
     assert value(samples, "graft_operator_build_info", version=graft.__version__) == 1
     assert value(samples, "graft_operator_reconcile_workers") == 3
+    assert value(samples, "graft_operator_reconcile_queue_depth") == 0
     assert value(samples, "graft_operator_leader") == 0
     assert value(samples, "graft_operator_lease_errors_total") == 0
     for kind in (k.kind for k in ALL_KINDS):
@@ -426,3 +427,16 @@ def test_the_leader_gauge_follows_the_lease_and_a_standby_is_scraped(
         api.hold("other")  # taken over
         assert lost.wait(5)
         assert value(scraped.samples(), "graft_operator_leader") == 0
+
+
+def test_the_queue_depth_counts_objects_not_events(scraped: Scraped) -> None:
+    op = Operator(
+        Context(
+            api=Api.__new__(Api), settings=Settings(), servers=ModelServers(metrics=scraped.metrics)
+        ),
+        scraped.metrics,
+    )
+    for _ in range(3):
+        op.enqueue(Plural.DEPLOYMENTS, "acme", "chat")
+    op.enqueue(Plural.MODELS, "acme", "llama")
+    assert value(scraped.samples(), "graft_operator_reconcile_queue_depth") == 2

@@ -156,6 +156,7 @@ class Operator:
             backoff=Backoff(first=1.0, cap=self.ctx.settings.resync_seconds),
             after_success=self._resync_later,
         )
+        self.metrics.queue_depth.set_function(self.queue.depth)
         self._locks: dict[tuple[str, str, str], threading.Lock] = {}
         self._locks_guard = threading.Lock()
         self._reconcilers: dict[str, Reconcile] = {}

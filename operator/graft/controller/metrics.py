@@ -139,6 +139,11 @@ class OperatorMetrics:
             buckets=RECONCILE_BUCKETS,
             registry=r,
         )
+        self.queue_depth = Gauge(
+            f"{PREFIX}_reconcile_queue_depth",
+            "Objects waiting for a reconcile worker now (events for one object merge into one)",
+            registry=r,
+        )
         self.reconciles_in_flight = Gauge(
             f"{PREFIX}_reconciles_in_flight",
             "Reconciles running now, by kind",
