@@ -1,11 +1,12 @@
-"""Reconciles asked for at a later time, without kopf's timers.
+"""Reconciles a reconcile asks for at a later time (`ctx.recheck`).
 
-A kopf timer puts kopf's finalizer on every object of its kind, so deleting one waits for the
-operator. An ApiKey must go with its User even while the operator is down (its Secret holds a
-key), so it has no timer; its reconcile asks to be called again instead: just after the key
-expires, or after the resync interval. One thread keeps these times for every object; each
-object has one pending time, the one its latest reconcile asked for. They live in memory only:
-after a restart, kopf's resume handlers reconcile every object, and those ask again.
+An ApiKey asks for its next look just after its key expires (else after the resync interval;
+ApiKeys have no resync of their own). An object waiting for something the operator does not
+watch (a user's ConfigMap or PersistentVolumeClaim) asks to be looked at again, less often the
+longer it waits (`look_again`). One thread keeps these times for every object; each object has
+one pending time, the one its latest reconcile asked for, and hands the object to the work queue
+when it is due. They live in memory only: after a restart every object is reconciled once (its
+first event), and those reconciles ask again.
 """
 
 from __future__ import annotations
